@@ -1,0 +1,154 @@
+"""The Litestar application factory. No module-level state: everything lives in the app that
+``create_app`` returns, opened and closed by its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+
+from gateway import __version__
+from gateway.config import Settings
+from gateway.errors import error_response
+from gateway.routes.chat import chat_passthrough, memory_chat_path, memory_chat_query
+from gateway.routes.health import healthz, readyz
+from gateway.routes.memories import (
+    add_memories,
+    delete_memory,
+    erase_namespace,
+    get_memory,
+    list_memories,
+    search_memories,
+)
+from gateway.routes.models import list_models
+from gateway.state import GatewayState, get_gateway
+from gateway.upstream import Router, Upstream
+from memory.embedder import Embedder
+from memory.outbox import Outbox
+from memory.service import MemoryService
+from memory.service import RecallSettings as ServiceRecall
+from memory.store import MemoryStore
+
+log = logging.getLogger("memgate")
+
+
+def open_store(settings: Settings) -> MemoryStore:
+    from memory.chroma import ChromaStore
+
+    if settings.store.chroma_url:
+        return ChromaStore(
+            url=settings.store.chroma_url,
+            prefix=settings.store.collection_prefix,
+            cache_size=settings.store.cache_size,
+        )
+    return ChromaStore(
+        path=settings.data_dir / "chroma",
+        prefix=settings.store.collection_prefix,
+        cache_size=settings.store.cache_size,
+    )
+
+
+def open_embedder(settings: Settings) -> Embedder:
+    from memory.embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(
+        settings.embedder.model_path or None,
+        device=settings.embedder.device,
+        threads=settings.embedder.threads,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: MemoryStore | None = None,
+    embedder: Embedder | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    outbox_path: str | Path | None = None,
+) -> Litestar:
+    """Build the gateway. ``store``, ``embedder`` and ``transport`` (for the upstream httpx
+    client) replace the real ones, for tests and embedding in other programs."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        opened_store = store if store is not None else await asyncio.to_thread(open_store, settings)
+        loaded = (
+            embedder if embedder is not None else await asyncio.to_thread(open_embedder, settings)
+        )
+        outbox = await asyncio.to_thread(
+            Outbox, outbox_path or settings.data_dir / "outbox.sqlite3"
+        )
+        recall = settings.recall
+        service = MemoryService(
+            opened_store,
+            loaded,
+            outbox,
+            recall=ServiceRecall(
+                k=recall.k,
+                candidates=recall.candidates,
+                floor=recall.similarity_floor,
+                recency_weight=recall.recency_weight,
+                recency_half_life_days=recall.recency_half_life_days,
+            ),
+            writer_batch=settings.queue.batch_size,
+        )
+        router = Router([Upstream(settings.upstream, transport=transport)])
+        gw = GatewayState(settings=settings, service=service, router=router, ready=True)
+        app.state["gateway"] = gw
+        queued = await asyncio.to_thread(outbox.depth)
+        service.writer.start()
+        log.info(
+            "memgate ready on http://%s:%d (store: %s, upstream: %s, queued writes replayed: %d)",
+            settings.server.host,
+            settings.server.port,
+            settings.store.chroma_url or settings.data_dir / "chroma",
+            settings.upstream.url,
+            queued,
+        )
+        try:
+            yield
+        finally:
+            gw.ready = False
+            await service.writer.stop(settings.server.shutdown_flush_seconds)
+            await router.aclose()
+            await asyncio.to_thread(outbox.close)
+            if store is None:
+                await asyncio.to_thread(opened_store.close)
+            log.info("memgate stopped")
+
+    return Litestar(
+        route_handlers=[
+            memory_chat_query,
+            memory_chat_path,
+            chat_passthrough,
+            list_models,
+            add_memories,
+            list_memories,
+            get_memory,
+            delete_memory,
+            search_memories,
+            erase_namespace,
+            healthz,
+            readyz,
+        ],
+        dependencies={"gw": Provide(get_gateway, sync_to_thread=False)},
+        exception_handlers={Exception: error_response},
+        lifespan=[lifespan],
+        request_max_body_size=settings.server.max_body_bytes,
+        openapi_config=OpenAPIConfig(
+            title="memgate",
+            version=__version__,
+            description="An OpenAI-compatible chat gateway with long-term memory.",
+            path="/docs",
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )

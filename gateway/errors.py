@@ -1,0 +1,179 @@
+"""The gateway's errors: one hierarchy, one handler, one OpenAI-shaped body.
+
+Every error a client can see has the body
+``{"error": {"message": str, "type": str, "param": str | null, "code": str | null}}``::
+
+    GatewayError                     500 server_error
+    ├── BadRequest                   400 invalid_request_error
+    │   └── InvalidNamespace         400 invalid_request_error (param "namespace")
+    ├── Unauthorized                 401 invalid_request_error, code invalid_api_key
+    ├── Forbidden                    403 permission_error
+    ├── NotFound                     404 not_found_error
+    ├── PayloadTooLarge              413 invalid_request_error, code payload_too_large
+    ├── RateLimited                  429 rate_limit_error
+    ├── UpstreamError                502 upstream_error (base of the upstream failures)
+    │   ├── UpstreamUnreachable      502 upstream_error, code upstream_unreachable
+    │   └── UpstreamTimeout          504 upstream_error, code upstream_timeout
+    └── StoreUnavailable             503 service_unavailable, code store_unavailable
+
+Upstream 4xx/5xx answers are not errors of ours: their status and body are relayed as they are.
+Litestar's own exceptions (unknown route, wrong method, validation) and anything unexpected are
+mapped to the same shape by ``error_response``; a stack trace never reaches the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+from memory.store import StoreUnavailable as StoreDown
+
+log = logging.getLogger("memgate")
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code if code is not None else self.default_code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class InvalidNamespace(BadRequest):
+    default_code = "invalid_namespace"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class Forbidden(GatewayError):
+    status = 403
+    type = "permission_error"
+    default_code = "forbidden"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "not_found_error"
+    default_code = "not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    default_code = "payload_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class UpstreamUnreachable(UpstreamError):
+    default_code = "upstream_unreachable"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    default_code = "upstream_timeout"
+
+
+class StoreUnavailable(GatewayError):
+    status = 503
+    type = "service_unavailable"
+    default_code = "store_unavailable"
+
+
+def error_body(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+_LITESTAR_TYPES = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+}
+
+
+def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
+    extra = exc.extra
+    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
+        first = extra[0]
+        key = first.get("key")
+        message = str(first.get("message") or exc.detail)
+        param = str(key) if key else None
+        if param and param not in message:
+            message = f"{message} (at {param})"
+        return message, param
+    return str(exc.detail), None
+
+
+def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The one exception handler: every error becomes an OpenAI-shaped JSON body."""
+    headers: dict[str, str] = {}
+    if isinstance(exc, GatewayError):
+        status, body, headers = exc.status, exc.body(), exc.headers
+    elif isinstance(exc, StoreDown):
+        log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
+        status, body = 503, StoreUnavailable(f"memory store unavailable: {exc}").body()
+    elif isinstance(exc, ValidationException):
+        message, param = _validation_message(exc)
+        status, body = 400, error_body(message, "invalid_request_error", param, "invalid_value")
+    elif isinstance(exc, HTTPException):
+        status = exc.status_code
+        type_, code = _LITESTAR_TYPES.get(
+            status, ("invalid_request_error", None) if status < 500 else ("server_error", None)
+        )
+        body = error_body(str(exc.detail), type_, None, code)
+        headers = dict(exc.headers or {})
+    else:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        status = 500
+        body = error_body("internal error in the gateway", "server_error", None, "internal_error")
+    return Response(
+        content=msgspec.json.encode(body),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,270 @@
+"""Chat completions: the memory chat (recall, inject, forward, remember) and the plain
+pass-through."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, post
+from litestar.params import Parameter
+from litestar.response import Stream
+
+from gateway.errors import BadRequest
+from gateway.inject import inject
+from gateway.namespaces import check_namespace
+from gateway.state import GatewayState
+from gateway.streaming import StreamAccumulator, relay
+from gateway.upstream import Upstream, relayed_headers, upstream_errors
+from memory.recall import budget, content_text, query_text
+from memory.records import Exchange, Hit
+
+log = logging.getLogger("memgate.chat")
+
+ChatBody = dict[str, Any]
+
+
+def parse_chat_body(raw: bytes) -> ChatBody:
+    """Decode and check the fields the gateway reads; everything else is left as it is."""
+    if not raw.strip():
+        raise BadRequest("the request body is empty: expected a JSON chat completions request")
+    try:
+        body = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    model = body.get("model")
+    if model is None:
+        raise BadRequest(
+            "you must provide a model parameter", param="model", code="missing_required_parameter"
+        )
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model must be a non-empty string", param="model", code="invalid_type")
+    messages = body.get("messages")
+    if messages is None:
+        raise BadRequest(
+            "you must provide a messages parameter",
+            param="messages",
+            code="missing_required_parameter",
+        )
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest(
+            "messages must be a non-empty array", param="messages", code="invalid_type"
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(
+                f"messages[{i}] must be an object with a string role",
+                param=f"messages[{i}]",
+                code="invalid_type",
+            )
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise BadRequest("stream must be a boolean", param="stream", code="invalid_type")
+    return body
+
+
+def new_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The user turn this request adds: its user messages after the last assistant message."""
+    texts: list[str] = []
+    for message in reversed(messages):
+        role = message.get("role")
+        if role == "assistant":
+            break
+        if role == "user":
+            text = content_text(message.get("content")).strip()
+            if text:
+                texts.append(text)
+    return "\n".join(reversed(texts))
+
+
+def describe_tool_calls(calls: Sequence[Mapping[str, Any]]) -> str:
+    parts = []
+    for call in calls:
+        function = call.get("function") or {}
+        parts.append(f"[called tool {function.get('name', '?')}({function.get('arguments', '')})]")
+    return "\n".join(parts)
+
+
+def reply_text(message: Mapping[str, Any]) -> str:
+    """What of an assistant message is remembered: its text, and its tool calls if any."""
+    text = content_text(message.get("content")).strip()
+    calls = message.get("tool_calls")
+    if isinstance(calls, list) and calls:
+        described = describe_tool_calls([c for c in calls if isinstance(c, Mapping)])
+        text = f"{text}\n{described}".strip()
+    return text
+
+
+def _header_safe(text: str) -> str:
+    return " ".join(text.encode("ascii", "replace").decode().split())[:300]
+
+
+class MemoryChat:
+    """One memory chat request, from recall to remember."""
+
+    def __init__(self, gw: GatewayState, namespace: str, body: ChatBody, started: float) -> None:
+        self.gw = gw
+        self.namespace = namespace
+        self.body = body
+        self.started = started
+        self.headers: dict[str, str] = {"x-memory-namespace": namespace, "x-memory-recalled": "0"}
+
+    async def recall(self) -> list[Hit]:
+        settings = self.gw.settings.recall
+        if not settings.enabled:
+            return []
+        messages: list[Any] = self.body["messages"]
+        query = query_text(messages, settings.query_context_messages)
+        try:
+            hits = await self.gw.service.recall(
+                self.namespace,
+                query,
+                carried=[content_text(m.get("content")) for m in messages],
+            )
+        except Exception as exc:  # fail open: answer without memories, and say why
+            log.warning("recall failed in %s, answering without memories: %s", self.namespace, exc)
+            self.headers["x-memory-error"] = _header_safe(f"recall failed: {exc}")
+            return []
+        return budget(hits, settings.token_budget)
+
+    async def remember(self, user: str, assistant: str, model: str) -> None:
+        if not user and not assistant:
+            return
+        exchange = Exchange(
+            namespace=self.namespace,
+            user=user,
+            assistant=assistant,
+            model=model,
+            created_at=self.started,
+        )
+        try:
+            await self.gw.service.remember(exchange)
+        except Exception:
+            log.exception("could not queue the exchange of %s", self.namespace)
+
+    async def remember_stream(self, acc: StreamAccumulator) -> None:
+        calls = [
+            {"function": {"name": c.name, "arguments": c.arguments}}
+            for _, c in sorted(acc.tool_calls.items())
+        ]
+        assistant = acc.text.strip()
+        if calls:
+            assistant = f"{assistant}\n{describe_tool_calls(calls)}".strip()
+        user = new_user_text(self.body["messages"])
+        await self.remember(user, assistant, str(self.body.get("model") or acc.model))
+
+    async def remember_json(self, content: bytes) -> None:
+        try:
+            answer = msgspec.json.decode(content)
+            message = answer["choices"][0]["message"]
+        except (msgspec.DecodeError, KeyError, IndexError, TypeError):
+            log.warning("upstream answer has no choices[0].message; nothing remembered")
+            return
+        user = new_user_text(self.body["messages"])
+        await self.remember(user, reply_text(message), str(self.body.get("model", "")))
+
+
+async def forward(
+    upstream: Upstream,
+    request: Request[Any, Any, Any],
+    content: bytes,
+    *,
+    streaming: bool,
+    headers: dict[str, str],
+    chat: MemoryChat | None = None,
+) -> Response[Any]:
+    """Send the body upstream and relay the answer unchanged, streamed or whole; with
+    ``chat``, the exchange is remembered once the answer completed."""
+    response = await upstream.send(
+        "POST", "chat/completions", client_headers=request.headers, content=content
+    )
+    out_headers = {**relayed_headers(response), **headers}
+    is_sse = "text/event-stream" in response.headers.get("content-type", "")
+    if streaming and response.is_success and is_sse:
+        acc = StreamAccumulator()
+        on_complete = chat.remember_stream if chat is not None else _nothing
+        out_headers.setdefault("cache-control", "no-cache")
+        out_headers["x-accel-buffering"] = "no"
+        return Stream(
+            relay(response, acc, on_complete, upstream_name=upstream.name),
+            status_code=response.status_code,
+            headers=out_headers,
+            media_type=out_headers.pop("content-type", "text/event-stream"),
+        )
+    try:
+        with upstream_errors(upstream.name):
+            data = await response.aread()
+    finally:
+        await response.aclose()
+    if chat is not None and response.is_success:
+        await chat.remember_json(data)
+    return Response(
+        content=data,
+        status_code=response.status_code,
+        headers=out_headers,
+        media_type=out_headers.pop("content-type", "application/json"),
+    )
+
+
+async def _nothing(_: StreamAccumulator) -> None:
+    return None
+
+
+async def _memory_chat(
+    gw: GatewayState, request: Request[Any, Any, Any], namespace: str | None
+) -> Response[Any]:
+    started = time.time()
+    ns = check_namespace(namespace, gw.settings.server.default_namespace)
+    body = parse_chat_body(await request.body())
+    chat = MemoryChat(gw, ns, body, started)
+    hits = await chat.recall()
+    if hits:
+        body["messages"] = inject(body["messages"], hits)
+    chat.headers["x-memory-recalled"] = str(len(hits))
+    return await forward(
+        gw.router.route(body["model"]),
+        request,
+        msgspec.json.encode(body),
+        streaming=body.get("stream") is True,
+        headers=chat.headers,
+        chat=chat,
+    )
+
+
+@post("/v1/memory/chat/completions", status_code=200, summary="Chat with memory")
+async def memory_chat_query(
+    gw: GatewayState,
+    request: Request[Any, Any, Any],
+    namespace: str | None = Parameter(query="namespace", default=None, required=False),
+) -> Response[Any]:
+    """An OpenAI chat completion with the namespace's memories recalled and injected, and the
+    new exchange remembered. The body is an ordinary chat completions request."""
+    return await _memory_chat(gw, request, namespace)
+
+
+@post("/v1/memory/ns/{namespace:str}/chat/completions", status_code=200, summary="Chat with memory")
+async def memory_chat_path(
+    gw: GatewayState, request: Request[Any, Any, Any], namespace: str
+) -> Response[Any]:
+    """The memory chat with the namespace in the path, for clients that can only change
+    their base URL (``base_url=".../v1/memory/ns/NS"``)."""
+    return await _memory_chat(gw, request, namespace)
+
+
+@post("/v1/chat/completions", status_code=200, summary="Chat (pass-through)")
+async def chat_passthrough(gw: GatewayState, request: Request[Any, Any, Any]) -> Response[Any]:
+    """A plain OpenAI proxy: the body goes upstream byte for byte, the answer comes back as
+    it is; no memory is read or written."""
+    raw = await request.body()
+    body = parse_chat_body(raw)
+    return await forward(
+        gw.router.route(body["model"]),
+        request,
+        raw,
+        streaming=body.get("stream") is True,
+        headers={},
+    )

@@ -1,0 +1,45 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from litestar import Response, get
+
+from gateway.state import GatewayState
+
+
+@get("/healthz", summary="Liveness")
+async def healthz() -> dict[str, str]:
+    """The process is alive and serving HTTP."""
+    return {"status": "ok"}
+
+
+@get("/readyz", summary="Readiness")
+async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
+    """200 when the store answers, the embedding model is loaded and the writer runs;
+    503 otherwise, with each check's state."""
+    service = gw.service
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(asyncio.to_thread(service.store.ping), 5.0)
+        checks["store"] = "ok"
+    except Exception as exc:
+        checks["store"] = f"unavailable: {exc}"
+    checks["embedder"] = "ok" if gw.ready else (gw.startup_error or "loading")
+    writer = service.writer
+    if not writer.running:
+        checks["writer"] = "stopped"
+    elif writer.last_error:
+        checks["writer"] = f"retrying: {writer.last_error}"
+    else:
+        checks["writer"] = "ok"
+    ready = all(v == "ok" for v in checks.values())
+    depth = await asyncio.to_thread(service.outbox.depth)
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "degraded",
+        "checks": checks,
+        "queue_depth": depth,
+    }
+    return Response(body, status_code=200 if ready else 503)

@@ -1,0 +1,198 @@
+"""The memory API: add, list, get, delete, search, and erase a namespace."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+from litestar import delete, get, post
+from litestar.params import Parameter
+
+from gateway.errors import BadRequest, NotFound
+from gateway.namespaces import check_namespace
+from gateway.state import GatewayState
+from memory.records import Memory, MetadataValue, from_rfc3339, new_id, now, to_rfc3339
+
+MAX_CONTENT = 100_000
+
+
+class NewMemory(msgspec.Struct, forbid_unknown_fields=True):
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)]
+    role: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "user"
+    metadata: dict[str, MetadataValue] = msgspec.field(default_factory=dict)
+    created_at: str | None = None
+
+
+class AddMemoriesRequest(msgspec.Struct, forbid_unknown_fields=True):
+    memories: Annotated[list[NewMemory], msgspec.Meta(min_length=1, max_length=1000)]
+
+
+class AddMemoriesResponse(msgspec.Struct):
+    ids: list[str]
+
+
+class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)]
+    k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+
+
+class MemoryOut(msgspec.Struct):
+    id: str
+    namespace: str
+    content: str
+    role: str
+    created_at: str
+    metadata: dict[str, MetadataValue]
+
+
+class MemoryList(msgspec.Struct):
+    data: list[MemoryOut]
+    has_more: bool
+    object: str = "list"
+
+
+class SearchHit(msgspec.Struct):
+    id: str
+    content: str
+    role: str
+    score: float
+    created_at: str
+    metadata: dict[str, MetadataValue]
+
+
+class SearchResult(msgspec.Struct):
+    data: list[SearchHit]
+    object: str = "list"
+
+
+class Deleted(msgspec.Struct):
+    id: str
+    deleted: bool
+    object: str = "memory.deleted"
+
+
+class NamespaceErased(msgspec.Struct):
+    namespace: str
+    deleted: int
+    object: str = "namespace.deleted"
+
+
+def memory_out(memory: Memory) -> MemoryOut:
+    return MemoryOut(
+        id=memory.id,
+        namespace=memory.namespace,
+        content=memory.content,
+        role=memory.role,
+        created_at=to_rfc3339(memory.created_at),
+        metadata=memory.metadata,
+    )
+
+
+def _new_memory(namespace: str, index: int, item: NewMemory, stamp: float) -> Memory:
+    for key in item.metadata:
+        if not key or len(key) > 128 or key[0] in "#$":
+            raise BadRequest(
+                f"metadata key {key!r} is not allowed: 1-128 characters, not starting with # or $",
+                param=f"memories[{index}].metadata",
+            )
+    created = stamp
+    if item.created_at is not None:
+        try:
+            created = from_rfc3339(item.created_at)
+        except ValueError as exc:
+            raise BadRequest(
+                f"created_at {item.created_at!r} is not an RFC 3339 timestamp",
+                param=f"memories[{index}].created_at",
+            ) from exc
+    if not item.content.strip():
+        raise BadRequest("content must not be blank", param=f"memories[{index}].content")
+    return Memory(
+        id=new_id(),
+        namespace=namespace,
+        content=item.content,
+        role=item.role,
+        created_at=created,
+        metadata=dict(item.metadata),
+    )
+
+
+NamespaceQuery = Annotated[
+    str | None, Parameter(query="namespace", required=False, description="default: the global one")
+]
+
+
+def _ns(gw: GatewayState, namespace: str | None) -> str:
+    return check_namespace(namespace, gw.settings.server.default_namespace)
+
+
+@post("/v1/memory/memories", status_code=200, summary="Add memories")
+async def add_memories(
+    gw: GatewayState, data: AddMemoriesRequest, namespace: NamespaceQuery = None
+) -> AddMemoriesResponse:
+    """Store up to 1,000 memories in the namespace; they are searchable when this returns."""
+    ns = _ns(gw, namespace)
+    stamp = now()
+    memories = [_new_memory(ns, i, item, stamp) for i, item in enumerate(data.memories)]
+    await gw.service.add(memories)
+    return AddMemoriesResponse(ids=[m.id for m in memories])
+
+
+@get("/v1/memory/memories", summary="List memories")
+async def list_memories(
+    gw: GatewayState,
+    namespace: NamespaceQuery = None,
+    limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Parameter(max_length=200)] = None,
+) -> MemoryList:
+    """Memories of the namespace, newest first; ``after`` is the last id of the previous page."""
+    memories, has_more = await gw.service.list(_ns(gw, namespace), limit=limit, after=after)
+    return MemoryList(data=[memory_out(m) for m in memories], has_more=has_more)
+
+
+@get("/v1/memory/memories/{memory_id:str}", summary="Get a memory")
+async def get_memory(
+    gw: GatewayState, memory_id: str, namespace: NamespaceQuery = None
+) -> MemoryOut:
+    memory = await gw.service.get(_ns(gw, namespace), memory_id)
+    if memory is None:
+        raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
+    return memory_out(memory)
+
+
+@delete("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Delete a memory")
+async def delete_memory(
+    gw: GatewayState, memory_id: str, namespace: NamespaceQuery = None
+) -> Deleted:
+    if not await gw.service.delete(_ns(gw, namespace), memory_id):
+        raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
+    return Deleted(id=memory_id, deleted=True)
+
+
+@post("/v1/memory/search", status_code=200, summary="Search memories")
+async def search_memories(
+    gw: GatewayState, data: SearchRequest, namespace: NamespaceQuery = None
+) -> SearchResult:
+    """Exactly the recall the memory chat uses (before its token budget), best first."""
+    hits = await gw.service.recall(_ns(gw, namespace), data.query, k=data.k)
+    return SearchResult(
+        data=[
+            SearchHit(
+                id=h.memory.id,
+                content=h.memory.content,
+                role=h.memory.role,
+                score=round(h.score, 6),
+                created_at=to_rfc3339(h.memory.created_at),
+                metadata=h.memory.metadata,
+            )
+            for h in hits
+        ]
+    )
+
+
+@delete("/v1/memory/namespaces/{namespace:str}", status_code=200, summary="Erase a namespace")
+async def erase_namespace(gw: GatewayState, namespace: str) -> NamespaceErased:
+    """Erase everything of the namespace, queued writes included; afterwards nothing of it
+    can be searched, listed or recalled."""
+    ns = check_namespace(namespace, gw.settings.server.default_namespace)
+    count = await gw.service.delete_namespace(ns)
+    return NamespaceErased(namespace=ns, deleted=count)

@@ -1,0 +1,140 @@
+"""SSE relay: upstream bytes go to the client chunk by chunk as they arrive, while an
+accumulator reads the same bytes to rebuild choice 0's text and tool calls."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import msgspec
+
+from gateway.errors import GatewayError
+from gateway.upstream import upstream_errors
+
+log = logging.getLogger("memgate.streaming")
+
+
+class ToolCall(msgspec.Struct, kw_only=True):
+    id: str = ""
+    type: str = "function"
+    name: str = ""
+    arguments: str = ""
+
+
+class StreamAccumulator:
+    """Parses an OpenAI chat-completions SSE stream incrementally (any chunking of bytes)."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: list[bytes] = []
+        self.text_parts: list[str] = []
+        self.tool_calls: dict[int, ToolCall] = {}
+        self.finish_reason: str | None = None
+        self.done = False
+        self.error: Any = None
+        self.model = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+    @property
+    def completed(self) -> bool:
+        """The stream ended as a finished answer: ``[DONE]`` seen, or a finish reason."""
+        return self.error is None and (self.done or self.finish_reason is not None)
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while True:
+            cut = self._buffer.find(b"\n")
+            if cut < 0:
+                return
+            line = self._buffer[:cut].rstrip(b"\r")
+            self._buffer = self._buffer[cut + 1 :]
+            self._line(line)
+
+    def _line(self, line: bytes) -> None:
+        if not line:  # blank line: dispatch the event
+            if self._data:
+                self._event(b"\n".join(self._data))
+                self._data = []
+            return
+        if line.startswith(b":"):
+            return
+        field, _, value = line.partition(b":")
+        if field == b"data":
+            self._data.append(value[1:] if value.startswith(b" ") else value)
+
+    def _event(self, data: bytes) -> None:
+        if data.strip() == b"[DONE]":
+            self.done = True
+            return
+        try:
+            event = msgspec.json.decode(data)
+        except msgspec.DecodeError:
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("error") is not None:
+            self.error = event["error"]
+            return
+        if isinstance(event.get("model"), str):
+            self.model = event["model"]
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                self.text_parts.append(delta["content"])
+            for call in delta.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    self._tool_call(call)
+            if choice.get("finish_reason"):
+                self.finish_reason = str(choice["finish_reason"])
+
+    def _tool_call(self, call: dict[str, Any]) -> None:
+        index = int(call.get("index", len(self.tool_calls)))
+        acc = self.tool_calls.setdefault(index, ToolCall())
+        if call.get("id"):
+            acc.id = str(call["id"])
+        if call.get("type"):
+            acc.type = str(call["type"])
+        function = call.get("function") or {}
+        if function.get("name"):
+            acc.name += str(function["name"])
+        if function.get("arguments"):
+            acc.arguments += str(function["arguments"])
+
+
+def sse_error_event(error: GatewayError) -> bytes:
+    """An SSE event carrying an OpenAI-shaped error, for a stream cut after it started."""
+    return b"data: " + msgspec.json.encode(error.body()) + b"\n\n"
+
+
+async def relay(
+    response: httpx.Response,
+    accumulator: StreamAccumulator,
+    on_complete: Callable[[StreamAccumulator], Awaitable[None]],
+    *,
+    upstream_name: str,
+) -> AsyncIterator[bytes]:
+    """Yield the upstream's bytes as they arrive. ``on_complete`` runs only if the upstream
+    finished the answer and every byte was handed on (a client that went away stops the
+    iteration before that); the upstream response is always closed."""
+    try:
+        try:
+            with upstream_errors(upstream_name):
+                async for chunk in response.aiter_raw():
+                    accumulator.feed(chunk)
+                    yield chunk
+        except GatewayError as exc:
+            log.warning("upstream stream cut: %s", exc.message)
+            yield sse_error_event(exc)
+            return
+    finally:
+        await response.aclose()
+    accumulator.feed(b"\n\n")  # flush a last event the upstream did not terminate
+    if accumulator.completed:
+        await on_complete(accumulator)

@@ -1,0 +1,210 @@
+"""The durable write queue: an SQLite outbox in WAL mode on local disk, and its writer.
+
+A chat exchange is committed here before the client's response completes; the ``Writer``
+embeds queued memories in batches, upserts them into the store (ids are fixed at enqueue time,
+so a replay after a crash cannot duplicate), and only then deletes them from the outbox.
+Whatever is queued when the process starts is replayed. While the store is down, items stay
+queued and the writer retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from memory.records import Memory
+
+log = logging.getLogger("memgate.outbox")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    namespace TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    enqueued_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_namespace ON outbox(namespace);
+"""
+
+
+class Outbox:
+    """A FIFO of memories waiting to be written to the store; safe across threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives the process being killed (not a power cut).
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._encoder = msgspec.json.Encoder()
+        self._decoder = msgspec.json.Decoder(Memory)
+
+    def put(self, memories: Sequence[Memory]) -> None:
+        """Commit memories to the queue (one transaction)."""
+        if not memories:
+            return
+        rows = [(m.id, m.namespace, self._encoder.encode(m), time.time()) for m in memories]
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO outbox(id, namespace, payload, enqueued_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def take(self, limit: int) -> list[tuple[int, Memory]]:
+        """The oldest ``limit`` queued memories (left queued until ``ack``)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+            ).fetchall()
+        return [(seq, self._decoder.decode(payload)) for seq, payload in rows]
+
+    def ack(self, seqs: Sequence[int]) -> None:
+        if not seqs:
+            return
+        with self._lock:
+            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+
+    def pending(self, namespace: str, limit: int = 1000) -> list[Memory]:
+        """Queued memories of one namespace, oldest first (read-your-writes for recall)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT payload FROM outbox WHERE namespace = ? ORDER BY seq LIMIT ?",
+                (namespace, limit),
+            ).fetchall()
+        return [self._decoder.decode(payload) for (payload,) in rows]
+
+    def remove(self, namespace: str, memory_id: str) -> bool:
+        with self._lock:
+            cur = self._db.execute(
+                "DELETE FROM outbox WHERE namespace = ? AND id = ?", (namespace, memory_id)
+            )
+        return cur.rowcount > 0
+
+    def purge_namespace(self, namespace: str) -> int:
+        with self._lock:
+            cur = self._db.execute("DELETE FROM outbox WHERE namespace = ?", (namespace,))
+        return cur.rowcount
+
+    def depth(self) -> int:
+        with self._lock:
+            (n,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        return int(n)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+WriteBatch = Callable[[list[Memory]], Awaitable[None]]
+
+
+class Writer:
+    """Background task draining the outbox into the store through ``write`` (embed + add)."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        write: WriteBatch,
+        *,
+        batch_size: int = 64,
+        idle_poll: float = 1.0,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.outbox = outbox
+        self._write = write
+        self.batch_size = batch_size
+        self.idle_poll = idle_poll
+        self.max_backoff = max_backoff
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        # Held while a batch is taken, written and acknowledged; deletions hold it too, so an
+        # erased namespace cannot be written back by a batch already in flight.
+        self.lock = asyncio.Lock()
+        self.last_error: str | None = None
+        self.written = 0
+
+    def notify(self) -> None:
+        """Something was queued: wake the writer."""
+        self._wake.set()
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="memgate-writer")
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def flush_once(self) -> int:
+        """Write one batch; returns how many memories were written (0: queue empty)."""
+        async with self.lock:
+            items = await asyncio.to_thread(self.outbox.take, self.batch_size)
+            if not items:
+                return 0
+            await self._write([m for _, m in items])
+            await asyncio.to_thread(self.outbox.ack, [seq for seq, _ in items])
+        self.written += len(items)
+        return len(items)
+
+    async def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                n = await self.flush_once()
+                self.last_error = None
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.last_error is None:
+                    log.warning("memory writer: store write failed, will retry: %s", exc)
+                self.last_error = str(exc) or type(exc).__name__
+                if self._stopping:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            if n == 0:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+
+    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Flush what is queued (up to ``timeout`` seconds), then stop. What could not be
+        written stays in the outbox for the next start."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            log.warning("memory writer: %d items left queued at shutdown", self.outbox.depth())
+        except asyncio.CancelledError:
+            self._task.cancel()
+            raise
+        self._task = None

@@ -1,0 +1,118 @@
+"""Recall ranking and budgeting: pure functions, no I/O.
+
+The flow for one query: candidates from the store (``k`` nearest by cosine) are filtered by a
+similarity floor, stripped of what the request already carries and of duplicates among
+themselves, optionally nudged by recency, sorted best first, and finally cut to a token
+budget for injection.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from memory.records import Hit
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(text: str) -> str:
+    """Case- and whitespace-folded text, for duplicate detection."""
+    return _SPACE.sub(" ", text).strip().casefold()
+
+
+def content_text(content: Any) -> str:
+    """The text of an OpenAI message ``content``: a string, or the text parts of an array."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, Mapping) and part.get("type") in {"text", "input_text"}
+        ]
+        return "\n".join(p for p in parts if p)
+    return ""
+
+
+def query_text(messages: Sequence[Mapping[str, Any]], context_messages: int = 0) -> str:
+    """What to embed for recall: the last user message, preceded by up to
+    ``context_messages`` earlier user/assistant messages (oldest first)."""
+    last_user = None
+    for i in range(len(messages) - 1, -1, -1):
+        if messages[i].get("role") == "user" and content_text(messages[i].get("content")).strip():
+            last_user = i
+            break
+    if last_user is None:
+        return ""
+    texts = [content_text(messages[last_user].get("content"))]
+    i = last_user - 1
+    while i >= 0 and len(texts) <= context_messages:
+        msg = messages[i]
+        if msg.get("role") in {"user", "assistant"}:
+            text = content_text(msg.get("content")).strip()
+            if text:
+                texts.append(text)
+        i -= 1
+    return "\n".join(reversed(texts))
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free token estimate: about four characters a token, at least one a word."""
+    return max(len(text.split()), math.ceil(len(text) / 4), 1)
+
+
+def rank(
+    hits: Iterable[Hit],
+    *,
+    floor: float = 0.0,
+    carried: Iterable[str] = (),
+    limit: int | None = None,
+    recency_weight: float = 0.0,
+    recency_half_life: float = 30 * 86400.0,
+    now: float | None = None,
+) -> list[Hit]:
+    """Filter and order recall candidates, best first.
+
+    - drops hits scoring below ``floor``;
+    - drops hits whose text the request already carries (``carried``: the texts of its
+      messages; a memory is dropped if its folded text appears inside one of them);
+    - keeps one hit per distinct text (and per id), the best scoring;
+    - with ``recency_weight`` > 0, adds ``weight * 0.5 ** (age / half_life)`` to the score.
+    """
+    carried_norm = [normalize(t) for t in carried if t and t.strip()]
+    best: dict[str, Hit] = {}
+    seen_ids: set[str] = set()
+    for hit in sorted(hits, key=lambda h: h.score, reverse=True):
+        if hit.score < floor or hit.memory.id in seen_ids:
+            continue
+        seen_ids.add(hit.memory.id)
+        text = normalize(hit.memory.content)
+        if not text or text in best:
+            continue
+        if any(text in c for c in carried_norm):
+            continue
+        score = hit.score
+        if recency_weight > 0 and now is not None:
+            age = max(0.0, now - hit.memory.created_at)
+            score += recency_weight * 0.5 ** (age / recency_half_life)
+        best[text] = Hit(hit.memory, score) if score != hit.score else hit
+    ranked = sorted(best.values(), key=lambda h: h.score, reverse=True)
+    return ranked[:limit] if limit is not None else ranked
+
+
+def budget(hits: Sequence[Hit], max_tokens: int, *, max_items: int | None = None) -> list[Hit]:
+    """The best hits, in order, whose texts fit ``max_tokens`` together; a hit that does not
+    fit is skipped and smaller ones after it may still fit."""
+    out: list[Hit] = []
+    used = 0
+    for hit in hits:
+        if max_items is not None and len(out) >= max_items:
+            break
+        cost = estimate_tokens(hit.memory.content) + 8  # bullet, role and date overhead
+        if used + cost <= max_tokens:
+            out.append(hit)
+            used += cost
+    return out

@@ -1,0 +1,150 @@
+"""``MemoryService``: the one place that ties embedder, store, outbox and recall together.
+
+Async, and never blocking the event loop: embedding goes through the ``BatchingEmbedder``
+(worker thread, micro-batched) and every store or outbox call runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from memory.embedder import BatchingEmbedder, Embedder, Vectors
+from memory.outbox import Outbox, Writer
+from memory.recall import rank
+from memory.records import Exchange, Hit, Memory
+from memory.store import MemoryStore
+
+
+class RecallSettings:
+    """How recall ranks (a plain holder so the memory package needs no gateway config)."""
+
+    def __init__(
+        self,
+        *,
+        k: int = 10,
+        candidates: int = 30,
+        floor: float = 0.25,
+        recency_weight: float = 0.0,
+        recency_half_life_days: float = 30.0,
+    ) -> None:
+        self.k = k
+        self.candidates = max(candidates, k)
+        self.floor = floor
+        self.recency_weight = recency_weight
+        self.recency_half_life = recency_half_life_days * 86400.0
+
+
+class MemoryService:
+    def __init__(
+        self,
+        store: MemoryStore,
+        embedder: Embedder,
+        outbox: Outbox,
+        *,
+        recall: RecallSettings | None = None,
+        writer_batch: int = 64,
+        vector_cache: int = 4096,
+    ) -> None:
+        self.store = store
+        self.embedder = BatchingEmbedder(embedder)
+        self.outbox = outbox
+        self.settings = recall or RecallSettings()
+        self.writer = Writer(outbox, self._write_batch, batch_size=writer_batch)
+        self._vectors: OrderedDict[str, Vectors] = OrderedDict()
+        self._vector_cache = vector_cache
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def _write_batch(self, memories: builtins.list[Memory]) -> None:
+        vectors = await self._vectors_for(memories)
+        await asyncio.to_thread(self.store.add, memories, vectors)
+
+    async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
+        missing = [m for m in memories if m.id not in self._vectors]
+        if missing:
+            fresh = await self.embedder.embed([m.content for m in missing])
+            for memory, vector in zip(missing, fresh, strict=True):
+                self._vectors[memory.id] = vector
+                while len(self._vectors) > self._vector_cache:
+                    self._vectors.popitem(last=False)
+        if not memories:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return np.stack([self._vectors[m.id] for m in memories])
+
+    async def remember(self, exchange: Exchange) -> builtins.list[Memory]:
+        """Queue an exchange durably (committed when this returns); the writer stores it."""
+        memories = exchange.memories()
+        await asyncio.to_thread(self.outbox.put, memories)
+        self.writer.notify()
+        return memories
+
+    async def add(self, memories: Sequence[Memory]) -> None:
+        """Embed and store memories now (the direct memory API)."""
+        vectors = await self.embedder.embed([m.content for m in memories])
+        await asyncio.to_thread(self.store.add, memories, vectors)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    async def recall(
+        self, namespace: str, query: str, *, k: int | None = None, carried: Iterable[str] = ()
+    ) -> builtins.list[Hit]:
+        """The memories of ``namespace`` relevant to ``query``, ranked, best first (before any
+        token budget). Memories still queued for writing are included."""
+        k = k or self.settings.k
+        if not query.strip():
+            return []
+        pending = await asyncio.to_thread(self.outbox.pending, namespace)
+        query_vec = (await self.embedder.embed([query]))[0]
+        candidates = max(self.settings.candidates, k)
+        hits = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates)
+        if pending:
+            vectors = await self._vectors_for(pending)
+            scores = vectors @ query_vec
+            hits.extend(Hit(m, float(s)) for m, s in zip(pending, scores, strict=True))
+        return rank(
+            hits,
+            floor=self.settings.floor,
+            carried=carried,
+            limit=k,
+            recency_weight=self.settings.recency_weight,
+            recency_half_life=self.settings.recency_half_life,
+            now=_now(),
+        )
+
+    async def list(
+        self, namespace: str, *, limit: int, after: str | None = None
+    ) -> tuple[builtins.list[Memory], bool]:
+        return await asyncio.to_thread(self.store.list, namespace, limit=limit, after=after)
+
+    async def get(self, namespace: str, memory_id: str) -> Memory | None:
+        found = await asyncio.to_thread(self.store.get, namespace, memory_id)
+        if found is None:
+            for memory in await asyncio.to_thread(self.outbox.pending, namespace):
+                if memory.id == memory_id:
+                    return memory
+        return found
+
+    async def delete(self, namespace: str, memory_id: str) -> bool:
+        async with self.writer.lock:
+            queued = await asyncio.to_thread(self.outbox.remove, namespace, memory_id)
+            stored = await asyncio.to_thread(self.store.delete, namespace, memory_id)
+        return queued or stored
+
+    async def delete_namespace(self, namespace: str) -> int:
+        async with self.writer.lock:
+            queued = await asyncio.to_thread(self.outbox.purge_namespace, namespace)
+            stored = await asyncio.to_thread(self.store.delete_namespace, namespace)
+        return queued + stored
+
+    async def count(self, namespace: str) -> int:
+        return await asyncio.to_thread(self.store.count, namespace)
+
+
+def _now() -> float:
+    return time.time()
