@@ -99,6 +99,7 @@ def create_app(
                 recency_half_life_days=recall.recency_half_life_days,
             ),
             writer_batch=settings.queue.batch_size,
+            embed_batch=settings.embedder.max_batch,
         )
         router = Router([Upstream(settings.upstream, transport=transport)])
         gw = GatewayState(settings=settings, service=service, router=router, ready=True)

@@ -16,6 +16,9 @@ from typing import Any
 import msgspec
 
 
+DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
+
+
 class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 11435
@@ -27,7 +30,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     url: str = "https://api.openai.com/v1"
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = DEFAULT_API_KEY_ENV
     api_key: str = ""  # from the environment or --upstream-api-key only
     timeout: float = 600.0
     connect_timeout: float = 10.0
@@ -126,7 +129,7 @@ def load_settings(
                 raw.setdefault(section, {})[field.name] = _parse_env(env[name], field.type)
     upstream = raw.setdefault("upstream", {})
     if not upstream.get("api_key"):
-        key_env = str(upstream.get("api_key_env", UpstreamSettings.api_key_env))
+        key_env = str(upstream.get("api_key_env", DEFAULT_API_KEY_ENV))
         if env.get(key_env):
             upstream["api_key"] = env[key_env]
     for section, values in (overrides or {}).items():

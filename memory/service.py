@@ -49,10 +49,11 @@ class MemoryService:
         *,
         recall: RecallSettings | None = None,
         writer_batch: int = 64,
+        embed_batch: int = 64,
         vector_cache: int = 4096,
     ) -> None:
         self.store = store
-        self.embedder = BatchingEmbedder(embedder)
+        self.embedder = BatchingEmbedder(embedder, max_batch=embed_batch)
         self.outbox = outbox
         self.settings = recall or RecallSettings()
         self.writer = Writer(outbox, self._write_batch, batch_size=writer_batch)

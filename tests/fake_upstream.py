@@ -1,0 +1,287 @@
+"""A fake OpenAI-compatible upstream: a small ASGI app that records what it received.
+
+Behaviour is chosen by the request's ``model``:
+- anything else: answers ``"echo: <last user text>"`` (JSON, or SSE word by word);
+- ``fail-500`` / ``fail-400`` / ``fail-429``: an OpenAI-shaped error with that status;
+- ``slow``: waits ``slow_seconds`` before answering;
+- ``cut``: streams two chunks, then drops the connection (no ``[DONE]``);
+- ``tool``: answers with a tool call to ``get_weather``;
+- ``drip``: streams 5 chunks ``drip_interval`` seconds apart.
+
+Serve it on loopback with ``serve_in_thread`` (uvicorn in a thread) or run this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class FakeUpstream:
+    requests: list[Received] = field(default_factory=list)
+    slow_seconds: float = 3.0
+    drip_interval: float = 0.3
+    chunk_times: list[float] = field(default_factory=list)
+
+    def last_body(self) -> Any:
+        return self.requests[-1].body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        raw = b""
+        while True:
+            message = await receive()
+            raw += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        body = json.loads(raw) if raw else None
+        path = scope["path"]
+        self.requests.append(Received(scope["method"], path, headers, body))
+        if path.endswith("/models"):
+            await _json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": "fake-model", "object": "model", "owned_by": "tests"}],
+                },
+            )
+            return
+        if not path.endswith("/chat/completions"):
+            await _json(
+                send,
+                404,
+                {
+                    "error": {
+                        "message": "no such path",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": None,
+                    }
+                },
+            )
+            return
+        model = body.get("model", "")
+        if model.startswith("fail-"):
+            status = int(model.split("-", 1)[1])
+            await _json(
+                send,
+                status,
+                {
+                    "error": {
+                        "message": f"upstream says {status}",
+                        "type": "server_error" if status >= 500 else "invalid_request_error",
+                        "param": None,
+                        "code": f"fake_{status}",
+                    }
+                },
+            )
+            return
+        if model == "slow":
+            await asyncio.sleep(self.slow_seconds)
+        text = "echo: " + _last_user(body.get("messages", []))
+        if body.get("stream"):
+            await self._stream(send, model, text)
+        elif model == "tool":
+            await _json(send, 200, _completion(model, None, tool_calls=[_tool_call()]))
+        else:
+            await _json(send, 200, _completion(model, text))
+
+    async def _stream(self, send: Send, model: str, text: str) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        words = text.split(" ")
+        if model == "tool":
+            call = _tool_call()
+            deltas: list[dict[str, Any]] = [
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": ""},
+                        }
+                    ],
+                },
+                {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+                {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+            ]
+        else:
+            deltas = [{"role": "assistant", "content": ""}] + [
+                {"content": (w if i == 0 else " " + w)} for i, w in enumerate(words)
+            ]
+        count = 5 if model == "drip" else len(deltas)
+        for i in range(count):
+            delta = deltas[i] if i < len(deltas) else {"content": "."}
+            chunk = {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(chunk).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
+            self.chunk_times.append(time.monotonic())
+            if model == "cut" and i == 1:
+                raise ConnectionError("fake upstream cuts the stream")
+            if model == "drip":
+                await asyncio.sleep(self.drip_interval)
+        final = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {},
+                    "finish_reason": "tool_calls" if model == "tool" else "stop",
+                }
+            ],
+        }
+        await send(
+            {
+                "type": "http.response.body",
+                "body": b"data: " + json.dumps(final).encode() + b"\n\n",
+                "more_body": True,
+            }
+        )
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def _last_user(messages: list[Any]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if p.get("type") == "text")
+            return str(content)
+    return ""
+
+
+def _tool_call() -> dict[str, Any]:
+    return {
+        "id": "call_fake1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+
+
+def _completion(
+    model: str, text: str | None, tool_calls: list[Any] | None = None
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_fake",
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
+    }
+
+
+async def _json(send: Send, status: int, body: Any) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"x-request-id", b"req_fake")],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a loopback port in a thread; yields its base URL."""
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("fake server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+if __name__ == "__main__":
+    import sys
+
+    import uvicorn
+
+    uvicorn.run(
+        FakeUpstream(),
+        host="127.0.0.1",
+        port=int(sys.argv[1]) if len(sys.argv) > 1 else 8099,
+        log_level="warning",
+    )

@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from memory.outbox import Outbox
+from memory.records import Exchange, Memory
+from memory.service import MemoryService
+from tests.fakes import FakeEmbedder, MemStore
+
+
+def mem(mid: str, ns: str = "a", text: str = "hello") -> Memory:
+    return Memory(id=mid, namespace=ns, content=text)
+
+
+def test_outbox_is_a_durable_fifo(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "q.sqlite3")
+    box.put([mem("1"), mem("2", "b")])
+    box.put([mem("3")])
+    box.put([mem("1")])  # same id again: ignored
+    assert box.depth() == 3
+    assert [m.id for m in box.pending("a")] == ["1", "3"]
+    taken = box.take(2)
+    assert [m.id for _, m in taken] == ["1", "2"]
+    box.close()
+    reopened = Outbox(tmp_path / "q.sqlite3")  # survives a restart
+    assert reopened.depth() == 3
+    reopened.ack([seq for seq, _ in reopened.take(2)])
+    assert [m.id for _, m in reopened.take(10)] == ["3"]
+    assert reopened.remove("a", "3") is True
+    assert reopened.remove("a", "3") is False
+    reopened.put([mem("4", "b"), mem("5", "b")])
+    assert reopened.purge_namespace("b") == 2
+    assert reopened.depth() == 0
+
+
+def _service(tmp_path: Path, store: MemStore) -> MemoryService:
+    return MemoryService(store, FakeEmbedder(), Outbox(tmp_path / "q.sqlite3"))
+
+
+def test_writer_drains_and_recall_sees_queued_items(tmp_path: Path) -> None:
+    store = MemStore()
+
+    async def run() -> None:
+        service = _service(tmp_path, store)
+        ex = Exchange(
+            namespace="a", user="my cat is called Tom", assistant="Nice cat", created_at=1.0
+        )
+        await service.remember(ex)
+        # before the writer ran: read-your-writes through the queue
+        hits = await service.recall("a", "what is my cat called")
+        assert hits[0].memory.content == "my cat is called Tom"
+        assert store.count("a") == 0
+        service.writer.start()
+        for _ in range(200):
+            if store.count("a") == 2 and service.outbox.depth() == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert sorted(store.contents("a")) == ["Nice cat", "my cat is called Tom"]
+        hits = await service.recall("a", "what is my cat called")
+        assert [h.memory.content for h in hits].count("my cat is called Tom") == 1
+        await service.writer.stop()
+
+    asyncio.run(run())
+
+
+def test_writer_keeps_items_while_store_is_down_then_lands_them_once(tmp_path: Path) -> None:
+    store = MemStore()
+    store.down = True
+
+    async def run() -> None:
+        service = _service(tmp_path, store)
+        service.writer.start()
+        await service.remember(Exchange(namespace="a", user="u1", assistant="a1", created_at=1.0))
+        await asyncio.sleep(0.3)
+        assert service.outbox.depth() == 2
+        assert service.writer.last_error
+        store.down = False
+        for _ in range(300):
+            if service.outbox.depth() == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert service.outbox.depth() == 0
+        assert sorted(store.contents("a")) == ["a1", "u1"]
+        await service.writer.stop()
+
+    asyncio.run(run())
+
+
+def test_queued_items_replay_after_restart(tmp_path: Path) -> None:
+    store = MemStore()
+
+    async def first() -> None:
+        service = _service(tmp_path, store)
+        await service.remember(Exchange(namespace="a", user="u", assistant="r", created_at=1.0))
+        service.outbox.close()  # "crash" before the writer ran
+
+    async def second() -> None:
+        service = _service(tmp_path, store)
+        service.writer.start()
+        await service.writer.stop(timeout=10)
+
+    asyncio.run(first())
+    assert store.count("a") == 0
+    asyncio.run(second())
+    assert sorted(store.contents("a")) == ["r", "u"]
+
+
+def test_erasing_a_namespace_removes_queued_items_too(tmp_path: Path) -> None:
+    store = MemStore()
+
+    async def run() -> None:
+        service = _service(tmp_path, store)
+        await service.add([mem("x", "a", "stored")])
+        await service.remember(Exchange(namespace="a", user="queued", assistant="", created_at=1.0))
+        assert await service.delete_namespace("a") == 2
+        service.writer.start()
+        await service.writer.stop()
+        assert store.count("a") == 0
+        assert await service.recall("a", "queued stored") == []
+
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_batching_embedder_merges_concurrent_callers(fail: bool) -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+
+    class Flaky:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            if fail:
+                raise RuntimeError("boom")
+            return inner.embed(texts)
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Flaky())
+        results = await asyncio.gather(
+            *(batching.embed([f"text {i}"]) for i in range(20)), return_exceptions=True
+        )
+        if fail:
+            assert all(isinstance(r, RuntimeError) for r in results)
+        else:
+            assert all(r.shape == (1, inner.dimension) for r in results)  # type: ignore[union-attr]
+            assert len(inner.calls) < 20  # merged into fewer model calls
+
+    asyncio.run(run())
