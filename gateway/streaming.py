@@ -126,7 +126,7 @@ async def relay(
     try:
         try:
             with upstream_errors(upstream_name):
-                async for chunk in response.aiter_raw():
+                async for chunk in response.aiter_bytes():
                     accumulator.feed(chunk)
                     yield chunk
         except GatewayError as exc:

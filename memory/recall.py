@@ -16,6 +16,7 @@ from typing import Any
 from memory.records import Hit
 
 _SPACE = re.compile(r"\s+")
+CONTAINED_MIN = 32  # shorter memories count as carried only when a message equals them
 
 
 def normalize(text: str) -> str:
@@ -78,11 +79,13 @@ def rank(
 
     - drops hits scoring below ``floor``;
     - drops hits whose text the request already carries (``carried``: the texts of its
-      messages; a memory is dropped if its folded text appears inside one of them);
+      messages): a memory equal to one of them once case and spaces are folded, or one of at
+      least ``CONTAINED_MIN`` characters found inside one of them;
     - keeps one hit per distinct text (and per id), the best scoring;
     - with ``recency_weight`` > 0, adds ``weight * 0.5 ** (age / half_life)`` to the score.
     """
     carried_norm = [normalize(t) for t in carried if t and t.strip()]
+    carried_set = set(carried_norm)
     best: dict[str, Hit] = {}
     seen_ids: set[str] = set()
     for hit in sorted(hits, key=lambda h: h.score, reverse=True):
@@ -92,7 +95,9 @@ def rank(
         text = normalize(hit.memory.content)
         if not text or text in best:
             continue
-        if any(text in c for c in carried_norm):
+        if text in carried_set or (
+            len(text) >= CONTAINED_MIN and any(text in c for c in carried_norm)
+        ):
             continue
         score = hit.score
         if recency_weight > 0 and now is not None:

@@ -41,8 +41,14 @@ def test_rank_applies_floor_dedup_and_carried_text() -> None:
         hit("d", "Unrelated", 0.1),
         hit("a", "I live in Lisbon", 0.9),  # same id twice
     ]
-    ranked = rank(hits, floor=0.2, carried=["Remember: my dog is rex, ok?"])
+    ranked = rank(hits, floor=0.2, carried=["  my DOG is rex"])
     assert [h.memory.id for h in ranked] == ["a"]
+    # a short memory inside a longer message is not the same thing: kept
+    ranked = rank(hits, floor=0.2, carried=["Remember: my dog is rex, ok?"])
+    assert [h.memory.id for h in ranked] == ["a", "c"]
+    long = hit("l", "we agreed to meet at the harbour at noon on friday", 0.9)
+    carried = ["Recap: we agreed to meet at the harbour at noon on Friday. Still on?"]
+    assert rank([long], carried=carried) == []
     ranked = rank(hits, floor=0.2)
     assert [h.memory.id for h in ranked] == ["a", "c"]
     assert rank(hits, floor=0.0, limit=1)[0].memory.id == "a"
