@@ -157,8 +157,7 @@ def test_passthrough_forwards_bytes_untouched(harness: AppHarness, client: TestC
     harness.upstream.post("/chat/completions").mock(
         return_value=httpx.Response(200, json=completion("hi"))
     )
-    raw = b'{"model":"m",  "messages":[{"role":"user","content":"x"}],"temperature":1.0,"zzz":[1e400]}'
-    raw = raw.replace(b"1e400", b"1.5")
+    raw = b'{"model":"m",  "messages":[{"role":"user","content":"x"}],"temperature":1.0,"z":[1.50]}'
     r = client.post(
         "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
     )

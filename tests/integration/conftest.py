@@ -1,0 +1,22 @@
+"""Integration fixtures: the real MiniLM model, real Chroma, real HTTP on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from memory.embedder import SentenceTransformerEmbedder
+from tests.fake_upstream import FakeUpstream, serve_in_thread
+
+
+@pytest.fixture(scope="session")
+def minilm() -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder()
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[tuple[FakeUpstream, str]]:
+    app = FakeUpstream()
+    with serve_in_thread(app) as url:
+        yield app, url + "/v1"

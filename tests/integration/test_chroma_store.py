@@ -1,0 +1,85 @@
+"""The ``MemoryStore`` contract against real embedded Chroma and the real model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from memory.chroma import ChromaStore
+from memory.embedder import SentenceTransformerEmbedder
+from memory.records import Memory
+
+pytestmark = pytest.mark.slow
+
+
+def make(ns: str, i: int, text: str) -> Memory:
+    return Memory(
+        id=f"{ns}-{i}",
+        namespace=ns,
+        content=text,
+        role="user" if i % 2 else "assistant",
+        created_at=1_700_000_000.0 + i,
+        metadata={"i": i, "tag": f"t{i}", "ok": True, "w": 0.5},
+    )
+
+
+TEXTS = [
+    "I moved to Lisbon last spring",
+    "My dog Rex loves the beach",
+    "I work as a nurse at night",
+    "My favourite food is grilled sardines",
+    "I play the violin in a small orchestra",
+]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ChromaStore:
+    return ChromaStore(path=tmp_path / "chroma")
+
+
+def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder) -> None:
+    a = [make("ns:a@x", i, t) for i, t in enumerate(TEXTS)]
+    b = [make("ns-b", i, t) for i, t in enumerate(TEXTS)]
+    store.add(a + b, minilm.embed([m.content for m in a + b]))
+    store.add(a[:1], minilm.embed([a[0].content]))  # upsert: no duplicate
+    assert store.count("ns:a@x") == 5
+    assert store.count("nobody") == 0
+    assert store.namespaces() == ["ns-b", "ns:a@x"]
+
+    hits = store.search("ns:a@x", minilm.embed(["which city do I live in?"])[0], 3)
+    assert hits[0].memory == a[0]
+    assert hits[0].score > hits[1].score
+    assert all(h.memory.namespace == "ns:a@x" for h in hits)
+    assert store.search("nobody", minilm.embed(["x"])[0], 3) == []
+
+    page, more = store.list("ns:a@x", limit=2)
+    assert [m.id for m in page] == ["ns:a@x-4", "ns:a@x-3"]
+    assert more is True
+    page, more = store.list("ns:a@x", limit=2, after=page[-1].id)
+    assert [m.id for m in page] == ["ns:a@x-2", "ns:a@x-1"]
+    page, more = store.list("ns:a@x", limit=2, after=page[-1].id)
+    assert [m.id for m in page] == ["ns:a@x-0"]
+    assert more is False
+
+    assert store.get("ns:a@x", "ns:a@x-1") == a[1]
+    assert store.get("ns-b", "ns:a@x-1") is None  # an id of A asked for in B
+    assert store.delete("ns-b", "ns:a@x-1") is False
+    assert store.delete("ns:a@x", "ns:a@x-1") is True
+    assert store.get("ns:a@x", "ns:a@x-1") is None
+    assert store.count("ns:a@x") == 4
+
+    assert store.delete_namespace("ns:a@x") == 4
+    assert store.count("ns:a@x") == 0
+    assert store.search("ns:a@x", minilm.embed(["Lisbon"])[0], 5) == []
+    assert store.list("ns:a@x", limit=10) == ([], False)
+    assert store.count("ns-b") == 5
+    store.ping()
+
+
+def test_store_survives_reopen(tmp_path: Path, minilm: SentenceTransformerEmbedder) -> None:
+    first = ChromaStore(path=tmp_path / "chroma")
+    first.add([make("p", 0, TEXTS[0])], minilm.embed([TEXTS[0]]))
+    first.close()
+    second = ChromaStore(path=tmp_path / "chroma")
+    assert second.get("p", "p-0") == make("p", 0, TEXTS[0])
