@@ -15,7 +15,6 @@ from typing import Any
 
 import msgspec
 
-
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
 

@@ -1,0 +1,187 @@
+"""The official ``openai`` SDK against a running gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import GatewayProcess, start_gateway
+from tests.fake_upstream import FakeUpstream
+
+pytestmark = pytest.mark.slow
+
+
+def ns() -> str:
+    return "e2e-" + uuid.uuid4().hex[:8]
+
+
+def sdk(gateway: GatewayProcess, namespace: str) -> openai.OpenAI:
+    return openai.OpenAI(
+        base_url=gateway.url + "/v1/memory",
+        api_key="sk-client",
+        default_query={"namespace": namespace},
+        max_retries=0,
+    )
+
+
+def memory_text(body: dict[str, object]) -> str:
+    messages = body["messages"]
+    assert isinstance(messages, list)
+    return "\n".join(str(m.get("content")) for m in messages if m.get("role") == "system")
+
+
+def test_sync_memory_flow_and_isolation(
+    gateway: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    fake, _ = upstream
+    a, b = ns(), ns()
+    client = sdk(gateway, a)
+    first = client.chat.completions.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": "My favourite colour is teal."}],
+    )
+    assert first.choices[0].message.content == "echo: My favourite colour is teal."
+    raw = client.chat.completions.with_raw_response.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": "What is my favourite colour?"}],
+    )
+    assert raw.headers["x-memory-namespace"] == a
+    assert int(raw.headers["x-memory-recalled"]) >= 1
+    assert "My favourite colour is teal." in memory_text(fake.last_body())
+    assert fake.requests[-1].headers["authorization"] == "Bearer sk-e2e-upstream"
+
+    other = sdk(gateway, b).chat.completions.with_raw_response.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": "What is my favourite colour?"}],
+    )
+    assert other.headers["x-memory-recalled"] == "0"
+    assert "teal" not in str(fake.last_body()["messages"])
+
+
+def test_async_client_with_path_form_namespace(
+    gateway: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    fake, _ = upstream
+    name = ns()
+
+    async def run() -> None:
+        client = openai.AsyncOpenAI(
+            base_url=f"{gateway.url}/v1/memory/ns/{name}", api_key="k", max_retries=0
+        )
+        await client.chat.completions.create(
+            model="fake-model",
+            messages=[{"role": "user", "content": "I keep my spare key under the blue pot."}],
+        )
+        reply = await client.chat.completions.create(
+            model="fake-model",
+            messages=[
+                {"role": "system", "content": "You are helpful."},
+                {"role": "user", "content": "Where is my spare key?"},
+            ],
+        )
+        assert reply.choices[0].message.content == "echo: Where is my spare key?"
+        seen = fake.last_body()["messages"]
+        assert seen[0] == {"role": "system", "content": "You are helpful."}
+        assert "blue pot" in seen[1]["content"]
+        models = await client.models.list()
+        assert [m.id for m in models.data] == ["fake-model"]
+        await client.close()
+
+    asyncio.run(run())
+
+
+def test_streaming_with_the_sdk(gateway: GatewayProcess) -> None:
+    name = ns()
+    client = sdk(gateway, name)
+    stream = client.chat.completions.create(
+        model="fake-model",
+        messages=[{"role": "user", "content": "I was born in Reykjavik."}],
+        stream=True,
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == "echo: I was born in Reykjavik."
+    hits = httpx.post(
+        gateway.url + "/v1/memory/search",
+        params={"namespace": name},
+        json={"query": "Where was I born?"},
+    ).json()["data"]
+    contents = [h["content"] for h in hits]
+    assert "I was born in Reykjavik." in contents
+    assert "echo: I was born in Reykjavik." in contents
+
+
+def test_errors_reach_the_sdk_as_api_errors(gateway: GatewayProcess) -> None:
+    client = sdk(gateway, ns())
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(
+            model="fail-500", messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.status_code == 500
+    bad = openai.OpenAI(
+        base_url=gateway.url + "/v1/memory",
+        api_key="k",
+        default_query={"namespace": "not ok!"},
+        max_retries=0,
+    )
+    with pytest.raises(openai.BadRequestError) as bad_info:
+        bad.chat.completions.create(model="m", messages=[{"role": "user", "content": "x"}])
+    assert bad_info.value.body["param"] == "namespace"  # type: ignore[index]
+    with pytest.raises(openai.APIError):
+        list(
+            client.chat.completions.create(
+                model="cut", messages=[{"role": "user", "content": "x"}], stream=True
+            )
+        )
+
+
+def test_memory_api_round_trip(gateway: GatewayProcess) -> None:
+    name = ns()
+    http = httpx.Client(base_url=gateway.url, params={"namespace": name})
+    ids = http.post(
+        "/v1/memory/memories",
+        json={
+            "memories": [
+                {"content": "Takes the 7:40 train to work"},
+                {"content": "Owns a red kayak"},
+            ]
+        },
+    ).json()["ids"]
+    assert len(ids) == 2
+    hits = http.post("/v1/memory/search", json={"query": "boat", "k": 2}).json()["data"]
+    assert hits[0]["id"] == ids[1]
+    listed = http.get("/v1/memory/memories").json()
+    assert {m["id"] for m in listed["data"]} == set(ids)
+    assert (
+        http.get(f"/v1/memory/memories/{ids[0]}").json()["content"]
+        == "Takes the 7:40 train to work"
+    )
+    assert http.delete(f"/v1/memory/memories/{ids[0]}").json()["deleted"] is True
+    assert http.get(f"/v1/memory/memories/{ids[0]}").status_code == 404
+    erased = http.delete(f"/v1/memory/namespaces/{name}").json()
+    assert erased["deleted"] == 1
+    assert http.post("/v1/memory/search", json={"query": "kayak"}).json()["data"] == []
+    assert http.get("/v1/memory/memories").json()["data"] == []
+
+
+def test_sigterm_flushes_the_queue(tmp_path: Path, upstream: tuple[FakeUpstream, str]) -> None:
+    gw = start_gateway(tmp_path / "data", upstream[1])
+    try:
+        client = sdk(gw, "flush")
+        for i in range(5):
+            client.chat.completions.create(
+                model="fake-model", messages=[{"role": "user", "content": f"fact number {i}"}]
+            )
+    finally:
+        code = gw.stop()
+    assert code == 0, gw.log()
+    assert "memgate stopped" in gw.log()
+    from memory.chroma import ChromaStore
+    from memory.outbox import Outbox
+
+    assert Outbox(tmp_path / "data" / "outbox.sqlite3").depth() == 0
+    assert ChromaStore(path=tmp_path / "data" / "chroma").count("flush") == 10
