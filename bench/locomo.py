@@ -726,6 +726,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ApiError, RuntimeError, httpx.HTTPError) as exc:
         log(f"error: {exc}")
         return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
     total = time.perf_counter() - started
 
     extra = {
