@@ -151,5 +151,8 @@ def create_app(
             path="/docs",
             render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
         ),
+        # Logging is the host program's business (``memgate serve`` sets it up): Litestar's
+        # default queue handler would lose the last records when the process exits on SIGTERM.
+        logging_config=None,
         debug=False,
     )

@@ -76,7 +76,13 @@ def serve(settings: Settings) -> None:
     from gateway.app import create_app
 
     level = settings.server.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     app = create_app(settings)
     uvicorn.run(
         app,

@@ -24,6 +24,7 @@ mapped to the same shape by ``error_response``; a stack trace never reaches the 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, ClassVar
 
 import msgspec
@@ -136,17 +137,26 @@ _LITESTAR_TYPES = {
 }
 
 
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+
+
 def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
+    """A readable message and the offending parameter from Litestar's validation error."""
     extra = exc.extra
-    if isinstance(extra, list) and extra and isinstance(extra[0], dict):
-        first = extra[0]
-        key = first.get("key")
-        message = str(first.get("message") or exc.detail)
-        param = str(key) if key else None
-        if param and param not in message:
-            message = f"{message} (at {param})"
-        return message, param
-    return str(exc.detail), None
+    if not (isinstance(extra, list) and extra and isinstance(extra[0], dict)):
+        return str(exc.detail), None
+    first = extra[0]
+    message = str(first.get("message") or exc.detail)
+    key = str(first.get("key") or "")
+    param: str | None = key.replace("[...]", "") or None
+    if param == "data":  # the whole body: name the field itself where we can
+        param = None
+    unknown = _NAMED_FIELD.search(message)
+    if unknown:
+        param = f"{param}.{unknown.group(1)}" if param else unknown.group(1)
+    if param and param not in message:
+        message = f"{message} (at {param})"
+    return message, param
 
 
 def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:

@@ -88,7 +88,9 @@ class MemoryService:
     async def add(self, memories: Sequence[Memory]) -> None:
         """Embed and store memories now (the direct memory API)."""
         vectors = await self.embedder.embed([m.content for m in memories])
-        await asyncio.to_thread(self.store.add, memories, vectors)
+        # Under the writer's lock, so that a concurrent erase is never interleaved with it.
+        async with self.writer.lock:
+            await asyncio.to_thread(self.store.add, memories, vectors)
 
     # -- reading -----------------------------------------------------------------------------
 

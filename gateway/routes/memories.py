@@ -94,6 +94,7 @@ def _new_memory(namespace: str, index: int, item: NewMemory, stamp: float) -> Me
             raise BadRequest(
                 f"metadata key {key!r} is not allowed: 1-128 characters, not starting with # or $",
                 param=f"memories[{index}].metadata",
+                code="invalid_value",
             )
     created = stamp
     if item.created_at is not None:
@@ -103,9 +104,12 @@ def _new_memory(namespace: str, index: int, item: NewMemory, stamp: float) -> Me
             raise BadRequest(
                 f"created_at {item.created_at!r} is not an RFC 3339 timestamp",
                 param=f"memories[{index}].created_at",
+                code="invalid_value",
             ) from exc
     if not item.content.strip():
-        raise BadRequest("content must not be blank", param=f"memories[{index}].content")
+        raise BadRequest(
+            "content must not be blank", param=f"memories[{index}].content", code="invalid_value"
+        )
     return Memory(
         id=new_id(),
         namespace=namespace,
@@ -172,7 +176,10 @@ async def delete_memory(
 async def search_memories(
     gw: GatewayState, data: SearchRequest, namespace: NamespaceQuery = None
 ) -> SearchResult:
-    """Exactly the recall the memory chat uses (before its token budget), best first."""
+    """Exactly the recall the memory chat uses (before its token budget), best first: up to
+    ``k`` memories, fewer when fewer pass the similarity floor."""
+    if not data.query.strip():
+        raise BadRequest("query must not be blank", param="query", code="invalid_value")
     hits = await gw.service.recall(_ns(gw, namespace), data.query, k=data.k)
     return SearchResult(
         data=[
