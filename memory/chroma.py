@@ -69,37 +69,55 @@ class ChromaStore:
         cache_size: int = 1024,
         client: Any = None,
     ) -> None:
-        import chromadb
-        from chromadb.config import Settings as ChromaSettings
-
-        settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
-        self.mode = "client"
-        try:
-            if client is not None:
-                self._client = client
-            elif url:
-                parsed = urlparse(url)
-                self._client = chromadb.HttpClient(
-                    host=parsed.hostname or "127.0.0.1",
-                    port=parsed.port or (443 if parsed.scheme == "https" else 8000),
-                    ssl=parsed.scheme == "https",
-                    settings=settings,
-                )
-                self.mode = "server"
-            elif path is not None:
-                Path(path).mkdir(parents=True, exist_ok=True)
-                self._client = chromadb.PersistentClient(path=str(path), settings=settings)
-                self.mode = "embedded"
-            else:
-                raise ValueError("ChromaStore needs a path (embedded) or a url (server)")
-        except ValueError:
-            raise
-        except Exception as exc:
-            raise StoreUnavailable(f"cannot open Chroma: {exc}") from exc
+        if client is None and not url and path is None:
+            raise ValueError("ChromaStore needs a path (embedded) or a url (server)")
+        self.mode = "server" if url else "embedded"
+        self._path = Path(path) if path is not None else None
+        self._url = url
+        self._client_obj: Any = client
         self._prefix = prefix
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
+        if self.mode == "embedded":
+            self._connect()  # local disk: fail now, loudly, if it cannot be opened
+
+    def _connect(self) -> Any:
+        """The Chroma client, created on first use: a server that is down when the gateway
+        starts is retried on later calls instead of failing the start."""
+        if self._client_obj is not None:
+            return self._client_obj
+        with self._connect_lock:
+            if self._client_obj is not None:
+                return self._client_obj
+            import chromadb
+            from chromadb.config import Settings as ChromaSettings
+
+            settings = ChromaSettings(anonymized_telemetry=False, allow_reset=False)
+            try:
+                if self._url:
+                    parsed = urlparse(self._url)
+                    self._client_obj = chromadb.HttpClient(
+                        host=parsed.hostname or "127.0.0.1",
+                        port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                        ssl=parsed.scheme == "https",
+                        settings=settings,
+                    )
+                elif self._path is not None:
+                    self._path.mkdir(parents=True, exist_ok=True)
+                    self._client_obj = chromadb.PersistentClient(
+                        path=str(self._path), settings=settings
+                    )
+                else:
+                    raise ValueError("ChromaStore needs a path (embedded) or a url (server)")
+            except Exception as exc:
+                raise StoreUnavailable(f"cannot open Chroma: {exc}") from exc
+            return self._client_obj
+
+    @property
+    def _client(self) -> Any:
+        return self._connect()
 
     # -- collections -------------------------------------------------------------------------
 

@@ -8,11 +8,19 @@ import pytest
 
 from memory.embedder import SentenceTransformerEmbedder
 from tests.fake_upstream import FakeUpstream, serve_in_thread
+from tests.processes import ChromaServer
 
 
 @pytest.fixture(scope="session")
 def minilm() -> SentenceTransformerEmbedder:
     return SentenceTransformerEmbedder()
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChromaServer]:
+    server = ChromaServer(tmp_path_factory.mktemp("chroma-server") / "data").start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

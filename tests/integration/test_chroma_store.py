@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from memory.chroma import ChromaStore
 from memory.embedder import SentenceTransformerEmbedder
 from memory.records import Memory
+from tests.processes import ChromaServer
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +35,15 @@ TEXTS = [
 ]
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> ChromaStore:
-    return ChromaStore(path=tmp_path / "chroma")
+@pytest.fixture(params=["embedded", "server"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ChromaStore:
+    """The same contract in both modes; a fresh collection prefix isolates each test on the
+    shared server."""
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    if request.param == "server":
+        server: ChromaServer = request.getfixturevalue("chroma_server")
+        return ChromaStore(url=server.url, prefix=prefix)
+    return ChromaStore(path=tmp_path / "chroma", prefix=prefix)
 
 
 def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder) -> None:
@@ -83,3 +91,41 @@ def test_store_survives_reopen(tmp_path: Path, minilm: SentenceTransformerEmbedd
     first.close()
     second = ChromaStore(path=tmp_path / "chroma")
     assert second.get("p", "p-0") == make("p", 0, TEXTS[0])
+
+
+def test_two_clients_of_one_server_see_the_same_namespaces(
+    chroma_server: ChromaServer, minilm: SentenceTransformerEmbedder
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    one = ChromaStore(url=chroma_server.url, prefix=prefix)
+    two = ChromaStore(url=chroma_server.url, prefix=prefix)
+    one.add([make("shared", 0, TEXTS[0])], minilm.embed([TEXTS[0]]))
+    assert two.get("shared", "shared-0") == make("shared", 0, TEXTS[0])
+    assert two.search("shared", minilm.embed(["Lisbon"])[0], 1)[0].memory.id == "shared-0"
+    assert two.delete_namespace("shared") == 1
+    assert one.count("shared") == 0  # one's cached handle is stale: it must notice
+    one.add([make("shared", 1, TEXTS[1])], minilm.embed([TEXTS[1]]))
+    assert two.count("shared") == 1
+    assert [m.id for m in two.list("shared", limit=5)[0]] == ["shared-1"]
+
+
+def test_server_down_at_start_then_up(tmp_path: Path, minilm: SentenceTransformerEmbedder) -> None:
+    from memory.store import StoreUnavailable
+
+    server = ChromaServer(tmp_path / "late")
+    store = ChromaStore(url=server.url)  # nothing listens yet: no error until used
+    with pytest.raises(StoreUnavailable):
+        store.ping()
+    with pytest.raises(StoreUnavailable):
+        store.count("x")
+    server.start()
+    try:
+        store.add([make("x", 0, TEXTS[0])], minilm.embed([TEXTS[0]]))
+        assert store.count("x") == 1
+        server.stop()
+        with pytest.raises(StoreUnavailable):
+            store.count("x")
+        server.start()
+        assert store.count("x") == 1
+    finally:
+        server.stop()
