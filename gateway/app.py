@@ -16,20 +16,24 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from gateway import __version__
+from gateway.auth import Authenticator
 from gateway.config import Settings
 from gateway.errors import error_response
 from gateway.routes.chat import chat_passthrough, memory_chat_path, memory_chat_query
 from gateway.routes.health import healthz, readyz
+from gateway.routes.health import metrics as metrics_route
 from gateway.routes.memories import (
     add_memories,
     delete_memory,
     erase_namespace,
     get_memory,
     list_memories,
+    list_namespaces,
     search_memories,
 )
 from gateway.routes.models import list_models
-from gateway.state import GatewayState, get_gateway
+from gateway.state import GatewayState, get_gateway, get_principal
+from gateway.telemetry import Metrics, telemetry_middleware
 from gateway.upstream import Router, Upstream
 from memory.embedder import Embedder
 from memory.outbox import Outbox
@@ -77,6 +81,8 @@ def create_app(
     """Build the gateway. ``store``, ``embedder`` and ``transport`` (for the upstream httpx
     client) replace the real ones, for tests and embedding in other programs."""
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         opened_store = store if store is not None else await asyncio.to_thread(open_store, settings)
@@ -101,8 +107,27 @@ def create_app(
             writer_batch=settings.queue.batch_size,
             embed_batch=settings.embedder.max_batch,
         )
-        router = Router([Upstream(settings.upstream, transport=transport)])
-        gw = GatewayState(settings=settings, service=service, router=router, ready=True)
+        router = Router(
+            [
+                Upstream(u, transport=transport, name=u.name, on_error=metrics.upstream_errors.inc)
+                for u in settings.all_upstreams()
+            ]
+        )
+        metrics.gauge("memgate_queue_depth", "Memories waiting in the write queue", outbox.depth)
+        metrics.gauge(
+            "memgate_memories_written",
+            "Memories the writer stored since start",
+            lambda: float(service.writer.written),
+        )
+        metrics.gauge("memgate_ready", "1 when the gateway has started", lambda: float(gw.ready))
+        gw = GatewayState(
+            settings=settings,
+            service=service,
+            router=router,
+            auth=Authenticator(settings),
+            metrics=metrics,
+            ready=True,
+        )
         app.state["gateway"] = gw
         queued = await asyncio.to_thread(outbox.depth)
         service.writer.start()
@@ -133,15 +158,21 @@ def create_app(
             list_models,
             add_memories,
             list_memories,
+            list_namespaces,
             get_memory,
             delete_memory,
             search_memories,
             erase_namespace,
             healthz,
+            metrics_route,
             readyz,
         ],
-        dependencies={"gw": Provide(get_gateway, sync_to_thread=False)},
+        dependencies={
+            "gw": Provide(get_gateway, sync_to_thread=False),
+            "principal": Provide(get_principal, sync_to_thread=False),
+        },
         exception_handlers={Exception: error_response},
+        middleware=[telemetry_middleware(metrics)],
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(

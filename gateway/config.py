@@ -8,6 +8,8 @@ key) come from the environment only: a TOML file that holds one is refused.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,11 +26,15 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_body_bytes: int = 4 * 1024 * 1024
     default_namespace: str = "default"
     log_level: str = "info"
+    log_format: str = "json"
     shutdown_flush_seconds: float = 30.0
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str = "default"
     url: str = "https://api.openai.com/v1"
+    # fnmatch patterns of the model names this upstream serves ("*": any)
+    models: tuple[str, ...] = ("*",)
     api_key_env: str = DEFAULT_API_KEY_ENV
     api_key: str = ""  # from the environment or --upstream-api-key only
     timeout: float = 600.0
@@ -62,6 +68,28 @@ class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     recency_half_life_days: float = 30.0
 
 
+class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # With no keys configured, serve beyond loopback anyway (otherwise the start is refused).
+    allow_unauthenticated_remote: bool = False
+    # Requests a minute per key (per client address when no keys are configured); 0: no limit.
+    requests_per_minute: int = 0
+
+
+class KeySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    # The key itself never goes in a file: its SHA-256 (hex), or the variable holding it.
+    key_sha256: str = ""
+    key_env: str = ""
+    # Namespaces the key may use: exact names, or prefixes ending in "*" ("tenant-a:*", "*").
+    namespaces: tuple[str, ...] = ()
+    # May use the memory management API (add, list, get, delete, search) in its namespaces.
+    memory_api: bool = False
+    # May erase and list namespaces, and use every namespace.
+    admin: bool = False
+    # Overrides auth.requests_per_minute for this key (-1: the default).
+    requests_per_minute: int = -1
+
+
 class QueueSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     batch_size: int = 64
 
@@ -73,6 +101,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     embedder: EmbedderSettings = msgspec.field(default_factory=EmbedderSettings)
     recall: RecallSettings = msgspec.field(default_factory=RecallSettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
+    auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    keys: tuple[KeySettings, ...] = ()
+    upstreams: tuple[UpstreamSettings, ...] = ()
+
+    def all_upstreams(self) -> list[UpstreamSettings]:
+        """The routed upstreams in order: the ``[[upstreams]]`` entries, then ``[upstream]``."""
+        return [*self.upstreams, self.upstream]
 
     @property
     def data_dir(self) -> Path:
@@ -84,13 +119,62 @@ class ConfigError(Exception):
 
 
 _SECRET_KEYS = {("upstream", "api_key")}
+_LISTS = {"keys", "upstreams"}
+
+
+def key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _resolve_lists(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Keys and extra upstreams: lists from the file, ``MEMGATE_KEYS_JSON`` /
+    ``MEMGATE_UPSTREAMS_JSON`` (JSON arrays of the same objects) and ``MEMGATE_ADMIN_KEY``;
+    secrets resolved from the environment."""
+    for name in _LISTS:
+        text = env.get(f"MEMGATE_{name.upper()}_JSON")
+        if text:
+            try:
+                value = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"MEMGATE_{name.upper()}_JSON is not valid JSON: {exc}") from exc
+            if not isinstance(value, list):
+                raise ConfigError(f"MEMGATE_{name.upper()}_JSON must be a JSON array")
+            raw[name] = value
+    keys: list[Any] = [dict(k) if isinstance(k, dict) else k for k in raw.get("keys", [])]
+    if env.get("MEMGATE_ADMIN_KEY"):
+        keys.append({"name": "admin", "key_env": "MEMGATE_ADMIN_KEY", "admin": True})
+    for entry in keys:
+        if not isinstance(entry, dict):
+            continue
+        key_env = entry.get("key_env")
+        if key_env:
+            if not env.get(key_env):
+                raise ConfigError(
+                    f"key {entry.get('name')!r}: environment variable {key_env} is not set"
+                )
+            entry["key_sha256"] = key_hash(env[key_env])
+        elif not entry.get("key_sha256"):
+            raise ConfigError(f"key {entry.get('name')!r} needs key_sha256 or key_env")
+        entry["key_sha256"] = str(entry["key_sha256"]).lower()
+    if keys:
+        raw["keys"] = keys
+    upstreams: list[Any] = []
+    for item in raw.get("upstreams", []):
+        entry = dict(item) if isinstance(item, dict) else item
+        if isinstance(entry, dict):
+            key_env = entry.setdefault("api_key_env", "")  # no key unless one is named
+            if key_env and env.get(key_env):
+                entry["api_key"] = env[key_env]
+        upstreams.append(entry)
+    if upstreams:
+        raw["upstreams"] = upstreams
 
 
 def _sections() -> dict[str, type[msgspec.Struct]]:
     return {
-        name: field.type
-        for name, field in ((f.name, f) for f in msgspec.structs.fields(Settings))
-        if isinstance(field.type, type)
+        field.name: field.type
+        for field in msgspec.structs.fields(Settings)
+        if isinstance(field.type, type) and issubclass(field.type, msgspec.Struct)
     }
 
 
@@ -111,6 +195,17 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         for section, values in data.items():
+            if section in _LISTS:
+                if not isinstance(values, list):
+                    raise ConfigError(f"config key {section!r} must be an array like [[{section}]]")
+                for entry in values:
+                    if isinstance(entry, dict) and ("api_key" in entry or "key" in entry):
+                        raise ConfigError(
+                            f"a secret must not be in a config file ({section}): use the "
+                            "environment (api_key_env / key_env) or key_sha256"
+                        )
+                raw[section] = list(values)  # type: ignore[assignment]
+                continue
             if not isinstance(values, dict):
                 raise ConfigError(f"config key {section!r} must be a table like [{section}]")
             for key in values:
@@ -131,6 +226,7 @@ def load_settings(
         key_env = str(upstream.get("api_key_env", DEFAULT_API_KEY_ENV))
         if env.get(key_env):
             upstream["api_key"] = env[key_env]
+    _resolve_lists(raw, env)
     for section, values in (overrides or {}).items():
         for key, value in values.items():
             if value is not None:

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from litestar import Request
 from litestar.datastructures import State
 
+from gateway.auth import Authenticator, Principal
 from gateway.config import Settings
+from gateway.telemetry import Metrics
 from gateway.upstream import Router
 from memory.service import MemoryService
 
@@ -18,6 +20,8 @@ class GatewayState:
     settings: Settings
     service: MemoryService
     router: Router
+    auth: Authenticator
+    metrics: Metrics
     ready: bool = False
     startup_error: str | None = None
     notes: dict[str, str] = field(default_factory=dict)
@@ -27,3 +31,10 @@ def get_gateway(request: Request) -> GatewayState:  # type: ignore[type-arg]
     state: State = request.app.state
     gw: GatewayState = state["gateway"]
     return gw
+
+
+def get_principal(request: Request) -> Principal:  # type: ignore[type-arg]
+    """Authenticate the caller (401 without a valid key, 429 over its rate limit)."""
+    gw = get_gateway(request)
+    client = request.client.host if request.client else ""
+    return gw.auth.authenticate(request.headers, client)

@@ -11,7 +11,7 @@ import httpx
 import msgspec
 
 from gateway.errors import GatewayError
-from gateway.upstream import upstream_errors
+from gateway.upstream import ErrorHook, upstream_errors
 
 log = logging.getLogger("memgate.streaming")
 
@@ -119,13 +119,14 @@ async def relay(
     on_complete: Callable[[StreamAccumulator], Awaitable[None]],
     *,
     upstream_name: str,
+    on_error: ErrorHook | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's bytes as they arrive. ``on_complete`` runs only if the upstream
     finished the answer and every byte was handed on (a client that went away stops the
     iteration before that); the upstream response is always closed."""
     try:
         try:
-            with upstream_errors(upstream_name):
+            with upstream_errors(upstream_name, on_error):
                 async for chunk in response.aiter_bytes():
                     accumulator.feed(chunk)
                     yield chunk

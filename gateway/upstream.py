@@ -4,28 +4,40 @@ ONE place that maps httpx exceptions to gateway errors (``upstream_errors``)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+import fnmatch
+from collections.abc import Callable, Iterator, Mapping
 
 import httpx
 
 from gateway.config import UpstreamSettings
-from gateway.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.errors import BadRequest, UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from gateway.telemetry import current_request_id
 
 # Response headers worth relaying to the client; hop-by-hop and framing headers are not.
-_RELAYED = frozenset({"content-type", "retry-after", "x-request-id"})
+_RELAYED = frozenset({"content-type", "retry-after"})
 _RELAYED_PREFIXES = ("x-ratelimit-", "openai-")
 
 
+ErrorHook = Callable[[str, str], None]
+
+
 @contextlib.contextmanager
-def upstream_errors(name: str) -> Iterator[None]:
-    """Map httpx failures while talking to upstream ``name`` to gateway errors."""
+def upstream_errors(name: str, on_error: ErrorHook | None = None) -> Iterator[None]:
+    """Map httpx failures while talking to upstream ``name`` to gateway errors (and report
+    them to ``on_error(upstream, kind)``)."""
     try:
         yield
     except httpx.TimeoutException as exc:
+        if on_error:
+            on_error(name, "timeout")
         raise UpstreamTimeout(f"upstream {name} timed out ({type(exc).__name__})") from exc
     except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        if on_error:
+            on_error(name, "unreachable")
         raise UpstreamUnreachable(f"upstream {name} is unreachable: {exc}") from exc
     except httpx.HTTPError as exc:
+        if on_error:
+            on_error(name, "error")
         raise UpstreamError(f"upstream {name} failed: {exc}") from exc
 
 
@@ -38,9 +50,11 @@ class Upstream:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         name: str = "default",
+        on_error: ErrorHook | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
+        self.on_error = on_error
         self.client = httpx.AsyncClient(
             base_url=settings.url.rstrip("/") + "/",
             timeout=httpx.Timeout(settings.timeout, connect=settings.connect_timeout),
@@ -65,7 +79,7 @@ class Upstream:
             headers["authorization"] = auth
         elif self.settings.api_key:
             headers["authorization"] = f"Bearer {self.settings.api_key}"
-        request_id = client_headers.get("x-request-id")
+        request_id = current_request_id() or client_headers.get("x-request-id")
         if request_id:
             headers["x-request-id"] = request_id
         return headers
@@ -83,8 +97,11 @@ class Upstream:
         request = self.client.build_request(
             method, path.lstrip("/"), content=content, headers=self._headers(client_headers)
         )
-        with upstream_errors(self.name):
-            return await self.client.send(request, stream=True)
+        with upstream_errors(self.name, self.on_error):
+            response = await self.client.send(request, stream=True)
+        if response.status_code >= 400 and self.on_error:
+            self.on_error(self.name, str(response.status_code))
+        return response
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -97,12 +114,14 @@ def relayed_headers(response: httpx.Response) -> dict[str, str]:
         lower = key.lower()
         if lower in _RELAYED or lower.startswith(_RELAYED_PREFIXES):
             out[lower] = value
+        elif lower == "x-request-id":  # ours goes out as x-request-id
+            out["x-upstream-request-id"] = value
     return out
 
 
 class Router:
-    """Chooses the upstream for a request's ``model``. One upstream for now; the seam for
-    routing by model patterns."""
+    """Chooses the upstream for a request's ``model``: the first whose ``models`` patterns
+    (fnmatch) match, in configuration order."""
 
     def __init__(self, upstreams: list[Upstream]) -> None:
         if not upstreams:
@@ -110,8 +129,12 @@ class Router:
         self.upstreams = upstreams
 
     def route(self, model: str) -> Upstream:
-        del model
-        return self.upstreams[0]
+        for upstream in self.upstreams:
+            if any(fnmatch.fnmatchcase(model, p) for p in upstream.settings.models):
+                return upstream
+        raise BadRequest(
+            f"no upstream serves the model {model!r}", param="model", code="model_not_found"
+        )
 
     async def aclose(self) -> None:
         for upstream in self.upstreams:

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import respx
 from litestar.testing import TestClient
 
 from gateway.app import create_app
-from gateway.config import Settings, load_settings
+from gateway.config import KeySettings, Settings, UpstreamSettings, load_settings
 from tests.fakes import FakeEmbedder, MemStore
 
 UPSTREAM = "http://upstream.test/v1"
@@ -43,11 +44,20 @@ def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
 class AppHarness:
     """A gateway app on fakes: in-memory store, hashed-word embedder, respx upstream."""
 
-    def __init__(self, tmp_path: Path, **sections: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        keys: tuple[KeySettings, ...] = (),
+        upstreams: tuple[UpstreamSettings, ...] = (),
+        **sections: dict[str, Any],
+    ) -> None:
         self.store = MemStore()
         self.embedder = FakeEmbedder()
         self.upstream = respx.MockRouter(base_url=UPSTREAM, assert_all_called=False)
-        self.settings = make_settings(tmp_path, **sections)
+        self.settings = msgspec.structs.replace(
+            make_settings(tmp_path, **sections), keys=keys, upstreams=upstreams
+        )
         self.app = create_app(
             self.settings,
             store=self.store,

@@ -13,6 +13,7 @@ from litestar import Request, Response, post
 from litestar.params import Parameter
 from litestar.response import Stream
 
+from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.inject import inject
 from gateway.namespaces import check_namespace
@@ -128,8 +129,12 @@ class MemoryChat:
         except Exception as exc:  # fail open: answer without memories, and say why
             log.warning("recall failed in %s, answering without memories: %s", self.namespace, exc)
             self.headers["x-memory-error"] = _header_safe(f"recall failed: {exc}")
+            self.gw.metrics.recalls.inc("error")
             return []
-        return budget(hits, settings.token_budget)
+        kept = budget(hits, settings.token_budget)
+        self.gw.metrics.recalls.inc("hit" if kept else "empty")
+        self.gw.metrics.injected.inc(amount=len(kept))
+        return kept
 
     async def remember(self, user: str, assistant: str, model: str) -> None:
         if not user and not assistant:
@@ -143,6 +148,7 @@ class MemoryChat:
         )
         try:
             await self.gw.service.remember(exchange)
+            self.gw.metrics.remembered.inc()
         except Exception:
             log.exception("could not queue the exchange of %s", self.namespace)
 
@@ -168,9 +174,21 @@ class MemoryChat:
         await self.remember(user, reply_text(message), str(self.body.get("model", "")))
 
 
+def upstream_client_headers(
+    request: Request[Any, Any, Any], principal: Principal
+) -> dict[str, str]:
+    """The client's headers as the upstream may see them: a gateway key sent in
+    ``Authorization`` is never passed on."""
+    return {
+        k: v
+        for k, v in request.headers.items()
+        if not (k == "authorization" and principal.via_authorization)
+    }
+
+
 async def forward(
     upstream: Upstream,
-    request: Request[Any, Any, Any],
+    client_headers: Mapping[str, str],
     content: bytes,
     *,
     streaming: bool,
@@ -180,7 +198,7 @@ async def forward(
     """Send the body upstream and relay the answer unchanged, streamed or whole; with
     ``chat``, the exchange is remembered once the answer completed."""
     response = await upstream.send(
-        "POST", "chat/completions", client_headers=request.headers, content=content
+        "POST", "chat/completions", client_headers=client_headers, content=content
     )
     out_headers = {**relayed_headers(response), **headers}
     is_sse = "text/event-stream" in response.headers.get("content-type", "")
@@ -190,13 +208,15 @@ async def forward(
         out_headers.setdefault("cache-control", "no-cache")
         out_headers["x-accel-buffering"] = "no"
         return Stream(
-            relay(response, acc, on_complete, upstream_name=upstream.name),
+            relay(
+                response, acc, on_complete, upstream_name=upstream.name, on_error=upstream.on_error
+            ),
             status_code=response.status_code,
             headers=out_headers,
             media_type=out_headers.pop("content-type", "text/event-stream"),
         )
     try:
-        with upstream_errors(upstream.name):
+        with upstream_errors(upstream.name, upstream.on_error):
             data = await response.aread()
     finally:
         await response.aclose()
@@ -215,10 +235,14 @@ async def _nothing(_: StreamAccumulator) -> None:
 
 
 async def _memory_chat(
-    gw: GatewayState, request: Request[Any, Any, Any], namespace: str | None
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    namespace: str | None,
 ) -> Response[Any]:
     started = time.time()
     ns = check_namespace(namespace, gw.settings.server.default_namespace)
+    principal.require_namespace(ns)
     body = parse_chat_body(await request.body())
     chat = MemoryChat(gw, ns, body, started)
     hits = await chat.recall()
@@ -227,7 +251,7 @@ async def _memory_chat(
     chat.headers["x-memory-recalled"] = str(len(hits))
     return await forward(
         gw.router.route(body["model"]),
-        request,
+        upstream_client_headers(request, principal),
         msgspec.json.encode(body),
         streaming=body.get("stream") is True,
         headers=chat.headers,
@@ -238,32 +262,35 @@ async def _memory_chat(
 @post("/v1/memory/chat/completions", status_code=200, summary="Chat with memory")
 async def memory_chat_query(
     gw: GatewayState,
+    principal: Principal,
     request: Request[Any, Any, Any],
     namespace: str | None = Parameter(query="namespace", default=None, required=False),
 ) -> Response[Any]:
     """An OpenAI chat completion with the namespace's memories recalled and injected, and the
     new exchange remembered. The body is an ordinary chat completions request."""
-    return await _memory_chat(gw, request, namespace)
+    return await _memory_chat(gw, principal, request, namespace)
 
 
 @post("/v1/memory/ns/{namespace:str}/chat/completions", status_code=200, summary="Chat with memory")
 async def memory_chat_path(
-    gw: GatewayState, request: Request[Any, Any, Any], namespace: str
+    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], namespace: str
 ) -> Response[Any]:
     """The memory chat with the namespace in the path, for clients that can only change
     their base URL (``base_url=".../v1/memory/ns/NS"``)."""
-    return await _memory_chat(gw, request, namespace)
+    return await _memory_chat(gw, principal, request, namespace)
 
 
 @post("/v1/chat/completions", status_code=200, summary="Chat (pass-through)")
-async def chat_passthrough(gw: GatewayState, request: Request[Any, Any, Any]) -> Response[Any]:
+async def chat_passthrough(
+    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any]
+) -> Response[Any]:
     """A plain OpenAI proxy: the body goes upstream byte for byte, the answer comes back as
     it is; no memory is read or written."""
     raw = await request.body()
     body = parse_chat_body(raw)
     return await forward(
         gw.router.route(body["model"]),
-        request,
+        upstream_client_headers(request, principal),
         raw,
         streaming=body.get("stream") is True,
         headers={},

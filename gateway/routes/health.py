@@ -43,3 +43,9 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
         "queue_depth": depth,
     }
     return Response(body, status_code=200 if ready else 503)
+
+
+@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
+async def metrics(gw: GatewayState) -> str:
+    """Requests, latency, recalls, injected memories, queue depth, upstream errors."""
+    return gw.metrics.render()

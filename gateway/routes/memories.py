@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 import msgspec
 from litestar import delete, get, post
 from litestar.params import Parameter
 
+from gateway.auth import Principal
 from gateway.errors import BadRequest, NotFound
 from gateway.namespaces import check_namespace
 from gateway.state import GatewayState
@@ -125,16 +127,22 @@ NamespaceQuery = Annotated[
 ]
 
 
-def _ns(gw: GatewayState, namespace: str | None) -> str:
-    return check_namespace(namespace, gw.settings.server.default_namespace)
+def _ns(gw: GatewayState, principal: Principal, namespace: str | None) -> str:
+    """The checked namespace of a memory API call, which the key must be allowed to use."""
+    ns = check_namespace(namespace, gw.settings.server.default_namespace)
+    principal.require_memory_api(ns)
+    return ns
 
 
 @post("/v1/memory/memories", status_code=200, summary="Add memories")
 async def add_memories(
-    gw: GatewayState, data: AddMemoriesRequest, namespace: NamespaceQuery = None
+    gw: GatewayState,
+    principal: Principal,
+    data: AddMemoriesRequest,
+    namespace: NamespaceQuery = None,
 ) -> AddMemoriesResponse:
     """Store up to 1,000 memories in the namespace; they are searchable when this returns."""
-    ns = _ns(gw, namespace)
+    ns = _ns(gw, principal, namespace)
     stamp = now()
     memories = [_new_memory(ns, i, item, stamp) for i, item in enumerate(data.memories)]
     await gw.service.add(memories)
@@ -144,20 +152,23 @@ async def add_memories(
 @get("/v1/memory/memories", summary="List memories")
 async def list_memories(
     gw: GatewayState,
+    principal: Principal,
     namespace: NamespaceQuery = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
     after: Annotated[str | None, Parameter(max_length=200)] = None,
 ) -> MemoryList:
     """Memories of the namespace, newest first; ``after`` is the last id of the previous page."""
-    memories, has_more = await gw.service.list(_ns(gw, namespace), limit=limit, after=after)
+    memories, has_more = await gw.service.list(
+        _ns(gw, principal, namespace), limit=limit, after=after
+    )
     return MemoryList(data=[memory_out(m) for m in memories], has_more=has_more)
 
 
 @get("/v1/memory/memories/{memory_id:str}", summary="Get a memory")
 async def get_memory(
-    gw: GatewayState, memory_id: str, namespace: NamespaceQuery = None
+    gw: GatewayState, principal: Principal, memory_id: str, namespace: NamespaceQuery = None
 ) -> MemoryOut:
-    memory = await gw.service.get(_ns(gw, namespace), memory_id)
+    memory = await gw.service.get(_ns(gw, principal, namespace), memory_id)
     if memory is None:
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     return memory_out(memory)
@@ -165,22 +176,22 @@ async def get_memory(
 
 @delete("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Delete a memory")
 async def delete_memory(
-    gw: GatewayState, memory_id: str, namespace: NamespaceQuery = None
+    gw: GatewayState, principal: Principal, memory_id: str, namespace: NamespaceQuery = None
 ) -> Deleted:
-    if not await gw.service.delete(_ns(gw, namespace), memory_id):
+    if not await gw.service.delete(_ns(gw, principal, namespace), memory_id):
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     return Deleted(id=memory_id, deleted=True)
 
 
 @post("/v1/memory/search", status_code=200, summary="Search memories")
 async def search_memories(
-    gw: GatewayState, data: SearchRequest, namespace: NamespaceQuery = None
+    gw: GatewayState, principal: Principal, data: SearchRequest, namespace: NamespaceQuery = None
 ) -> SearchResult:
     """Exactly the recall the memory chat uses (before its token budget), best first: up to
     ``k`` memories, fewer when fewer pass the similarity floor."""
     if not data.query.strip():
         raise BadRequest("query must not be blank", param="query", code="invalid_value")
-    hits = await gw.service.recall(_ns(gw, namespace), data.query, k=data.k)
+    hits = await gw.service.recall(_ns(gw, principal, namespace), data.query, k=data.k)
     return SearchResult(
         data=[
             SearchHit(
@@ -197,9 +208,33 @@ async def search_memories(
 
 
 @delete("/v1/memory/namespaces/{namespace:str}", status_code=200, summary="Erase a namespace")
-async def erase_namespace(gw: GatewayState, namespace: str) -> NamespaceErased:
+async def erase_namespace(
+    gw: GatewayState, principal: Principal, namespace: str
+) -> NamespaceErased:
     """Erase everything of the namespace, queued writes included; afterwards nothing of it
-    can be searched, listed or recalled."""
+    can be searched, listed or recalled. Admin keys only."""
+    principal.require_admin()
     ns = check_namespace(namespace, gw.settings.server.default_namespace)
     count = await gw.service.delete_namespace(ns)
     return NamespaceErased(namespace=ns, deleted=count)
+
+
+class NamespaceInfo(msgspec.Struct):
+    namespace: str
+    count: int
+
+
+class NamespaceList(msgspec.Struct):
+    data: list[NamespaceInfo]
+    object: str = "list"
+
+
+@get("/v1/memory/namespaces", summary="List namespaces")
+async def list_namespaces(gw: GatewayState, principal: Principal) -> NamespaceList:
+    """Every namespace that holds memories, with its count. Admin keys only."""
+    principal.require_admin()
+    names = await asyncio.to_thread(gw.service.store.namespaces)
+    counts = [await gw.service.count(n) for n in names]
+    return NamespaceList(
+        data=[NamespaceInfo(namespace=n, count=c) for n, c in zip(names, counts, strict=True)]
+    )

@@ -125,7 +125,8 @@ def test_upstream_errors_are_relayed_and_nothing_is_persisted(
     r = client.post("/v1/memory/chat/completions?namespace=e", json=body)
     assert r.status_code == 401
     assert r.json() == err
-    assert r.headers["x-request-id"] == "req_1"
+    assert r.headers["x-upstream-request-id"] == "req_1"
+    assert r.headers["x-request-id"].startswith("req_")
     harness.upstream.post("/chat/completions").mock(return_value=httpx.Response(500, text="oops"))
     r = client.post("/v1/chat/completions", json=body)
     assert r.status_code == 500

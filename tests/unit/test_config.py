@@ -18,17 +18,19 @@ def test_defaults() -> None:
 
 
 def test_example_config_loads_and_documents_every_key() -> None:
-    example = ROOT / "config.example.toml"
-    s = load_settings(example, {})
-    text = example.read_text()
     import msgspec
 
-    for section in msgspec.structs.fields(s):
-        struct = getattr(s, section.name)
+    from gateway.config import KeySettings, Settings, UpstreamSettings
+
+    example = ROOT / "config.example.toml"
+    load_settings(example, {})
+    text = example.read_text()
+    structs = [f.type for f in msgspec.structs.fields(Settings) if isinstance(f.type, type)]
+    for struct in [*structs, KeySettings, UpstreamSettings]:
         for field in msgspec.structs.fields(struct):
-            if (section.name, field.name) == ("upstream", "api_key"):
-                continue
-            assert f"{field.name} =" in text, f"{section.name}.{field.name} is not documented"
+            if field.name == "api_key":
+                continue  # a secret: never in the file
+            assert f"{field.name} =" in text, f"{struct.__name__}.{field.name} is not documented"
 
 
 def test_file_then_env_then_overrides(tmp_path: Path) -> None:
@@ -79,3 +81,46 @@ def test_bad_files_are_clear_errors(tmp_path: Path, text: str, message: str) -> 
 def test_bad_env_value_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match="port"):
         load_settings(None, {"MEMGATE_SERVER_PORT": "eighty"})
+
+
+def test_keys_from_file_and_environment(tmp_path: Path) -> None:
+    from gateway.config import key_hash
+
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f"""
+[[keys]]
+name = "a"
+key_sha256 = "{key_hash("secret-a").upper()}"
+namespaces = ["tenant-a:*"]
+memory_api = true
+
+[[keys]]
+name = "b"
+key_env = "B_KEY"
+
+[[upstreams]]
+name = "local"
+url = "http://127.0.0.1:1/v1"
+models = ["llama*"]
+api_key_env = "LOCAL_KEY"
+"""
+    )
+    s = load_settings(path, {"B_KEY": "secret-b", "MEMGATE_ADMIN_KEY": "root", "LOCAL_KEY": "lk"})
+    keys = {k.name: k for k in s.keys}
+    assert keys["a"].key_sha256 == key_hash("secret-a")
+    assert keys["b"].key_sha256 == key_hash("secret-b")
+    assert keys["admin"].admin is True
+    assert [u.name for u in s.all_upstreams()] == ["local", "default"]
+    assert s.upstreams[0].api_key == "lk"
+    with pytest.raises(ConfigError, match="B_KEY"):
+        load_settings(path, {})
+    path.write_text('[[keys]]\nname = "x"\nkey = "plain"\n')
+    with pytest.raises(ConfigError, match="secret"):
+        load_settings(path, {})
+    s = load_settings(
+        None, {"MEMGATE_KEYS_JSON": '[{"name": "j", "key_sha256": "ab", "admin": true}]'}
+    )
+    assert s.keys[0].name == "j"
+    with pytest.raises(ConfigError, match="JSON"):
+        load_settings(None, {"MEMGATE_KEYS_JSON": "{oops"})

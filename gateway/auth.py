@@ -1,0 +1,130 @@
+"""Gateway API keys, their scopes, and per-key rate limits.
+
+A client presents its key as ``x-memgate-key: KEY`` or ``Authorization: Bearer KEY``. Keys are
+configured as SHA-256 hashes (or read from the environment and hashed at load); each has the
+namespaces it may use (exact names or ``prefix*`` patterns), whether it may use the memory
+management API, and whether it is an admin (erase and list namespaces, every namespace).
+With no keys configured, every request is allowed (and ``memgate serve`` binds only to
+loopback unless told otherwise).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gateway.config import KeySettings, Settings
+from gateway.errors import Forbidden, RateLimited, Unauthorized
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling and what it may do."""
+
+    name: str
+    namespaces: tuple[str, ...] = ("*",)
+    memory_api: bool = True
+    admin: bool = True
+    # The gateway key came in the Authorization header (so it must not go upstream).
+    via_authorization: bool = False
+
+    def may_use(self, namespace: str) -> bool:
+        if self.admin:
+            return True
+        for pattern in self.namespaces:
+            if pattern.endswith("*"):
+                if namespace.startswith(pattern[:-1]):
+                    return True
+            elif namespace == pattern:
+                return True
+        return False
+
+    def require_namespace(self, namespace: str) -> None:
+        if not self.may_use(namespace):
+            raise Forbidden(f"this key may not use namespace {namespace!r}", param="namespace")
+
+    def require_memory_api(self, namespace: str) -> None:
+        self.require_namespace(namespace)
+        if not (self.memory_api or self.admin):
+            raise Forbidden("this key may not use the memory management API")
+
+    def require_admin(self) -> None:
+        if not self.admin:
+            raise Forbidden("this operation needs an admin key")
+
+
+OPEN = Principal(name="anonymous")
+
+
+class RateLimiter:
+    """Token buckets, one per caller: ``per_minute`` requests a minute, bursts up to that."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, who: str, per_minute: int, now: float | None = None) -> None:
+        if per_minute <= 0:
+            return
+        now = time.monotonic() if now is None else now
+        rate = per_minute / 60.0
+        with self._lock:
+            tokens, last = self._buckets.get(who, (float(per_minute), now))
+            tokens = min(float(per_minute), tokens + (now - last) * rate)
+            if tokens < 1.0:
+                self._buckets[who] = (tokens, now)
+                wait = math.ceil((1.0 - tokens) / rate)
+                raise RateLimited(
+                    f"rate limit of {per_minute} requests a minute reached; retry in {wait} s",
+                    headers={"retry-after": str(wait)},
+                )
+            self._buckets[who] = (tokens - 1.0, now)
+
+
+def presented_key(headers: Mapping[str, str]) -> tuple[str | None, bool]:
+    """The key the client presented, and whether it came in ``Authorization``."""
+    key = headers.get("x-memgate-key")
+    if key:
+        return key.strip(), False
+    auth = headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip(), True
+    return None, False
+
+
+class Authenticator:
+    def __init__(self, settings: Settings) -> None:
+        self._by_hash: dict[str, KeySettings] = {k.key_sha256: k for k in settings.keys}
+        self._default_rpm = settings.auth.requests_per_minute
+        self.limiter = RateLimiter()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._by_hash)
+
+    def authenticate(self, headers: Mapping[str, str], client: str) -> Principal:
+        if not self.enabled:
+            self.limiter.check(f"addr:{client}", self._default_rpm)
+            return OPEN
+        key, via_authorization = presented_key(headers)
+        if key is None:
+            raise Unauthorized(
+                "missing API key: send it as 'Authorization: Bearer KEY' or 'x-memgate-key: KEY'"
+            )
+        found = self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
+        if found is None:
+            raise Unauthorized("incorrect API key provided")
+        rpm = found.requests_per_minute if found.requests_per_minute >= 0 else self._default_rpm
+        self.limiter.check(f"key:{found.name}", rpm)
+        return Principal(
+            name=found.name,
+            namespaces=found.namespaces,
+            memory_api=found.memory_api,
+            admin=found.admin,
+            via_authorization=via_authorization,
+        )
