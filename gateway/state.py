@@ -3,7 +3,9 @@ Built by ``create_app``; reached by handlers through the ``gw`` dependency."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import time
+from dataclasses import dataclass
 
 from litestar import Request
 from litestar.datastructures import State
@@ -24,7 +26,22 @@ class GatewayState:
     metrics: Metrics
     ready: bool = False
     startup_error: str | None = None
-    notes: dict[str, str] = field(default_factory=dict)
+    _upstream_health: tuple[float, dict[str, str]] = (0.0, {})
+
+    async def upstream_health(self, max_age: float = 10.0) -> dict[str, str]:
+        """Whether each upstream answers HTTP at all (any status counts), cached."""
+        checked, result = self._upstream_health
+        if result and time.monotonic() - checked < max_age:
+            return result
+        result = dict(
+            zip(
+                (u.name for u in self.router.upstreams),
+                await asyncio.gather(*(u.probe() for u in self.router.upstreams)),
+                strict=True,
+            )
+        )
+        self._upstream_health = (time.monotonic(), result)
+        return result
 
 
 def get_gateway(request: Request) -> GatewayState:  # type: ignore[type-arg]

@@ -103,6 +103,14 @@ class Upstream:
             self.on_error(self.name, str(response.status_code))
         return response
 
+    async def probe(self, timeout: float = 3.0) -> str:  # noqa: ASYNC109
+        """``ok`` if the upstream answers HTTP (any status), else why not."""
+        try:
+            response = await self.client.get("models", headers=self._headers({}), timeout=timeout)
+        except Exception as exc:  # any failure to get an answer means: not reachable
+            return f"unreachable: {type(exc).__name__}"
+        return "ok" if response.status_code < 500 else f"status {response.status_code}"
+
     async def aclose(self) -> None:
         await self.client.aclose()
 

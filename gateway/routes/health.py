@@ -19,7 +19,8 @@ async def healthz() -> dict[str, str]:
 @get("/readyz", summary="Readiness")
 async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
     """200 when the store answers, the embedding model is loaded and the writer runs;
-    503 otherwise, with each check's state."""
+    503 otherwise, with each check's state. Upstreams are probed too (``GET /models``, cached
+    for 10 s): one that cannot be reached makes the status ``degraded``, not unready."""
     service = gw.service
     checks: dict[str, str] = {}
     try:
@@ -37,11 +38,15 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
         checks["writer"] = "ok"
     ready = all(v == "ok" for v in checks.values())
     depth = await asyncio.to_thread(service.outbox.depth)
+    upstreams = await gw.upstream_health()
     body: dict[str, Any] = {
-        "status": "ready" if ready else "degraded",
+        "status": "ready" if ready else "unready",
         "checks": checks,
+        "upstreams": upstreams,
         "queue_depth": depth,
     }
+    if ready and any(v != "ok" for v in upstreams.values()):
+        body["status"] = "degraded"  # memory works; some model answers will fail
     return Response(body, status_code=200 if ready else 503)
 
 

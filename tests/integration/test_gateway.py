@@ -160,6 +160,10 @@ def test_unreachable_upstream_is_502(tmp_path: Path, minilm: SentenceTransformer
             url + "/v1/memory/chat/completions",
             json={"model": "m", "messages": [{"role": "user", "content": "x"}]},
         )
+        ready = httpx.get(url + "/readyz")
+    assert ready.status_code == 200  # memory still works: degraded, not unready
+    assert ready.json()["status"] == "degraded"
+    assert ready.json()["upstreams"]["default"].startswith("unreachable")
     assert r.status_code == 502
     assert r.json()["error"]["code"] == "upstream_unreachable"
 
@@ -266,6 +270,8 @@ def test_health_and_openapi(gateway: Running) -> None:
     ready = gateway.http.get("/readyz")
     assert ready.status_code == 200
     assert ready.json()["checks"] == {"store": "ok", "embedder": "ok", "writer": "ok"}
+    assert ready.json()["upstreams"] == {"default": "ok"}
+    assert ready.json()["status"] == "ready"
     spec = gateway.http.get("/docs/openapi.json").json()
     for path in ("/v1/memory/chat/completions", "/v1/memory/search", "/v1/memory/memories"):
         assert path in spec["paths"]
