@@ -41,11 +41,14 @@ class GatewayProcess:
         return 0 if code == -signal.SIGTERM and "memgate stopped" in self.log() else code
 
 
-def start_gateway(data_dir: Path, upstream_url: str, *extra: str) -> GatewayProcess:
+def start_gateway(
+    data_dir: Path, upstream_url: str, *extra: str, env: dict[str, str] | None = None
+) -> GatewayProcess:
     port = free_port()
     log_path = data_dir.parent / f"gateway-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MEMGATE_", "OPENAI_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MEMGATE_", "OPENAI_"))}
+    env = {**base, **(env or {})}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
@@ -88,5 +91,31 @@ def gateway(
     tmp_path_factory: pytest.TempPathFactory, upstream: tuple[FakeUpstream, str]
 ) -> Iterator[GatewayProcess]:
     gw = start_gateway(tmp_path_factory.mktemp("e2e") / "data", upstream[1])
+    yield gw
+    assert gw.stop() == 0, gw.log()
+
+
+# Gateway API keys of ``keyed_gateway``: an admin, and a key for the ``team-*`` namespaces
+# that may use the memory API but not erase.
+ADMIN_KEY = "mg-e2e-admin-key"
+TEAM_KEY = "mg-e2e-team-key"
+
+
+@pytest.fixture(scope="session")
+def keyed_gateway(
+    tmp_path_factory: pytest.TempPathFactory, upstream: tuple[FakeUpstream, str]
+) -> Iterator[GatewayProcess]:
+    """A second gateway process that requires API keys (configured by their SHA-256)."""
+    import hashlib
+
+    root = tmp_path_factory.mktemp("e2e-keys")
+    config = root / "memgate.toml"
+    admin, team = (hashlib.sha256(k.encode()).hexdigest() for k in (ADMIN_KEY, TEAM_KEY))
+    config.write_text(
+        f'[[keys]]\nname = "admin"\nkey_sha256 = "{admin}"\nadmin = true\n\n'
+        f'[[keys]]\nname = "team"\nkey_sha256 = "{team}"\nnamespaces = ["team-*"]\n'
+        "memory_api = true\n"
+    )
+    gw = start_gateway(root / "data", upstream[1], "--config", str(config))
     yield gw
     assert gw.stop() == 0, gw.log()
