@@ -60,8 +60,12 @@ class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
 class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
     k: int = 8
-    candidates: int = 30
+    candidates: int = 50
     similarity_floor: float = 0.2
+    lexical: bool = True
+    fusion_k: float = 5.0
+    pair_gap_seconds: float = 3600.0
+    pair_weight: float = 0.8
     token_budget: int = 1000
     query_context_messages: int = 0
     recency_weight: float = 0.0

@@ -21,6 +21,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from memory.embedder import Vectors
+from memory.lexical import LexicalIndex
+from memory.recall import fuse
 from memory.records import Hit, Memory, Metadata
 from memory.store import StoreUnavailable
 
@@ -68,6 +70,8 @@ class ChromaStore:
         prefix: str = "mg-",
         cache_size: int = 1024,
         client: Any = None,
+        lexical: LexicalIndex | None = None,
+        fusion_k: float = 5.0,
     ) -> None:
         if client is None and not url and path is None:
             raise ValueError("ChromaStore needs a path (embedded) or a url (server)")
@@ -80,6 +84,9 @@ class ChromaStore:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._connect_lock = threading.Lock()
+        self.lexical = lexical
+        self.fusion_k = fusion_k
+        self._lexical_synced: set[str] = set()
         if self.mode == "embedded":
             self._connect()  # local disk: fail now, loudly, if it cannot be opened
 
@@ -185,8 +192,12 @@ class ChromaStore:
                 documents=[memories[i].content for i in rows],
                 metadatas=[_to_meta(memories[i]) for i in rows],
             )
+            if self.lexical is not None:
+                self.lexical.add([memories[i] for i in rows])
 
-    def search(self, namespace: str, vector: Vectors, k: int) -> builtins.list[Hit]:
+    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
+        """The ``k`` best memories for the query: dense (cosine) and, given ``text`` and a
+        lexical index, BM25 candidates, fused by reciprocal rank."""
         if k <= 0:
             return []
         res = self._call(
@@ -196,14 +207,50 @@ class ChromaStore:
             n_results=k,
             include=["documents", "metadatas", "distances"],
         )
-        if not res or not res["ids"] or not res["ids"][0]:
-            return []
-        ids, docs = res["ids"][0], res["documents"][0]
-        metas, dists = res["metadatas"][0], res["distances"][0]
-        return [
-            Hit(_from_row(namespace, mid, doc, meta), 1.0 - float(dist))
-            for mid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True)
-        ]
+        dense: dict[str, Hit] = {}
+        if res and res["ids"] and res["ids"][0]:
+            ids, docs = res["ids"][0], res["documents"][0]
+            metas, dists = res["metadatas"][0], res["distances"][0]
+            for mid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True):
+                cosine = 1.0 - float(dist)
+                dense[mid] = Hit(_from_row(namespace, mid, doc, meta), cosine, cosine)
+        if self.lexical is None or not text.strip() or not dense:
+            return builtins.list(dense.values())
+        self._sync_lexical(namespace)
+        lexical = self.lexical.search(namespace, text, k)
+        matched = {m.id: m for m, _ in lexical}
+        fused = fuse(builtins.list(dense), builtins.list(matched), k=self.fusion_k)
+        hits = [Hit(h.memory, fused[mid], h.similarity, mid in matched) for mid, h in dense.items()]
+        # lexical-only hits: no cosine at hand (they pass the floor on their lexical match)
+        hits += [Hit(m, fused[mid], None, True) for mid, m in matched.items() if mid not in dense]
+        hits.sort(key=lambda h: h.score, reverse=True)
+        return hits[:k]
+
+    def _sync_lexical(self, namespace: str) -> None:
+        """Rebuild the namespace's lexical index from Chroma when their counts disagree: the
+        index is new, or (server mode) another process wrote to the shared server. Embedded
+        Chroma has this process as its only writer: once in step, it stays in step."""
+        if self.lexical is None or namespace in self._lexical_synced:
+            return
+        if self.lexical.count(namespace) != self.count(namespace):
+            self._rebuild_lexical(namespace)
+        if self.mode == "embedded":
+            self._lexical_synced.add(namespace)
+
+    def _rebuild_lexical(self, namespace: str) -> None:
+        assert self.lexical is not None  # noqa: S101
+        res = self._call(namespace, "get", include=["documents", "metadatas"])
+        memories = (
+            [
+                _from_row(namespace, mid, doc, meta)
+                for mid, doc, meta in zip(
+                    res["ids"], res["documents"], res["metadatas"], strict=True
+                )
+            ]
+            if res
+            else []
+        )
+        self.lexical.rebuild(namespace, memories)
 
     def list(
         self, namespace: str, *, limit: int, after: str | None = None
@@ -245,6 +292,8 @@ class ChromaStore:
         if self.get(namespace, memory_id) is None:
             return False
         self._call(namespace, "delete", ids=[memory_id])
+        if self.lexical is not None:
+            self.lexical.delete(namespace, [memory_id])
         return True
 
     def delete_namespace(self, namespace: str) -> int:
@@ -253,6 +302,8 @@ class ChromaStore:
             self._cache.pop(namespace, None)
         from chromadb.errors import NotFoundError
 
+        if self.lexical is not None:
+            self.lexical.drop(namespace)
         try:
             self._client.delete_collection(collection_name(self._prefix, namespace))
         except NotFoundError:
@@ -286,3 +337,5 @@ class ChromaStore:
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
+        if self.lexical is not None:
+            self.lexical.close()

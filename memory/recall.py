@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from memory.records import Hit
 
 _SPACE = re.compile(r"\s+")
@@ -77,7 +79,8 @@ def rank(
 ) -> list[Hit]:
     """Filter and order recall candidates, best first.
 
-    - drops hits scoring below ``floor``;
+    - drops hits whose cosine similarity is below ``floor``, unless the lexical index matched
+      them;
     - drops hits whose text the request already carries (``carried``: the texts of its
       messages): a memory equal to one of them once case and spaces are folded, or one of at
       least ``CONTAINED_MIN`` characters found inside one of them;
@@ -89,7 +92,7 @@ def rank(
     best: dict[str, Hit] = {}
     seen_ids: set[str] = set()
     for hit in sorted(hits, key=lambda h: h.score, reverse=True):
-        if hit.score < floor or hit.memory.id in seen_ids:
+        if (hit.cosine < floor and not hit.lexical) or hit.memory.id in seen_ids:
             continue
         seen_ids.add(hit.memory.id)
         text = normalize(hit.memory.content)
@@ -103,7 +106,7 @@ def rank(
         if recency_weight > 0 and now is not None:
             age = max(0.0, now - hit.memory.created_at)
             score += recency_weight * 0.5 ** (age / recency_half_life)
-        best[text] = Hit(hit.memory, score) if score != hit.score else hit
+        best[text] = msgspec.structs.replace(hit, score=score) if score != hit.score else hit
     ranked = sorted(best.values(), key=lambda h: h.score, reverse=True)
     return ranked[:limit] if limit is not None else ranked
 
@@ -121,3 +124,13 @@ def budget(hits: Sequence[Hit], max_tokens: int, *, max_items: int | None = None
             out.append(hit)
             used += cost
     return out
+
+
+def fuse(*rankings: Sequence[str], k: float = 5.0) -> dict[str, float]:
+    """Reciprocal-rank fusion: each ranking (best first) gives an id ``1 / (k + rank)``
+    (ranks from 1); an id absent from a ranking gets nothing from it."""
+    scores: dict[str, float] = {}
+    for ranking in rankings:
+        for rank, key in enumerate(ranking, 1):
+            scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
+    return scores

@@ -29,10 +29,19 @@ class Memory(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Hit(msgspec.Struct, frozen=True):
-    """A memory found by a search, with its similarity score (higher is closer, at most 1)."""
+    """A memory found by a search. ``score`` orders hits (higher is better): the cosine
+    similarity for a dense-only search, else the fused rank score of dense and lexical
+    retrieval. ``similarity`` is the cosine similarity to the query, ``lexical`` whether the
+    lexical index matched it."""
 
     memory: Memory
     score: float
+    similarity: float | None = None
+    lexical: bool = False
+
+    @property
+    def cosine(self) -> float:
+        return self.score if self.similarity is None else self.similarity
 
 
 class Exchange(msgspec.Struct, frozen=True, kw_only=True):

@@ -105,11 +105,10 @@ class MemoryService:
         pending = await asyncio.to_thread(self.outbox.pending, namespace)
         query_vec = (await self.embedder.embed([query]))[0]
         candidates = max(self.settings.candidates, k)
-        hits = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates)
+        hits = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates, query)
         if pending:
             vectors = await self._vectors_for(pending)
-            scores = vectors @ query_vec
-            hits.extend(Hit(m, float(s)) for m, s in zip(pending, scores, strict=True))
+            hits.extend(_pending_hits(hits, pending, vectors @ query_vec))
         return rank(
             hits,
             floor=self.settings.floor,
@@ -151,3 +150,21 @@ class MemoryService:
 
 def _now() -> float:
     return time.time()
+
+
+def _pending_hits(
+    stored: builtins.list[Hit], pending: Sequence[Memory], cosines: Vectors
+) -> builtins.list[Hit]:
+    """Hits for memories still queued, scored like the store's hits: their cosine when the
+    store ranks by cosine; with fused scores, the score of the weakest stored hit at least as
+    similar (a hair below it), or the best score when none is."""
+    fused = any(h.score != h.cosine for h in stored)
+    out = []
+    for memory, cosine in zip(pending, cosines, strict=True):
+        similarity = float(cosine)
+        score = similarity
+        if fused:
+            above = [h.score for h in stored if h.cosine >= similarity]
+            score = min(above) * 0.999 if above else max(h.score for h in stored)
+        out.append(Hit(memory, score, similarity))
+    return out

@@ -24,8 +24,9 @@ class MemoryStore(Protocol):
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         """Insert or replace (by id) memories with their vectors; idempotent."""
 
-    def search(self, namespace: str, vector: Vectors, k: int) -> builtins.list[Hit]:
-        """The ``k`` memories of ``namespace`` nearest to ``vector`` (one row), best first."""
+    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
+        """The ``k`` best memories of ``namespace`` for a query: nearest to ``vector`` (one
+        row), and where the store has a lexical index, matching ``text``; best first."""
 
     def list(
         self, namespace: str, *, limit: int, after: str | None = None

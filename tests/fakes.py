@@ -61,10 +61,10 @@ class MemStore:
                 self.rows.setdefault(memory.namespace, {})[memory.id] = (memory, vector)
             self.adds += len(memories)
 
-    def search(self, namespace: str, vector: Vectors, k: int) -> list[Hit]:
+    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> list[Hit]:
         self._check()
         rows = list(self.rows.get(namespace, {}).values())
-        hits = [Hit(m, float(v @ vector)) for m, v in rows]
+        hits = [Hit(m, float(v @ vector), float(v @ vector)) for m, v in rows]
         return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
 
     def list(

@@ -129,3 +129,29 @@ def test_server_down_at_start_then_up(tmp_path: Path, minilm: SentenceTransforme
         assert store.count("x") == 1
     finally:
         server.stop()
+
+
+def test_hybrid_search_and_lexical_resync(
+    chroma_server: ChromaServer, tmp_path: Path, minilm: SentenceTransformerEmbedder
+) -> None:
+    from memory.lexical import LexicalIndex
+
+    prefix = f"t{uuid.uuid4().hex[:8]}-"
+    one = ChromaStore(url=chroma_server.url, prefix=prefix, lexical=LexicalIndex(tmp_path / "1"))
+    two = ChromaStore(url=chroma_server.url, prefix=prefix, lexical=LexicalIndex(tmp_path / "2"))
+    texts = [*TEXTS, "Order number XK-4471 ships on Tuesday", "The parcel will be late"]
+    memories = [make("h", i, t) for i, t in enumerate(texts)]
+    one.add(memories, minilm.embed(texts))
+    query = "XK-4471"
+    hits = one.search("h", minilm.embed([query])[0], 3, query)
+    assert hits[0].memory.content == texts[5]
+    assert hits[0].lexical is True
+    assert hits[0].similarity is not None
+    assert all(h.score <= hits[0].score for h in hits)
+    # the second gateway never indexed these: its lexical index is rebuilt from Chroma
+    hits = two.search("h", minilm.embed([query])[0], 3, query)
+    assert hits[0].memory.content == texts[5]
+    assert hits[0].lexical is True
+    one.delete("h", memories[5].id)
+    hits = two.search("h", minilm.embed([query])[0], 3, query)
+    assert all(h.memory.id != memories[5].id for h in hits)

@@ -1,0 +1,329 @@
+"""The lexical side of recall: a SQLite FTS5 index per namespace, BM25-ranked.
+
+Each memory is indexed twice: alone, and as a *pair* with the memory just before it in its
+namespace (by ``created_at``, when at most ``pair_gap`` seconds apart), since a chat turn often
+only makes sense with the turn it answers. A memory's lexical score is the best of its own
+BM25 score and ``pair_weight`` times the score of either pair it belongs to.
+
+The index lives in one SQLite file next to the store. It is derived data: the store is the
+truth, and ``ChromaStore`` rebuilds a namespace's index from it when their counts disagree
+(e.g. another gateway process wrote to a shared Chroma server).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import msgspec
+
+from memory.records import Memory
+
+_TOKEN = re.compile(r"\w+")
+_ENCODE = msgspec.json.Encoder().encode
+_DECODE = msgspec.json.Decoder(Memory).decode
+STOPWORDS = frozenset(
+    [
+        "a",
+        "about",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "can",
+        "could",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "hers",
+        "him",
+        "his",
+        "how",
+        "i",
+        "if",
+        "in",
+        "into",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "these",
+        "they",
+        "this",
+        "those",
+        "to",
+        "too",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "whom",
+        "why",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+    ]
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS docs (
+    rid INTEGER PRIMARY KEY AUTOINCREMENT,
+    ns TEXT NOT NULL,
+    mid TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    prev INTEGER,
+    content TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    UNIQUE (ns, mid)
+);
+CREATE INDEX IF NOT EXISTS docs_time ON docs(ns, created_at, rid);
+CREATE INDEX IF NOT EXISTS docs_prev ON docs(prev);
+"""
+
+
+def query_terms(text: str) -> list[str]:
+    """The distinct non-stopword words of a query, lower-cased, in order."""
+    words = (w for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS)
+    return list(dict.fromkeys(words))
+
+
+class LexicalIndex:
+    def __init__(
+        self, path: str | Path, *, pair_gap: float = 3600.0, pair_weight: float = 0.8
+    ) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self.pair_gap = pair_gap
+        self.pair_weight = pair_weight
+        self._tables: set[str] = set()
+
+    # -- tables ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _names(namespace: str) -> tuple[str, str]:
+        h = hashlib.sha256(namespace.encode()).hexdigest()[:24]
+        return f"plain_{h}", f"pair_{h}"
+
+    def _ensure(self, namespace: str) -> tuple[str, str]:
+        plain, pair = self._names(namespace)
+        if plain not in self._tables:
+            for table in (plain, pair):
+                self._db.execute(
+                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} "
+                    "USING fts5(body, tokenize='porter unicode61')"
+                )
+            self._tables.add(plain)
+        return plain, pair
+
+    def _exists(self, namespace: str) -> bool:
+        plain, _ = self._names(namespace)
+        if plain in self._tables:
+            return True
+        row = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (plain,)
+        ).fetchone()
+        if row:
+            self._tables.add(plain)
+        return row is not None
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def add(self, memories: Sequence[Memory]) -> None:
+        """Index memories (already indexed ids are left as they are)."""
+        by_ns: dict[str, list[Memory]] = {}
+        for memory in memories:
+            by_ns.setdefault(memory.namespace, []).append(memory)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for namespace, items in by_ns.items():
+                    tables = self._ensure(namespace)
+                    for memory in sorted(items, key=lambda m: (m.created_at, m.id)):
+                        self._add_one(namespace, tables, memory)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _add_one(self, namespace: str, tables: tuple[str, str], memory: Memory) -> None:
+        cur = self._db.execute(
+            "INSERT OR IGNORE INTO docs(ns, mid, created_at, content, payload) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (namespace, memory.id, memory.created_at, memory.content, _ENCODE(memory)),
+        )
+        if cur.rowcount == 0:
+            return
+        rid = int(cur.lastrowid or 0)
+        self._db.execute(
+            f"INSERT INTO {tables[0]}(rowid, body) VALUES (?, ?)", (rid, memory.content)
+        )
+        self._relink(namespace, tables, rid)
+        following = self._neighbour(namespace, rid, after=True)
+        if following is not None:
+            self._relink(namespace, tables, following)
+
+    def _neighbour(self, namespace: str, rid: int, *, after: bool) -> int | None:
+        (created_at,) = self._db.execute(
+            "SELECT created_at FROM docs WHERE rid = ?", (rid,)
+        ).fetchone()
+        if after:
+            sql = (
+                "SELECT rid FROM docs WHERE ns = ? AND rid != ? AND "
+                "(created_at > ? OR (created_at = ? AND rid > ?)) ORDER BY created_at, rid LIMIT 1"
+            )
+        else:
+            sql = (
+                "SELECT rid FROM docs WHERE ns = ? AND rid != ? AND "
+                "(created_at < ? OR (created_at = ? AND rid < ?)) "
+                "ORDER BY created_at DESC, rid DESC LIMIT 1"
+            )
+        row = self._db.execute(sql, (namespace, rid, created_at, created_at, rid)).fetchone()
+        return int(row[0]) if row else None
+
+    def _relink(self, namespace: str, tables: tuple[str, str], rid: int) -> None:
+        """Point ``rid`` at the memory just before it (if close enough) and re-index its pair."""
+        before = self._neighbour(namespace, rid, after=False)
+        pair_text = None
+        if before is not None:
+            (t0, c0), (t1, c1) = (
+                self._db.execute(
+                    "SELECT created_at, content FROM docs WHERE rid = ?", (r,)
+                ).fetchone()
+                for r in (before, rid)
+            )
+            if t1 - t0 <= self.pair_gap:
+                pair_text = f"{c0}\n{c1}"
+            else:
+                before = None
+        self._db.execute("UPDATE docs SET prev = ? WHERE rid = ?", (before, rid))
+        self._db.execute(f"DELETE FROM {tables[1]} WHERE rowid = ?", (rid,))
+        if pair_text is not None:
+            self._db.execute(
+                f"INSERT INTO {tables[1]}(rowid, body) VALUES (?, ?)", (rid, pair_text)
+            )
+
+    def delete(self, namespace: str, memory_ids: Iterable[str]) -> None:
+        if not self._exists(namespace):
+            return
+        with self._lock:
+            tables = self._ensure(namespace)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for mid in memory_ids:
+                    row = self._db.execute(
+                        "SELECT rid FROM docs WHERE ns = ? AND mid = ?", (namespace, mid)
+                    ).fetchone()
+                    if row is None:
+                        continue
+                    rid = int(row[0])
+                    following = self._neighbour(namespace, rid, after=True)
+                    for table in tables:
+                        self._db.execute(f"DELETE FROM {table} WHERE rowid = ?", (rid,))
+                    self._db.execute("DELETE FROM docs WHERE rid = ?", (rid,))
+                    if following is not None:
+                        self._relink(namespace, tables, following)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def drop(self, namespace: str) -> None:
+        with self._lock:
+            for table in self._names(namespace):
+                self._db.execute(f"DROP TABLE IF EXISTS {table}")
+            self._tables.discard(self._names(namespace)[0])
+            self._db.execute("DELETE FROM docs WHERE ns = ?", (namespace,))
+
+    def rebuild(self, namespace: str, memories: Sequence[Memory]) -> None:
+        self.drop(namespace)
+        self.add(memories)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def count(self, namespace: str) -> int:
+        with self._lock:
+            (n,) = self._db.execute(
+                "SELECT COUNT(*) FROM docs WHERE ns = ?", (namespace,)
+            ).fetchone()
+        return int(n)
+
+    def search(self, namespace: str, text: str, limit: int) -> list[tuple[Memory, float]]:
+        """Memories of the namespace matching ``text``, best BM25 first, with their scores."""
+        terms = query_terms(text)
+        if not terms or limit <= 0 or not self._exists(namespace):
+            return []
+        match = " OR ".join(f'"{t}"' for t in terms)
+        plain, pair = self._names(namespace)
+        scores: dict[int, float] = {}
+        with self._lock:
+            for rid, score in self._db.execute(
+                f"SELECT rowid, -bm25({plain}) FROM {plain} WHERE {plain} MATCH ? "
+                f"ORDER BY bm25({plain}) LIMIT ?",
+                (match, limit),
+            ):
+                scores[rid] = max(scores.get(rid, 0.0), score)
+            rows = self._db.execute(
+                f"SELECT p.rowid, -bm25({pair}), d.prev FROM {pair} p "
+                f"JOIN docs d ON d.rid = p.rowid WHERE {pair} MATCH ? "
+                f"ORDER BY bm25({pair}) LIMIT ?",
+                (match, limit),
+            ).fetchall()
+            for rid, score, prev in rows:
+                for member in (rid, prev):
+                    if member is not None:
+                        scores[member] = max(scores.get(member, 0.0), self.pair_weight * score)
+            if not scores:
+                return []
+            found = dict(
+                self._db.execute(
+                    f"SELECT rid, payload FROM docs WHERE rid IN ({','.join('?' * len(scores))})",
+                    list(scores),
+                ).fetchall()
+            )
+        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
+        return [(_DECODE(found[rid]), score) for rid, score in ranked if rid in found][:limit]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
