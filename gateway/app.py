@@ -32,6 +32,7 @@ from gateway.routes.memories import (
     search_memories,
 )
 from gateway.routes.models import list_models
+from gateway.routes.ui import ui
 from gateway.state import GatewayState, get_gateway, get_principal
 from gateway.telemetry import Metrics, telemetry_middleware
 from gateway.upstream import Router, Upstream
@@ -46,17 +47,25 @@ log = logging.getLogger("memgate")
 
 def open_store(settings: Settings) -> MemoryStore:
     from memory.chroma import ChromaStore
+    from memory.lexical import LexicalIndex
 
-    if settings.store.chroma_url:
-        return ChromaStore(
-            url=settings.store.chroma_url,
-            prefix=settings.store.collection_prefix,
-            cache_size=settings.store.cache_size,
+    recall = settings.recall
+    lexical = (
+        LexicalIndex(
+            settings.data_dir / "lexical.sqlite3",
+            pair_gap=recall.pair_gap_seconds,
+            pair_weight=recall.pair_weight,
         )
+        if recall.lexical
+        else None
+    )
     return ChromaStore(
-        path=settings.data_dir / "chroma",
+        url=settings.store.chroma_url or None,
+        path=None if settings.store.chroma_url else settings.data_dir / "chroma",
         prefix=settings.store.collection_prefix,
         cache_size=settings.store.cache_size,
+        lexical=lexical,
+        fusion_k=recall.fusion_k,
     )
 
 
@@ -166,6 +175,7 @@ def create_app(
             healthz,
             metrics_route,
             readyz,
+            ui,
         ],
         dependencies={
             "gw": Provide(get_gateway, sync_to_thread=False),

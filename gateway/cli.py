@@ -1,15 +1,17 @@
-"""``memgate``: the command line. ``memgate serve`` runs the gateway with uvicorn."""
+"""``memgate``: the command line. ``memgate serve`` runs the gateway with uvicorn;
+``memgate memories``, ``import`` and ``export`` work on a running gateway over HTTP
+(``gateway.commands``)."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway import __version__
+from gateway.client import DEFAULT_URL
 from gateway.config import ConfigError, Settings, load_settings
 
 
@@ -58,7 +60,134 @@ def _parser() -> argparse.ArgumentParser:
         help="use a Chroma server at URL instead of the embedded store",
     )
     serve.add_argument("--log-level", default=None, help="debug, info, warning or error")
+    add_client_commands(sub)
     return parser
+
+
+def _client_options(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """The options every client command takes: where the gateway is, the key, the output."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=env.get("MEMGATE_URL") or DEFAULT_URL,
+        help=f"the gateway's base URL (default: $MEMGATE_URL, else {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="the gateway API key, sent as Authorization: Bearer (default: $MEMGATE_API_KEY)",
+    )
+    common.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for each answer (120)"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return common
+
+
+def _namespace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", "-n", required=True, metavar="NS", help="the namespace")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _page_limit(text: str) -> int:
+    value = _positive(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError("at most 100 memories a page; use --all for every one")
+    return value
+
+
+def add_client_commands(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], env: Mapping[str, str] | None = None
+) -> None:
+    """``memories``, ``import`` and ``export``: commands against a running gateway."""
+    common = _client_options(os.environ if env is None else env)
+    memories = sub.add_parser(
+        "memories",
+        help="list, search, get, delete memories or erase a namespace on a running gateway",
+        description="Inspect and manage the memories of a namespace on a running gateway.",
+    )
+    actions = memories.add_subparsers(dest="action", required=True)
+
+    listing = actions.add_parser(
+        "list",
+        parents=[common],
+        help="list memories, newest first",
+        description="List "
+        "memories, newest first, a page at a time (--after the last id shown) or --all.",
+    )
+    _namespace(listing)
+    listing.add_argument("--limit", type=_page_limit, default=20, help="memories a page (1-100)")
+    listing.add_argument(
+        "--after", metavar="ID", default=None, help="the last id of the page before"
+    )
+    listing.add_argument("--all", action="store_true", help="every memory, page after page")
+    listing.set_defaults(handler="list")
+
+    search = actions.add_parser(
+        "search",
+        parents=[common],
+        help="search memories as the chat recalls them",
+        description="Search a namespace: exactly the recall the memory chat uses, best first.",
+    )
+    _namespace(search)
+    search.add_argument("query", help="the text to search for")
+    search.add_argument("--k", type=_page_limit, default=10, help="most hits (1-100, default 10)")
+    search.set_defaults(handler="search")
+
+    for name, helptext in (("get", "show one memory"), ("delete", "delete one memory")):
+        one = actions.add_parser(name, parents=[common], help=helptext, description=helptext)
+        _namespace(one)
+        one.add_argument("id", help="the memory id (mem_...)")
+        one.set_defaults(handler=name)
+
+    erase = actions.add_parser(
+        "erase-namespace",
+        parents=[common],
+        help="erase every memory of a namespace",
+        description="Erase every memory of a namespace, queued writes included. Asks first "
+        "unless --yes.",
+    )
+    _namespace(erase)
+    erase.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    erase.set_defaults(handler="erase-namespace")
+
+    importing = sub.add_parser(
+        "import",
+        parents=[common],
+        help="load history (JSONL, ChatGPT export) into a namespace",
+        description='Load history into a namespace: JSONL of chat messages, of {"messages": '
+        "[...]} lines or of memories (what export writes), or a ChatGPT data export "
+        "(conversations.json or its .zip). Re-running skips what is already there.",
+    )
+    _namespace(importing)
+    importing.add_argument("file", help="the file to import")
+    importing.add_argument(
+        "--batch-size", type=_positive, default=500, help="memories a request (at most 1000)"
+    )
+    importing.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="import the good records of a file with bad ones (reported as failed)",
+    )
+    importing.set_defaults(handler="import")
+
+    export = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write a namespace's memories as JSONL, oldest first",
+        description="Write every memory of a namespace as JSONL, oldest first, in the shape "
+        "import reads back.",
+    )
+    _namespace(export)
+    export.add_argument("-o", "--output", metavar="FILE", default=None, help="default: stdout")
+    export.set_defaults(handler="export")
 
 
 def settings_from_args(args: argparse.Namespace, env: dict[str, str]) -> Settings:
@@ -71,38 +200,28 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str]) -> Setting
 
 
 def serve(settings: Settings) -> None:
-    import uvicorn
+    from gateway.server import serve as run_server
 
-    from gateway.app import create_app
-
-    level = settings.server.log_level.upper()
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=settings.server.log_level.lower(),
-        timeout_graceful_shutdown=int(settings.server.shutdown_flush_seconds),
-        access_log=False,
-    )
+    run_server(settings)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        from gateway.commands import run
+
+        return run(args, os.environ)
     try:
         settings = settings_from_args(args, dict(os.environ))
     except ConfigError as exc:
         print(f"memgate: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        serve(settings)
+        try:
+            serve(settings)
+        except ConfigError as exc:
+            print(f"memgate: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -124,11 +124,17 @@ async def relay(
     """Yield the upstream's bytes as they arrive. ``on_complete`` runs only if the upstream
     finished the answer and every byte was handed on (a client that went away stops the
     iteration before that); the upstream response is always closed."""
+    remembered = False
     try:
         try:
             with upstream_errors(upstream_name, on_error):
                 async for chunk in response.aiter_bytes():
                     accumulator.feed(chunk)
+                    if accumulator.done and accumulator.completed and not remembered:
+                        # The answer is whole: commit it before the client sees its end, as
+                        # the SDKs close the connection right after [DONE].
+                        remembered = True
+                        await on_complete(accumulator)
                     yield chunk
         except GatewayError as exc:
             log.warning("upstream stream cut: %s", exc.message)
@@ -137,5 +143,5 @@ async def relay(
     finally:
         await response.aclose()
     accumulator.feed(b"\n\n")  # flush a last event the upstream did not terminate
-    if accumulator.completed:
+    if accumulator.completed and not remembered:
         await on_complete(accumulator)

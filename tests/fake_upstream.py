@@ -5,7 +5,8 @@ Behaviour is chosen by the request's ``model``:
 - ``fail-500`` / ``fail-400`` / ``fail-429``: an OpenAI-shaped error with that status;
 - ``slow``: waits ``slow_seconds`` before answering;
 - ``cut``: streams two chunks, then drops the connection (no ``[DONE]``);
-- ``tool``: answers with a tool call to ``get_weather``;
+- ``tool``: answers with a tool call to ``get_weather``; once the last message is the tool's
+  result, answers ``"tool said: <its content>"`` instead (JSON, or SSE word by word);
 - ``drip``: streams 5 chunks ``drip_interval`` seconds apart.
 
 Serve it on loopback with ``serve_in_thread`` (uvicorn in a thread) or run this module.
@@ -109,14 +110,18 @@ class FakeUpstream:
         if model == "slow":
             await asyncio.sleep(self.slow_seconds)
         text = "echo: " + _last_user(body.get("messages", []))
+        messages = body.get("messages") or [{}]
+        calls_tool = model == "tool"
+        if calls_tool and messages[-1].get("role") == "tool":
+            calls_tool, text = False, f"tool said: {messages[-1].get('content')}"
         if body.get("stream"):
-            await self._stream(send, model, text)
-        elif model == "tool":
+            await self._stream(send, model, text, calls_tool=calls_tool)
+        elif calls_tool:
             await _json(send, 200, _completion(model, None, tool_calls=[_tool_call()]))
         else:
             await _json(send, 200, _completion(model, text))
 
-    async def _stream(self, send: Send, model: str, text: str) -> None:
+    async def _stream(self, send: Send, model: str, text: str, *, calls_tool: bool) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -125,7 +130,7 @@ class FakeUpstream:
             }
         )
         words = text.split(" ")
-        if model == "tool":
+        if calls_tool:
             call = _tool_call()
             deltas: list[dict[str, Any]] = [
                 {
@@ -178,7 +183,7 @@ class FakeUpstream:
                 {
                     "index": 0,
                     "delta": {},
-                    "finish_reason": "tool_calls" if model == "tool" else "stop",
+                    "finish_reason": "tool_calls" if calls_tool else "stop",
                 }
             ],
         }

@@ -135,23 +135,39 @@ def test_relay_of_a_cut_stream_reports_an_error_and_does_not_complete() -> None:
     asyncio.run(run())
 
 
+async def _close_after_first_part(parts: list[bytes]) -> tuple[list[StreamAccumulator], bool]:
+    """Relay ``parts`` as separate chunks and close the relay (what a client disconnect does)
+    after handing on the first one."""
+
+    async def body() -> Any:
+        for part in parts:
+            yield part
+
+    with respx.mock() as mock:
+        mock.get("http://up/s").mock(return_value=httpx.Response(200, content=body()))
+        async with httpx.AsyncClient() as client:
+            response = await client.send(client.build_request("GET", "http://up/s"), stream=True)
+            completed: list[StreamAccumulator] = []
+
+            async def on_complete(acc: StreamAccumulator) -> None:
+                completed.append(acc)
+
+            gen = relay(response, StreamAccumulator(), on_complete, upstream_name="u")
+            await gen.__anext__()
+            await gen.aclose()
+    return completed, response.is_closed
+
+
 def test_relay_closed_early_by_the_client_does_not_complete() -> None:
-    async def run() -> None:
-        with respx.mock() as mock:
-            mock.get("http://up/s").mock(return_value=httpx.Response(200, content=STREAM))
-            async with httpx.AsyncClient() as client:
-                response = await client.send(
-                    client.build_request("GET", "http://up/s"), stream=True
-                )
-                completed: list[StreamAccumulator] = []
+    cut = STREAM.index(b"data: [DONE]")
+    completed, closed = asyncio.run(_close_after_first_part([STREAM[:cut], STREAM[cut:]]))
+    assert completed == []
+    assert closed
 
-                async def on_complete(acc: StreamAccumulator) -> None:
-                    completed.append(acc)
 
-                gen = relay(response, StreamAccumulator(), on_complete, upstream_name="u")
-                await gen.__anext__()
-                await gen.aclose()  # what a client disconnect does
-        assert completed == []
-        assert response.is_closed
-
-    asyncio.run(run())
+def test_relay_remembers_before_the_client_sees_done() -> None:
+    """The SDKs close the connection as soon as they read [DONE]: the answer is whole then."""
+    completed, closed = asyncio.run(_close_after_first_part([STREAM]))
+    assert len(completed) == 1
+    assert completed[0].text == "Hello ünï"
+    assert closed

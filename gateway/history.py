@@ -1,0 +1,463 @@
+"""History files: what ``memgate import`` reads and ``memgate export`` writes.
+
+Read:
+- JSONL, one object a line, each either a chat message ``{"role", "content", "created_at"?}``
+  (user and assistant text is kept; system, developer and tool messages are ignored), an
+  OpenAI-style ``{"messages": [...], "created_at"?}`` line, or a memory in the memory API's shape
+  ``{"content", "role"?, "metadata"?, "created_at"?}`` (what export writes). Other keys
+  (``id``, ``namespace``, ``name``...) are ignored.
+- A JSON array of the same objects.
+- A ChatGPT data export: ``conversations.json`` (or the export's ``.zip``). Each
+  conversation's thread is the path from ``current_node`` up to the root, read root first;
+  user and assistant text parts are kept with their ``create_time`` and the metadata
+  ``{"source": "chatgpt", "conversation": title, "conversation_id": id}``.
+
+Every record gets an import key: a hash of its content, role, created_at and metadata, with
+``#2``, ``#3``... for repeats of the same record in the file. ``import`` stores it in the
+memory's metadata (``import_key``) and skips records whose key the namespace already holds, so
+a re-run resumes; ``export`` leaves it out, so an export reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import zipfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memory.records import from_rfc3339, to_rfc3339
+
+IMPORT_KEY = "import_key"
+MAX_CONTENT = 100_000  # the memory API's limit, in characters
+MAX_ROLE = 64
+IGNORED_ROLES = frozenset({"system", "developer", "tool", "function"})
+CHAT_ROLES = ("user", "assistant")
+Metadata = dict[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One memory to import, in the memory API's shape, and where it came from."""
+
+    content: str
+    role: str
+    metadata: Metadata
+    created_at: str | None
+    where: str
+
+    def body(self, key: str) -> dict[str, Any]:
+        """The memory as the add endpoint takes it, carrying its import key."""
+        out: dict[str, Any] = {
+            "content": self.content,
+            "role": self.role,
+            "metadata": {**self.metadata, IMPORT_KEY: key},
+        }
+        if self.created_at is not None:
+            out["created_at"] = self.created_at
+        return out
+
+
+@dataclass
+class History:
+    """What a file holds: records to import, problems found, and items ignored."""
+
+    path: Path
+    format: str
+    records: list[Record] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    ignored: int = 0
+
+    def problem(self, where: str, reason: str) -> None:
+        self.problems.append((where, reason))
+
+    def describe_problems(self, limit: int = 20) -> list[str]:
+        shown = [f"{self.path}: {where}: {reason}" for where, reason in self.problems[:limit]]
+        if len(self.problems) > limit:
+            shown.append(f"{self.path}: ... and {len(self.problems) - limit} more problems")
+        return shown
+
+
+class HistoryError(Exception):
+    """The file cannot be read at all (missing, not text, not JSON, unknown shape)."""
+
+
+def read_history(path: Path) -> History:
+    """Read a history file of any supported format; problems with single records are
+    collected in ``History.problems`` (with their line or position), not raised."""
+    try:
+        if path.suffix.lower() == ".zip":
+            return _read_zip(path)
+        raw = path.read_bytes()
+    except IsADirectoryError as exc:
+        raise HistoryError(f"{path}: is a folder, not a file") from exc
+    except FileNotFoundError as exc:
+        raise HistoryError(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise HistoryError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+    return parse_history(path, raw)
+
+
+def parse_history(path: Path, raw: bytes) -> History:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise HistoryError(f"{path}: line {line}: not UTF-8 text ({exc.reason})") from exc
+    if text.lstrip().startswith("["):
+        return _parse_json_array(path, text)
+    return _parse_jsonl(path, text)
+
+
+def _read_zip(path: Path) -> History:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "conversations.json"]
+            if not names:
+                raise HistoryError(
+                    f"{path}: no conversations.json in this zip (is it a ChatGPT data export?)"
+                )
+            raw = archive.read(names[0])
+    except zipfile.BadZipFile as exc:
+        raise HistoryError(f"{path}: not a valid zip file: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise HistoryError(f"{path}: no such file") from exc
+    return parse_history(path / names[0], raw)
+
+
+def _parse_json_array(path: Path, text: str) -> History:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HistoryError(
+            f"{path}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
+        ) from exc
+    if not isinstance(data, list):
+        raise HistoryError(f"{path}: expected a JSON array or JSON lines")
+    if data and all(isinstance(c, dict) and "mapping" in c for c in data):
+        history = History(path, "chatgpt")
+        for index, conversation in enumerate(data, 1):
+            _read_conversation(history, index, conversation)
+        return history
+    history = History(path, "json")
+    for index, item in enumerate(data, 1):
+        _read_item(history, f"item {index}", item)
+    return history
+
+
+def _parse_jsonl(path: Path, text: str) -> History:
+    history = History(path, "jsonl")
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as exc:
+            history.problem(f"line {number}", f"not valid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        _read_item(history, f"line {number}", item)
+    if not history.records and not history.problems and not history.ignored:
+        raise HistoryError(f"{path}: the file is empty")
+    return history
+
+
+def _read_item(history: History, where: str, item: Any) -> None:
+    if not isinstance(item, dict):
+        history.problem(where, f"expected a JSON object, got {_kind(item)}")
+        return
+    if "messages" in item:
+        messages = item["messages"]
+        if not isinstance(messages, list):
+            history.problem(where, f'"messages" must be a list, got {_kind(messages)}')
+            return
+        base: float | None = None
+        if item.get("created_at") is not None:
+            try:
+                base = from_rfc3339(normalize_time(item["created_at"]))
+            except ValueError as exc:
+                history.problem(where, str(exc))
+                return
+        for index, message in enumerate(messages, 1):
+            inner = f"{where}, message {index}"
+            if not isinstance(message, dict):
+                history.problem(inner, f"expected a JSON object, got {_kind(message)}")
+                continue
+            if base is not None and message.get("created_at") is None:
+                # The line's time, a microsecond apart a message, so that they keep their order.
+                stamp = to_rfc3339(base + (index - 1) * 1e-6)
+                message = {**message, "created_at": stamp}  # noqa: PLW2901
+            _read_record(history, inner, message)
+        return
+    if "content" not in item:
+        history.problem(
+            where,
+            'not a message {"role", "content"}, a memory {"content", ...} or a '
+            '{"messages": [...]} line: no "content"',
+        )
+        return
+    _read_record(history, where, item)
+
+
+def _read_record(history: History, where: str, item: Mapping[str, Any]) -> None:
+    role = item.get("role", "user")
+    if not isinstance(role, str) or not role.strip() or len(role) > MAX_ROLE:
+        history.problem(
+            where, f'"role" must be a non-empty string of at most {MAX_ROLE} characters'
+        )
+        return
+    if role in IGNORED_ROLES:
+        history.ignored += 1
+        return
+    content = item.get("content")
+    if content is None:  # e.g. an assistant message that only calls tools
+        history.ignored += 1
+        return
+    text = content_text(content)
+    if text is None:
+        history.problem(
+            where, f'"content" must be a string or a list of parts, got {_kind(content)}'
+        )
+        return
+    if not text.strip():
+        history.ignored += 1
+        return
+    if len(text) > MAX_CONTENT:
+        history.problem(
+            where, f"content is {len(text):,} characters long; the most is {MAX_CONTENT:,}"
+        )
+        return
+    metadata = item.get("metadata", {})
+    problem = _metadata_problem(metadata)
+    if problem:
+        history.problem(where, problem)
+        return
+    created = item.get("created_at")
+    created_at: str | None = None
+    if created is not None:
+        try:
+            created_at = normalize_time(created)
+        except ValueError as exc:
+            history.problem(where, str(exc))
+            return
+    clean = {k: v for k, v in dict(metadata).items() if k != IMPORT_KEY}
+    history.records.append(Record(text, role, clean, created_at, where))
+
+
+def content_text(content: Any) -> str | None:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and part.get("type") in ("text", "input_text"):
+                texts.append(str(part.get("text", "")))
+        return "\n".join(t for t in texts if t)
+    return None
+
+
+def _metadata_problem(metadata: Any) -> str | None:
+    if not isinstance(metadata, dict):
+        return f'"metadata" must be an object, got {_kind(metadata)}'
+    for key, value in metadata.items():
+        if not key or len(key) > 128 or key[0] in "#$":
+            return (
+                f"metadata key {key!r} is not allowed: 1-128 characters, not starting with # or $"
+            )
+        if not isinstance(value, str | int | float | bool) or (
+            isinstance(value, float) and not math.isfinite(value)
+        ):
+            return (
+                f"metadata {key!r} must be a string, number or boolean, got {_kind(value)} "
+                "(the memory store keeps flat metadata only)"
+            )
+    return None
+
+
+def normalize_time(value: Any) -> str:
+    """An RFC 3339 string or epoch seconds as the gateway's RFC 3339 form (UTC, microseconds)."""
+    if isinstance(value, bool):
+        raise ValueError(f"created_at {value!r} is not an RFC 3339 timestamp")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or not 0 <= value < 253402300800:
+            raise ValueError(f"created_at {value!r} is not a plausible time in epoch seconds")
+        return to_rfc3339(float(value))
+    if isinstance(value, str):
+        try:
+            return to_rfc3339(from_rfc3339(value))
+        except (ValueError, OverflowError, OSError) as exc:
+            raise ValueError(
+                f"created_at {value!r} is not an RFC 3339 timestamp (like 2024-05-01T12:00:00Z)"
+            ) from exc
+    raise ValueError(f"created_at must be an RFC 3339 string or epoch seconds, got {_kind(value)}")
+
+
+# ChatGPT data export
+
+
+def _read_conversation(history: History, index: int, conversation: dict[str, Any]) -> None:
+    title = conversation.get("title")
+    title = title if isinstance(title, str) and title.strip() else "Untitled"
+    where = f"conversation {index} ({title!r})"
+    mapping = conversation.get("mapping")
+    if not isinstance(mapping, dict):
+        history.problem(where, f'"mapping" must be an object, got {_kind(mapping)}')
+        return
+    conversation_id = conversation.get("conversation_id") or conversation.get("id")
+    fallback_time = conversation.get("create_time")
+    for node_id in thread(mapping, conversation.get("current_node")):
+        node = mapping.get(node_id)
+        message = node.get("message") if isinstance(node, dict) else None
+        if not isinstance(message, dict):
+            continue
+        author = message.get("author")
+        role = author.get("role") if isinstance(author, dict) else None
+        content = message.get("content")
+        meta = message.get("metadata")
+        meta = meta if isinstance(meta, dict) else {}
+        if (
+            role not in CHAT_ROLES
+            or not isinstance(content, dict)
+            or content.get("content_type") not in ("text", "multimodal_text")
+            or meta.get("is_visually_hidden_from_conversation")
+        ):
+            history.ignored += 1
+            continue
+        parts = content.get("parts")
+        texts = (
+            [p for p in parts if isinstance(p, str) and p.strip()]
+            if isinstance(parts, list)
+            else []
+        )
+        if not texts:
+            history.ignored += 1
+            continue
+        metadata: Metadata = {"source": "chatgpt", "conversation": title}
+        if isinstance(conversation_id, str) and conversation_id:
+            metadata["conversation_id"] = conversation_id
+        model = meta.get("model_slug")
+        if role == "assistant" and isinstance(model, str) and model:
+            metadata["model"] = model
+        stamp = message.get("create_time") or fallback_time
+        item: dict[str, Any] = {"role": role, "content": "\n".join(texts), "metadata": metadata}
+        if isinstance(stamp, int | float) and not isinstance(stamp, bool):
+            item["created_at"] = stamp
+        _read_record(history, f"{where}, message {node_id}", item)
+
+
+def thread(mapping: Mapping[str, Any], current: Any) -> list[str]:
+    """The node ids from the root to ``current`` (the branch the user last saw). Without a
+    usable ``current_node``, the newest leaf's branch."""
+    if not isinstance(current, str) or current not in mapping:
+        current = _newest_leaf(mapping)
+    path: list[str] = []
+    seen: set[str] = set()
+    node: Any = current
+    while isinstance(node, str) and node in mapping and node not in seen:
+        seen.add(node)
+        path.append(node)
+        entry = mapping[node]
+        node = entry.get("parent") if isinstance(entry, dict) else None
+    path.reverse()
+    return path
+
+
+def _newest_leaf(mapping: Mapping[str, Any]) -> str | None:
+    def stamp(node_id: str) -> float:
+        entry = mapping[node_id]
+        message = entry.get("message") if isinstance(entry, dict) else None
+        value = message.get("create_time") if isinstance(message, dict) else None
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    leaves = [
+        node_id
+        for node_id, entry in mapping.items()
+        if isinstance(entry, dict) and not entry.get("children")
+    ]
+    return max(leaves, key=stamp) if leaves else None
+
+
+# Import keys and the export format
+
+
+def record_hash(
+    content: str, role: str, created_at: str | None, metadata: Mapping[str, Any]
+) -> str:
+    """A stable hash of what a memory holds (its import key before de-duplication)."""
+    canonical = json.dumps(
+        {
+            "content": content,
+            "role": role,
+            "created_at": created_at,
+            "metadata": {k: v for k, v in metadata.items() if k != IMPORT_KEY},
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def with_repeats(hashes: Iterable[str]) -> Iterator[str]:
+    """Each hash as a key; the n-th repeat of a hash gets ``#n`` (n from 2)."""
+    seen: Counter[str] = Counter()
+    for value in hashes:
+        seen[value] += 1
+        yield value if seen[value] == 1 else f"{value}#{seen[value]}"
+
+
+def keyed(records: Iterable[Record]) -> list[tuple[str, Record]]:
+    items = list(records)
+    hashes = (record_hash(r.content, r.role, r.created_at, r.metadata) for r in items)
+    return list(zip(with_repeats(hashes), items, strict=True))
+
+
+def existing_keys(memories_oldest_first: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The keys a namespace already holds: each memory's stored ``import_key``, and the key
+    its own content would get (so an export of memories made by chat re-imports as skipped)."""
+    items = list(memories_oldest_first)
+    keys = {
+        str(m["metadata"][IMPORT_KEY])
+        for m in items
+        if isinstance(m.get("metadata"), dict) and IMPORT_KEY in m["metadata"]
+    }
+    hashes = (
+        record_hash(m["content"], m["role"], m["created_at"], m.get("metadata") or {})
+        for m in items
+    )
+    keys.update(with_repeats(hashes))
+    return keys
+
+
+def export_line(memory: Mapping[str, Any]) -> str:
+    """One memory as an export line: the add endpoint's shape, without the import key, with
+    metadata keys sorted (the store does not keep their order)."""
+    metadata = {k: v for k, v in sorted((memory.get("metadata") or {}).items()) if k != IMPORT_KEY}
+    return json.dumps(
+        {
+            "content": memory["content"],
+            "role": memory["role"],
+            "created_at": memory["created_at"],
+            "metadata": metadata,
+        },
+        ensure_ascii=False,
+    )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+    }.get(type(value), type(value).__name__)
