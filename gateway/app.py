@@ -17,7 +17,7 @@ from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 
 from gateway import __version__
 from gateway.auth import Authenticator
-from gateway.config import Settings
+from gateway.config import ConfigError, Settings
 from gateway.errors import error_response
 from gateway.routes.chat import chat_passthrough, memory_chat_path, memory_chat_query
 from gateway.routes.health import healthz, readyz
@@ -70,13 +70,16 @@ def open_store(settings: Settings) -> MemoryStore:
 
 
 def open_embedder(settings: Settings) -> Embedder:
-    from memory.embedder import SentenceTransformerEmbedder
+    from memory.embedder import OnnxEmbedder, SentenceTransformerEmbedder
 
-    return SentenceTransformerEmbedder(
-        settings.embedder.model_path or None,
-        device=settings.embedder.device,
-        threads=settings.embedder.threads,
-    )
+    conf = settings.embedder
+    if conf.backend == "onnx":
+        return OnnxEmbedder(conf.model_path or None, threads=conf.threads)
+    if conf.backend == "torch":
+        return SentenceTransformerEmbedder(
+            conf.model_path or None, device=conf.device, threads=conf.threads
+        )
+    raise ConfigError(f"embedder.backend must be 'onnx' or 'torch', not {conf.backend!r}")
 
 
 def create_app(
@@ -114,6 +117,7 @@ def create_app(
                 recency_half_life_days=recall.recency_half_life_days,
             ),
             writer_batch=settings.queue.batch_size,
+            writer_coalesce=settings.queue.coalesce_ms / 1000.0,
             embed_batch=settings.embedder.max_batch,
         )
         router = Router(

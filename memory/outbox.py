@@ -127,12 +127,14 @@ class Writer:
         write: WriteBatch,
         *,
         batch_size: int = 64,
+        coalesce: float = 0.0,
         idle_poll: float = 1.0,
         max_backoff: float = 10.0,
     ) -> None:
         self.outbox = outbox
         self._write = write
         self.batch_size = batch_size
+        self.coalesce = coalesce
         self.idle_poll = idle_poll
         self.max_backoff = max_backoff
         self._wake = asyncio.Event()
@@ -191,6 +193,10 @@ class Writer:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.idle_poll)
+            if n < self.batch_size and self.coalesce > 0 and not self._stopping:
+                # A shallow queue: let a few more exchanges arrive and store them in one batch
+                # (one model call, one store write). They are durable and recallable meanwhile.
+                await asyncio.sleep(self.coalesce)
 
     async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
         """Flush what is queued (up to ``timeout`` seconds), then stop. What could not be

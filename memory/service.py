@@ -49,6 +49,7 @@ class MemoryService:
         *,
         recall: RecallSettings | None = None,
         writer_batch: int = 64,
+        writer_coalesce: float = 0.1,
         embed_batch: int = 64,
         vector_cache: int = 4096,
     ) -> None:
@@ -56,7 +57,9 @@ class MemoryService:
         self.embedder = BatchingEmbedder(embedder, max_batch=embed_batch)
         self.outbox = outbox
         self.settings = recall or RecallSettings()
-        self.writer = Writer(outbox, self._write_batch, batch_size=writer_batch)
+        self.writer = Writer(
+            outbox, self._write_batch, batch_size=writer_batch, coalesce=writer_coalesce
+        )
         self._vectors: OrderedDict[str, Vectors] = OrderedDict()
         self._vector_cache = vector_cache
 
@@ -69,14 +72,16 @@ class MemoryService:
     async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
         missing = [m for m in memories if m.id not in self._vectors]
         if missing:
-            fresh = await self.embedder.embed([m.content for m in missing])
-            for memory, vector in zip(missing, fresh, strict=True):
-                self._vectors[memory.id] = vector
-                while len(self._vectors) > self._vector_cache:
-                    self._vectors.popitem(last=False)
+            self._remember_vectors(missing, await self.embedder.embed([m.content for m in missing]))
         if not memories:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         return np.stack([self._vectors[m.id] for m in memories])
+
+    def _remember_vectors(self, memories: Sequence[Memory], vectors: Vectors) -> None:
+        for memory, vector in zip(memories, vectors, strict=True):
+            self._vectors[memory.id] = vector
+        while len(self._vectors) > self._vector_cache:
+            self._vectors.popitem(last=False)
 
     async def remember(self, exchange: Exchange) -> builtins.list[Memory]:
         """Queue an exchange durably (committed when this returns); the writer stores it."""
@@ -103,7 +108,11 @@ class MemoryService:
         if not query.strip():
             return []
         pending = await asyncio.to_thread(self.outbox.pending, namespace)
-        query_vec = (await self.embedder.embed([query]))[0]
+        # One model call for the query and any queued text not embedded yet.
+        fresh = [m for m in pending if m.id not in self._vectors]
+        vectors = await self.embedder.embed([query, *(m.content for m in fresh)])
+        query_vec = vectors[0]
+        self._remember_vectors(fresh, vectors[1:])
         candidates = max(self.settings.candidates, k)
         hits = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates, query)
         if pending:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memory.chroma import ChromaStore
@@ -155,3 +156,16 @@ def test_hybrid_search_and_lexical_resync(
     one.delete("h", memories[5].id)
     hits = two.search("h", minilm.embed([query])[0], 3, query)
     assert all(h.memory.id != memories[5].id for h in hits)
+
+
+def test_onnx_embedder_matches_the_full_model(minilm: SentenceTransformerEmbedder) -> None:
+    from memory.embedder import OnnxEmbedder
+
+    onnx = OnnxEmbedder()
+    texts = [*TEXTS, "a much longer text " * 200]  # past the 256-token limit: truncated
+    a, b = onnx.embed(texts), minilm.embed(texts)
+    assert a.shape == b.shape == (len(texts), 384)
+    assert abs(float(np.linalg.norm(a[0])) - 1.0) < 1e-5
+    assert float((a * b).sum(axis=1).min()) > 0.98
+    # the same neighbour either way
+    assert int(np.argmax(b @ a[0])) == 0
