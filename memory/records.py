@@ -61,14 +61,15 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
         out: list[Memory] = []
         for offset, (role, text) in enumerate((("user", self.user), ("assistant", self.assistant))):
             if text.strip():
-                # The reply is stamped a microsecond later so that ordering by time keeps the pair.
+                # The reply is stamped a millisecond later, so that ordering by time (and an
+                # RFC 3339 timestamp with microseconds) keeps the pair in order.
                 out.append(
                     Memory(
                         id=new_id(),
                         namespace=self.namespace,
                         content=text,
                         role=role,
-                        created_at=self.created_at + offset * 1e-6,
+                        created_at=self.created_at + offset * 1e-3,
                         metadata=dict(meta),
                     )
                 )
