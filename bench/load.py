@@ -994,7 +994,8 @@ def gateway_embedder(extra_env: Sequence[str]) -> tuple[Any, str]:
         settings = load_settings(None, gateway_env(extra_env))
         embedder = open_embedder(settings)
         conf = settings.embedder
-        label = f"{getattr(conf, 'backend', 'torch')}, {conf.threads or 'default'} threads"
+        threads = f"{conf.threads} thread{'s' * (conf.threads != 1)}" if conf.threads else ""
+        label = f"{getattr(conf, 'backend', 'torch')}, {threads or 'default threads'}"
     except (ImportError, AttributeError, TypeError) as exc:
         log(f"the gateway's embedder cannot be built here ({exc}); using the torch one")
         embedder = SentenceTransformerEmbedder(threads=embedder_threads(extra_env))
@@ -1022,13 +1023,13 @@ def embedder_phase(cfg: Config, extra_env: Sequence[str]) -> dict[str, Any]:
     candidates: list[tuple[str, Any, int | None]]
     if isinstance(configured, SentenceTransformerEmbedder):
         alt = 1 if torch_threads != 1 else default_threads
-        candidates = [(f"torch, {torch_threads} threads", configured, torch_threads)]
+        candidates = [(f"torch, {torch_threads} thread(s)", configured, torch_threads)]
         if alt != torch_threads:
-            candidates.append((f"torch, {alt} threads", configured, alt))
+            candidates.append((f"torch, {alt} thread(s)", configured, alt))
     else:
         candidates = [
             (label, configured, None),
-            (f"torch, {default_threads} threads", SentenceTransformerEmbedder(), default_threads),
+            (f"torch, {default_threads} thread(s)", SentenceTransformerEmbedder(), default_threads),
         ]
     rng = random.Random(cfg.seed + 1)
     count = cfg.embed_batches + 2

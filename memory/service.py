@@ -60,7 +60,10 @@ class MemoryService:
         self.writer = Writer(
             outbox, self._write_batch, batch_size=writer_batch, coalesce=writer_coalesce
         )
+        # Vectors by text (the model is deterministic), and texts being embedded right now:
+        # concurrent recalls and the writer share one model call per text.
         self._vectors: OrderedDict[str, Vectors] = OrderedDict()
+        self._inflight: dict[str, tuple[asyncio.Future[Vectors], int]] = {}
         self._vector_cache = vector_cache
 
     # -- writing -----------------------------------------------------------------------------
@@ -70,18 +73,45 @@ class MemoryService:
         await asyncio.to_thread(self.store.add, memories, vectors)
 
     async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
-        missing = [m for m in memories if m.id not in self._vectors]
-        if missing:
-            self._remember_vectors(missing, await self.embedder.embed([m.content for m in missing]))
-        if not memories:
-            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        return np.stack([self._vectors[m.id] for m in memories])
+        return await self._embed_texts([m.content for m in memories])
 
-    def _remember_vectors(self, memories: Sequence[Memory], vectors: Vectors) -> None:
-        for memory, vector in zip(memories, vectors, strict=True):
-            self._vectors[memory.id] = vector
-        while len(self._vectors) > self._vector_cache:
-            self._vectors.popitem(last=False)
+    async def _embed_texts(self, texts: Sequence[str]) -> Vectors:
+        """Vectors for ``texts``: cached, being embedded for another caller, or embedded now
+        in one model call. The call runs as its own task, so a caller that is cancelled
+        (a client that went away) does not fail the others waiting for it."""
+        if not texts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        found: dict[str, Vectors] = {}
+        waits: dict[str, tuple[asyncio.Future[Vectors], int]] = {}
+        todo: builtins.list[str] = []
+        for text in dict.fromkeys(texts):
+            cached = self._vectors.get(text)
+            if cached is not None:
+                found[text] = cached
+            elif text in self._inflight:
+                waits[text] = self._inflight[text]
+            else:
+                todo.append(text)
+        if todo:
+            task = asyncio.ensure_future(self._embed_and_cache(todo))
+            for i, text in enumerate(todo):
+                self._inflight[text] = waits[text] = (task, i)
+        for text, (future, i) in waits.items():
+            found[text] = (await asyncio.shield(future))[i]
+        return np.stack([found[t] for t in texts])
+
+    async def _embed_and_cache(self, texts: builtins.list[str]) -> Vectors:
+        try:
+            vectors = await self.embedder.embed(texts)
+            for text, vector in zip(texts, vectors, strict=True):
+                self._vectors[text] = vector
+                self._vectors.move_to_end(text)
+            while len(self._vectors) > self._vector_cache:
+                self._vectors.popitem(last=False)
+            return vectors
+        finally:
+            for text in texts:
+                self._inflight.pop(text, None)
 
     async def remember(self, exchange: Exchange) -> builtins.list[Memory]:
         """Queue an exchange durably (committed when this returns); the writer stores it."""
@@ -109,15 +139,12 @@ class MemoryService:
             return []
         pending = await asyncio.to_thread(self.outbox.pending, namespace)
         # One model call for the query and any queued text not embedded yet.
-        fresh = [m for m in pending if m.id not in self._vectors]
-        vectors = await self.embedder.embed([query, *(m.content for m in fresh)])
+        vectors = await self._embed_texts([query, *(m.content for m in pending)])
         query_vec = vectors[0]
-        self._remember_vectors(fresh, vectors[1:])
         candidates = max(self.settings.candidates, k)
         hits = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates, query)
         if pending:
-            vectors = await self._vectors_for(pending)
-            hits.extend(_pending_hits(hits, pending, vectors @ query_vec))
+            hits.extend(_pending_hits(hits, pending, vectors[1:] @ query_vec))
         return rank(
             hits,
             floor=self.settings.floor,

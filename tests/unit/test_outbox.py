@@ -150,3 +150,20 @@ def test_batching_embedder_merges_concurrent_callers(fail: bool) -> None:
             assert len(inner.calls) < 20  # merged into fewer model calls
 
     asyncio.run(run())
+
+
+def test_concurrent_recalls_and_writer_embed_each_text_once(tmp_path: Path) -> None:
+    store = MemStore()
+
+    async def run() -> None:
+        embedder = FakeEmbedder()
+        service = MemoryService(store, embedder, Outbox(tmp_path / "q.sqlite3"))
+        await service.remember(Exchange(namespace="a", user="my cat is Tom", assistant="ok Tom"))
+        await asyncio.gather(*(service.recall("a", "what is my cat") for _ in range(20)))
+        service.writer.start()
+        await service.writer.stop()
+        texts = [t for call in embedder.calls for t in call]
+        assert sorted(texts) == ["my cat is Tom", "ok Tom", "what is my cat"]
+        assert store.count("a") == 2
+
+    asyncio.run(run())
