@@ -25,7 +25,6 @@ class GatewayState:
     auth: Authenticator
     metrics: Metrics
     ready: bool = False
-    startup_error: str | None = None
     _upstream_health: tuple[float, dict[str, str]] = (0.0, {})
 
     async def upstream_health(self, max_age: float = 10.0) -> dict[str, str]:

@@ -28,7 +28,8 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
         checks["store"] = "ok"
     except Exception as exc:
         checks["store"] = f"unavailable: {exc}"
-    checks["embedder"] = "ok" if gw.ready else (gw.startup_error or "loading")
+    # The state exists only once the model has loaded; ready turns off at shutdown.
+    checks["embedder"] = "ok" if gw.ready else "stopping"
     writer = service.writer
     if not writer.running:
         checks["writer"] = "stopped"
