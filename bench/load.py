@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
 NAMESPACE = "bench-load-10k"
@@ -492,17 +493,6 @@ class CpuMeter:
 
 
 # -- statistics --------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default); NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def slope(points: Sequence[tuple[float, float]]) -> float:

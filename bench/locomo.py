@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from stats import percentile
 
 CATEGORIES: dict[int, str] = {
     1: "multi-hop",
@@ -249,17 +250,6 @@ class Scores:
                 for c, (n, means) in self.per_category().items()
             },
         }
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The q-th percentile (0-100), linear interpolation between closest ranks."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100.0
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 # -- BM25 ------------------------------------------------------------------------------------
