@@ -115,10 +115,12 @@ def create_app(
                 floor=recall.similarity_floor,
                 recency_weight=recall.recency_weight,
                 recency_half_life_days=recall.recency_half_life_days,
+                fusion_k=recall.fusion_k,
             ),
             writer_batch=settings.queue.batch_size,
             writer_coalesce=settings.queue.coalesce_ms / 1000.0,
             embed_batch=settings.embedder.max_batch,
+            embed_concurrency=settings.embedder.concurrency,
         )
         router = Router(
             [

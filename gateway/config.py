@@ -56,6 +56,7 @@ class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     device: str = "cpu"
     threads: int = 1
     max_batch: int = 64
+    concurrency: int = 2
 
 
 class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

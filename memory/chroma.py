@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from memory.embedder import Vectors
 from memory.lexical import LexicalIndex
-from memory.recall import fuse
+from memory.recall import hybrid
 from memory.records import Hit, Memory, Metadata
 from memory.store import StoreUnavailable
 
@@ -207,24 +207,22 @@ class ChromaStore:
             n_results=k,
             include=["documents", "metadatas", "distances"],
         )
-        dense: dict[str, Hit] = {}
+        dense: builtins.list[Hit] = []
         if res and res["ids"] and res["ids"][0]:
             ids, docs = res["ids"][0], res["documents"][0]
             metas, dists = res["metadatas"][0], res["distances"][0]
             for mid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True):
                 cosine = 1.0 - float(dist)
-                dense[mid] = Hit(_from_row(namespace, mid, doc, meta), cosine, cosine)
-        if self.lexical is None or not text.strip() or not dense:
-            return builtins.list(dense.values())
+                dense.append(Hit(_from_row(namespace, mid, doc, meta), cosine, cosine))
+        if not dense or not text.strip():
+            return dense
+        return hybrid(dense, self.search_text(namespace, text, k), k=k, fusion_k=self.fusion_k)
+
+    def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
+        if self.lexical is None or k <= 0 or not text.strip():
+            return []
         self._sync_lexical(namespace)
-        lexical = self.lexical.search(namespace, text, k)
-        matched = {m.id: m for m, _ in lexical}
-        fused = fuse(builtins.list(dense), builtins.list(matched), k=self.fusion_k)
-        hits = [Hit(h.memory, fused[mid], h.similarity, mid in matched) for mid, h in dense.items()]
-        # lexical-only hits: no cosine at hand (they pass the floor on their lexical match)
-        hits += [Hit(m, fused[mid], None, True) for mid, m in matched.items() if mid not in dense]
-        hits.sort(key=lambda h: h.score, reverse=True)
-        return hits[:k]
+        return self.lexical.search(namespace, text, k)
 
     def _sync_lexical(self, namespace: str) -> None:
         """Rebuild the namespace's lexical index from Chroma when their counts disagree: the

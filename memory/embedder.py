@@ -157,17 +157,20 @@ class _Pending:
 
 
 class BatchingEmbedder:
-    """Async embedding: one worker thread at a time, concurrent callers merged into one batch.
+    """Async embedding in worker threads, concurrent callers merged into batches.
 
-    While a batch is being embedded, new requests queue up; when it finishes, everything that
-    queued (up to ``max_batch`` texts) goes as the next batch. A lone caller pays no wait.
+    At most ``concurrency`` model calls run at once; while they run, new requests queue up,
+    and when one finishes, everything that queued (up to ``max_batch`` texts) goes as the next
+    batch. A lone caller pays no wait. (A second call at once lets a query be embedded beside
+    a batch of the writer's instead of after it.)
     """
 
-    def __init__(self, embedder: Embedder, *, max_batch: int = 64) -> None:
+    def __init__(self, embedder: Embedder, *, max_batch: int = 64, concurrency: int = 1) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
+        self.concurrency = max(concurrency, 1)
         self._queue: list[_Pending] = []
-        self._running = False
+        self._running = 0
 
     @property
     def dimension(self) -> int:
@@ -179,8 +182,8 @@ class BatchingEmbedder:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vectors] = loop.create_future()
         self._queue.append(_Pending(texts, future))
-        if not self._running:
-            self._running = True
+        if self._running < self.concurrency:
+            self._running += 1
             asyncio.create_task(self._drain())  # noqa: RUF006 - it resolves the futures
         return await future
 
@@ -210,4 +213,4 @@ class BatchingEmbedder:
                         item.future.set_result(vectors[start:end])
                     start = end
         finally:
-            self._running = False
+            self._running -= 1

@@ -25,7 +25,7 @@ from memory.records import Memory
 
 _TOKEN = re.compile(r"\w+")
 _ENCODE = msgspec.json.Encoder().encode
-_DECODE = msgspec.json.Decoder(Memory).decode
+_DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
 STOPWORDS = frozenset(
     [
         "a",
@@ -127,16 +127,35 @@ class LexicalIndex:
     def __init__(
         self, path: str | Path, *, pair_gap: float = 3600.0, pair_weight: float = 0.8
     ) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._path = Path(path)
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = self._open()
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the writing connection's
+        # Searches read through one connection per thread (WAL: readers never wait for the
+        # writer, nor for each other).
+        self._readers = threading.local()
+        self._reader_list: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         self.pair_gap = pair_gap
         self.pair_weight = pair_weight
         self._tables: set[str] = set()
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA synchronous=NORMAL")
+        return db
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        if db is None:
+            db = self._open()
+            db.execute("PRAGMA query_only=1")
+            self._readers.db = db
+            with self._readers_lock:
+                self._reader_list.append(db)
+        return db
 
     # -- tables ------------------------------------------------------------------------------
 
@@ -160,9 +179,11 @@ class LexicalIndex:
         plain, _ = self._names(namespace)
         if plain in self._tables:
             return True
-        row = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (plain,)
-        ).fetchone()
+        row = (
+            self._reader()
+            .execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (plain,))
+            .fetchone()
+        )
         if row:
             self._tables.add(plain)
         return row is not None
@@ -289,41 +310,38 @@ class LexicalIndex:
         return int(n)
 
     def search(self, namespace: str, text: str, limit: int) -> list[tuple[Memory, float]]:
-        """Memories of the namespace matching ``text``, best BM25 first, with their scores."""
+        """Memories of the namespace matching ``text``, best BM25 first, with their scores.
+
+        One statement returning one row: the calling thread gives up and takes back the GIL
+        once, not once a result row (which under load queues it behind busy threads)."""
         terms = query_terms(text)
         if not terms or limit <= 0 or not self._exists(namespace):
             return []
         match = " OR ".join(f'"{t}"' for t in terms)
         plain, pair = self._names(namespace)
-        scores: dict[int, float] = {}
-        with self._lock:
-            for rid, score in self._db.execute(
-                f"SELECT rowid, -bm25({plain}) FROM {plain} WHERE {plain} MATCH ? "
-                f"ORDER BY bm25({plain}) LIMIT ?",
-                (match, limit),
-            ):
-                scores[rid] = max(scores.get(rid, 0.0), score)
-            rows = self._db.execute(
-                f"SELECT p.rowid, -bm25({pair}), d.prev FROM {pair} p "
-                f"JOIN docs d ON d.rid = p.rowid WHERE {pair} MATCH ? "
-                f"ORDER BY bm25({pair}) LIMIT ?",
-                (match, limit),
-            ).fetchall()
-            for rid, score, prev in rows:
-                for member in (rid, prev):
-                    if member is not None:
-                        scores[member] = max(scores.get(member, 0.0), self.pair_weight * score)
-            if not scores:
-                return []
-            found = dict(
-                self._db.execute(
-                    f"SELECT rid, payload FROM docs WHERE rid IN ({','.join('?' * len(scores))})",
-                    list(scores),
-                ).fetchall()
-            )
-        ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
-        return [(_DECODE(found[rid]), score) for rid, score in ranked if rid in found][:limit]
+        sql = (
+            f"WITH p AS (SELECT rowid AS rid, -bm25({plain}) AS s FROM {plain} "
+            f"WHERE {plain} MATCH :q ORDER BY bm25({plain}) LIMIT :n), "
+            f"q AS (SELECT rowid AS rid, -bm25({pair}) AS s FROM {pair} "
+            f"WHERE {pair} MATCH :q ORDER BY bm25({pair}) LIMIT :n), "
+            "m AS (SELECT rid, s FROM p UNION ALL SELECT rid, :w * s FROM q "
+            "UNION ALL SELECT d.prev, :w * q.s FROM q JOIN docs d ON d.rid = q.rid "
+            "WHERE d.prev IS NOT NULL), "
+            "best AS (SELECT rid, MAX(s) AS s FROM m GROUP BY rid "
+            "ORDER BY MAX(s) DESC, rid LIMIT :n) "
+            "SELECT json_group_array(json_array(best.s, best.rid, "
+            "json(CAST(d.payload AS TEXT)))) FROM best JOIN docs d ON d.rid = best.rid"
+        )
+        params = {"q": match, "n": limit, "w": self.pair_weight}
+        (found,) = self._reader().execute(sql, params).fetchone()
+        rows = _DECODE_ROWS(found)
+        rows.sort(key=lambda row: (-row[0], row[1]))
+        return [(memory, score) for score, _, memory in rows]
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        with self._readers_lock:
+            for db in self._reader_list:
+                db.close()
+            self._reader_list.clear()

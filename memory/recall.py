@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from memory.records import Hit
+from memory.records import Hit, Memory
 
 _SPACE = re.compile(r"\s+")
 CONTAINED_MIN = 32  # shorter memories count as carried only when a message equals them
@@ -134,3 +134,20 @@ def fuse(*rankings: Sequence[str], k: float = 5.0) -> dict[str, float]:
         for rank, key in enumerate(ranking, 1):
             scores[key] = scores.get(key, 0.0) + 1.0 / (k + rank)
     return scores
+
+
+def hybrid(
+    dense: Sequence[Hit], lexical: Sequence[tuple[Memory, float]], *, k: int, fusion_k: float
+) -> list[Hit]:
+    """The ``k`` best of a dense ranking (hits with their cosine, best first) and a lexical
+    one (memories with their BM25 score, best first), fused by reciprocal rank. A memory only
+    the lexical side found has no cosine at hand (``rank`` lets it past the floor)."""
+    if not lexical:
+        return list(dense[:k])
+    by_id = {h.memory.id: h for h in dense}
+    matched = {m.id: m for m, _ in lexical}
+    fused = fuse(list(by_id), list(matched), k=fusion_k)
+    hits = [Hit(h.memory, fused[mid], h.similarity, mid in matched) for mid, h in by_id.items()]
+    hits += [Hit(m, fused[mid], None, True) for mid, m in matched.items() if mid not in by_id]
+    hits.sort(key=lambda h: h.score, reverse=True)
+    return hits[:k]

@@ -16,7 +16,7 @@ import numpy as np
 
 from memory.embedder import BatchingEmbedder, Embedder, Vectors
 from memory.outbox import Outbox, Writer
-from memory.recall import rank
+from memory.recall import hybrid, rank
 from memory.records import Exchange, Hit, Memory
 from memory.store import MemoryStore
 
@@ -32,8 +32,10 @@ class RecallSettings:
         floor: float = 0.25,
         recency_weight: float = 0.0,
         recency_half_life_days: float = 30.0,
+        fusion_k: float = 5.0,
     ) -> None:
         self.k = k
+        self.fusion_k = fusion_k
         self.candidates = max(candidates, k)
         self.floor = floor
         self.recency_weight = recency_weight
@@ -51,10 +53,13 @@ class MemoryService:
         writer_batch: int = 64,
         writer_coalesce: float = 0.1,
         embed_batch: int = 64,
+        embed_concurrency: int = 1,
         vector_cache: int = 4096,
     ) -> None:
         self.store = store
-        self.embedder = BatchingEmbedder(embedder, max_batch=embed_batch)
+        self.embedder = BatchingEmbedder(
+            embedder, max_batch=embed_batch, concurrency=embed_concurrency
+        )
         self.outbox = outbox
         self.settings = recall or RecallSettings()
         self.writer = Writer(
@@ -65,6 +70,7 @@ class MemoryService:
         self._vectors: OrderedDict[str, Vectors] = OrderedDict()
         self._inflight: dict[str, tuple[asyncio.Future[Vectors], int]] = {}
         self._vector_cache = vector_cache
+        self._background: set[asyncio.Future[Vectors]] = set()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -118,7 +124,17 @@ class MemoryService:
         memories = exchange.memories()
         await asyncio.to_thread(self.outbox.put, memories)
         self.writer.notify()
+        # Embed the new texts now, in the background: the next recall of this namespace reads
+        # them from the queue and finds their vectors ready, as will the writer.
+        task = asyncio.ensure_future(self._embed_texts([m.content for m in memories]))
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
         return memories
+
+    def _background_done(self, task: asyncio.Future[Vectors]) -> None:
+        self._background.discard(task)
+        if not task.cancelled():
+            task.exception()  # a failure here is met again, and reported, by the writer
 
     async def add(self, memories: Sequence[Memory]) -> None:
         """Embed and store memories now (the direct memory API)."""
@@ -137,12 +153,24 @@ class MemoryService:
         k = k or self.settings.k
         if not query.strip():
             return []
-        pending = await asyncio.to_thread(self.outbox.pending, namespace)
-        # One model call for the query and any queued text not embedded yet.
-        vectors = await self._embed_texts([query, *(m.content for m in pending)])
-        query_vec = vectors[0]
         candidates = max(self.settings.candidates, k)
-        hits = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates, query)
+        # The lexical search needs no vector: it runs while the query is being embedded.
+        lexical = asyncio.ensure_future(
+            asyncio.to_thread(self.store.search_text, namespace, query, candidates)
+        )
+        try:
+            pending = await asyncio.to_thread(self.outbox.pending, namespace)
+            # The queued texts were sent to the model when they were queued (``remember``):
+            # their vectors are cached or on their way.
+            vectors = await self._embed_texts([query, *(m.content for m in pending)])
+            query_vec = vectors[0]
+            dense = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates)
+            matched = await lexical if dense else []
+        finally:
+            lexical.cancel()
+            if lexical.done() and not lexical.cancelled():
+                lexical.exception()  # retrieved: the dense side reports a store failure
+        hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
         if pending:
             hits.extend(_pending_hits(hits, pending, vectors[1:] @ query_vec))
         return rank(

@@ -28,6 +28,11 @@ class MemoryStore(Protocol):
         """The ``k`` best memories of ``namespace`` for a query: nearest to ``vector`` (one
         row), and where the store has a lexical index, matching ``text``; best first."""
 
+    def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
+        """The ``k`` best lexical matches of ``text`` with their scores, best first; empty
+        where the store has no lexical index. ``search`` without ``text`` plus this, fused by
+        ``recall.hybrid``, is ``search`` with ``text``: callers may run the two at once."""
+
     def list(
         self, namespace: str, *, limit: int, after: str | None = None
     ) -> tuple[builtins.list[Memory], bool]:

@@ -67,6 +67,10 @@ class MemStore:
         hits = [Hit(m, float(v @ vector), float(v @ vector)) for m, v in rows]
         return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
 
+    def search_text(self, namespace: str, text: str, k: int) -> list[tuple[Memory, float]]:
+        self._check()  # no lexical index
+        return []
+
     def list(
         self, namespace: str, *, limit: int, after: str | None = None
     ) -> tuple[list[Memory], bool]:
