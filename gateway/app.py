@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -46,26 +47,43 @@ log = logging.getLogger("memgate")
 
 
 def open_store(settings: Settings) -> MemoryStore:
-    from memory.chroma import ChromaStore
+    """The store the settings describe: Chroma, embedded (in a child process of its own with
+    ``store.embedded_process``, since its writes hold the GIL) or a server; with the lexical
+    index beside it (``recall.lexical``), kept in this process."""
+    server = bool(settings.store.chroma_url)
+    store: MemoryStore
+    if server or not settings.store.embedded_process:
+        store = open_chroma_store(settings)
+    else:
+        from memory.process_store import ProcessStore
+
+        store = ProcessStore(
+            functools.partial(open_chroma_store, settings),
+            lock_path=settings.data_dir / "chroma.lock",
+        )
+    recall = settings.recall
+    if not recall.lexical:
+        return store
+    from memory.hybrid import HybridStore
     from memory.lexical import LexicalIndex
 
-    recall = settings.recall
-    lexical = (
-        LexicalIndex(
-            settings.data_dir / "lexical.sqlite3",
-            pair_gap=recall.pair_gap_seconds,
-            pair_weight=recall.pair_weight,
-        )
-        if recall.lexical
-        else None
+    lexical = LexicalIndex(
+        settings.data_dir / "lexical.sqlite3",
+        pair_gap=recall.pair_gap_seconds,
+        pair_weight=recall.pair_weight,
     )
+    return HybridStore(store, lexical, fusion_k=recall.fusion_k, shared=server)
+
+
+def open_chroma_store(settings: Settings) -> MemoryStore:
+    """Chroma alone, as the settings describe it (picklable: a child process calls it)."""
+    from memory.chroma import ChromaStore
+
     return ChromaStore(
         url=settings.store.chroma_url or None,
         path=None if settings.store.chroma_url else settings.data_dir / "chroma",
         prefix=settings.store.collection_prefix,
         cache_size=settings.store.cache_size,
-        lexical=lexical,
-        fusion_k=recall.fusion_k,
     )
 
 
@@ -159,6 +177,7 @@ def create_app(
         finally:
             gw.ready = False
             await service.writer.stop(settings.server.shutdown_flush_seconds)
+            service.embedder.close()
             await router.aclose()
             await asyncio.to_thread(outbox.close)
             if store is None:

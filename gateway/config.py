@@ -48,6 +48,7 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     chroma_url: str = ""
     collection_prefix: str = "mg-"
     cache_size: int = 1024
+    embedded_process: bool = True
 
 
 class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -56,7 +57,7 @@ class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     device: str = "cpu"
     threads: int = 1
     max_batch: int = 64
-    concurrency: int = 2
+    concurrency: int = 1
 
 
 class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -21,8 +21,6 @@ from typing import Any
 from urllib.parse import urlparse
 
 from memory.embedder import Vectors
-from memory.lexical import LexicalIndex
-from memory.recall import hybrid
 from memory.records import Hit, Memory, Metadata
 from memory.store import StoreUnavailable
 
@@ -70,8 +68,6 @@ class ChromaStore:
         prefix: str = "mg-",
         cache_size: int = 1024,
         client: Any = None,
-        lexical: LexicalIndex | None = None,
-        fusion_k: float = 5.0,
     ) -> None:
         if client is None and not url and path is None:
             raise ValueError("ChromaStore needs a path (embedded) or a url (server)")
@@ -84,9 +80,6 @@ class ChromaStore:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self._connect_lock = threading.Lock()
-        self.lexical = lexical
-        self.fusion_k = fusion_k
-        self._lexical_synced: set[str] = set()
         if self.mode == "embedded":
             self._connect()  # local disk: fail now, loudly, if it cannot be opened
 
@@ -192,12 +185,10 @@ class ChromaStore:
                 documents=[memories[i].content for i in rows],
                 metadatas=[_to_meta(memories[i]) for i in rows],
             )
-            if self.lexical is not None:
-                self.lexical.add([memories[i] for i in rows])
 
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
-        """The ``k`` best memories for the query: dense (cosine) and, given ``text`` and a
-        lexical index, BM25 candidates, fused by reciprocal rank."""
+        """The ``k`` nearest memories by cosine (``text`` is not used: Chroma's local modes
+        have no lexical ranking; ``HybridStore`` adds one)."""
         if k <= 0:
             return []
         res = self._call(
@@ -214,41 +205,10 @@ class ChromaStore:
             for mid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True):
                 cosine = 1.0 - float(dist)
                 dense.append(Hit(_from_row(namespace, mid, doc, meta), cosine, cosine))
-        if not dense or not text.strip():
-            return dense
-        return hybrid(dense, self.search_text(namespace, text, k), k=k, fusion_k=self.fusion_k)
+        return dense
 
     def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
-        if self.lexical is None or k <= 0 or not text.strip():
-            return []
-        self._sync_lexical(namespace)
-        return self.lexical.search(namespace, text, k)
-
-    def _sync_lexical(self, namespace: str) -> None:
-        """Rebuild the namespace's lexical index from Chroma when their counts disagree: the
-        index is new, or (server mode) another process wrote to the shared server. Embedded
-        Chroma has this process as its only writer: once in step, it stays in step."""
-        if self.lexical is None or namespace in self._lexical_synced:
-            return
-        if self.lexical.count(namespace) != self.count(namespace):
-            self._rebuild_lexical(namespace)
-        if self.mode == "embedded":
-            self._lexical_synced.add(namespace)
-
-    def _rebuild_lexical(self, namespace: str) -> None:
-        assert self.lexical is not None  # noqa: S101
-        res = self._call(namespace, "get", include=["documents", "metadatas"])
-        memories = (
-            [
-                _from_row(namespace, mid, doc, meta)
-                for mid, doc, meta in zip(
-                    res["ids"], res["documents"], res["metadatas"], strict=True
-                )
-            ]
-            if res
-            else []
-        )
-        self.lexical.rebuild(namespace, memories)
+        return []  # no lexical index here: ``HybridStore`` adds one
 
     def list(
         self, namespace: str, *, limit: int, after: str | None = None
@@ -290,8 +250,6 @@ class ChromaStore:
         if self.get(namespace, memory_id) is None:
             return False
         self._call(namespace, "delete", ids=[memory_id])
-        if self.lexical is not None:
-            self.lexical.delete(namespace, [memory_id])
         return True
 
     def delete_namespace(self, namespace: str) -> int:
@@ -300,8 +258,6 @@ class ChromaStore:
             self._cache.pop(namespace, None)
         from chromadb.errors import NotFoundError
 
-        if self.lexical is not None:
-            self.lexical.drop(namespace)
         try:
             self._client.delete_collection(collection_name(self._prefix, namespace))
         except NotFoundError:
@@ -335,5 +291,3 @@ class ChromaStore:
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
-        if self.lexical is not None:
-            self.lexical.close()

@@ -18,9 +18,11 @@ event loop, and coalesces concurrent callers into one batch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -156,51 +158,91 @@ class _Pending:
         self.future = future
 
 
+class _Lane:
+    """A queue of embedding requests and the model calls that drain it."""
+
+    def __init__(self, concurrency: int, executor: Executor | None) -> None:
+        self.queue: list[_Pending] = []
+        self.running = 0
+        self.concurrency = max(concurrency, 1)
+        self.executor = executor
+
+
+def _lower_priority(nice: int) -> None:
+    """Make the calling thread yield the CPU to the others (Linux: threads have their own
+    nice value). Best effort."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+
+
 class BatchingEmbedder:
     """Async embedding in worker threads, concurrent callers merged into batches.
 
-    At most ``concurrency`` model calls run at once; while they run, new requests queue up,
-    and when one finishes, everything that queued (up to ``max_batch`` texts) goes as the next
-    batch. A lone caller pays no wait. (A second call at once lets a query be embedded beside
-    a batch of the writer's instead of after it.)
+    Two lanes: requests that someone waits for (a recall's query) and background ones (texts
+    being queued for the store). Each lane runs its model calls one at a time (the foreground
+    lane up to ``concurrency``); while a call runs, new requests queue up, and when it
+    finishes, everything that queued (up to ``max_batch`` texts) goes as the next batch. A
+    lone caller pays no wait. The background lane's thread runs at a lower CPU priority, so a
+    query is embedded beside it at full speed instead of after it or at half speed.
     """
 
-    def __init__(self, embedder: Embedder, *, max_batch: int = 64, concurrency: int = 1) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        max_batch: int = 64,
+        concurrency: int = 1,
+        background_nice: int = 10,
+    ) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
-        self.concurrency = max(concurrency, 1)
-        self._queue: list[_Pending] = []
-        self._running = 0
+        self._foreground = _Lane(concurrency, None)
+        self._background = _Lane(
+            1,
+            ThreadPoolExecutor(
+                1,
+                thread_name_prefix="memgate-embed-bg",
+                initializer=_lower_priority,
+                initargs=(background_nice,),
+            ),
+        )
 
     @property
     def dimension(self) -> int:
         return self.embedder.dimension
 
-    async def embed(self, texts: Sequence[str]) -> Vectors:
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        lane = self._background if background else self._foreground
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Vectors] = loop.create_future()
-        self._queue.append(_Pending(texts, future))
-        if self._running < self.concurrency:
-            self._running += 1
-            asyncio.create_task(self._drain())  # noqa: RUF006 - it resolves the futures
+        lane.queue.append(_Pending(texts, future))
+        if lane.running < lane.concurrency:
+            lane.running += 1
+            asyncio.create_task(self._drain(lane))  # noqa: RUF006 - it resolves the futures
         return await future
 
-    async def _drain(self) -> None:
+    async def _drain(self, lane: _Lane) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            while self._queue:
+            while lane.queue:
                 batch: list[_Pending] = []
                 size = 0
-                while self._queue and (
-                    not batch or size + len(self._queue[0].texts) <= self.max_batch
+                while lane.queue and (
+                    not batch or size + len(lane.queue[0].texts) <= self.max_batch
                 ):
-                    item = self._queue.pop(0)
+                    item = lane.queue.pop(0)
                     batch.append(item)
                     size += len(item.texts)
                 texts = [t for item in batch for t in item.texts]
                 try:
-                    vectors = await asyncio.to_thread(self.embedder.embed, texts)
+                    if lane.executor is None:
+                        vectors = await asyncio.to_thread(self.embedder.embed, texts)
+                    else:
+                        vectors = await loop.run_in_executor(
+                            lane.executor, self.embedder.embed, texts
+                        )
                 except Exception as exc:  # handed to every waiter
                     for item in batch:
                         if not item.future.done():
@@ -213,4 +255,8 @@ class BatchingEmbedder:
                         item.future.set_result(vectors[start:end])
                     start = end
         finally:
-            self._running -= 1
+            lane.running -= 1
+
+    def close(self) -> None:
+        if self._background.executor is not None:
+            self._background.executor.shutdown(wait=False)

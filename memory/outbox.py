@@ -51,6 +51,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(Memory)
+        self._list_decoder = msgspec.json.Decoder(list[Memory])
+        self._readers = threading.local()
+        self._reader_list: list[sqlite3.Connection] = []
 
     def put(self, memories: Sequence[Memory]) -> None:
         """Commit memories to the queue (one transaction)."""
@@ -85,13 +88,29 @@ class Outbox:
             self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
 
     def pending(self, namespace: str, limit: int = 1000) -> list[Memory]:
-        """Queued memories of one namespace, oldest first (read-your-writes for recall)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT payload FROM outbox WHERE namespace = ? ORDER BY seq LIMIT ?",
+        """Queued memories of one namespace, oldest first (read-your-writes for recall).
+
+        Read in one row through this thread's own connection: no wait for the writing one."""
+        (found,) = (
+            self._reader()
+            .execute(
+                "SELECT json_group_array(json(CAST(payload AS TEXT))) FROM "
+                "(SELECT payload FROM outbox WHERE namespace = ? ORDER BY seq LIMIT ?)",
                 (namespace, limit),
-            ).fetchall()
-        return [self._decoder.decode(payload) for (payload,) in rows]
+            )
+            .fetchone()
+        )
+        return self._list_decoder.decode(found)
+
+    def _reader(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
+        if db is None:
+            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA query_only=1")
+            self._readers.db = db
+            with self._lock:
+                self._reader_list.append(db)
+        return db
 
     def remove(self, namespace: str, memory_id: str) -> bool:
         with self._lock:
@@ -113,6 +132,9 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            for db in self._reader_list:
+                db.close()
+            self._reader_list.clear()
 
 
 WriteBatch = Callable[[list[Memory]], Awaitable[None]]

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
+import math
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,6 +45,43 @@ class RecallSettings:
         self.recency_half_life = recency_half_life_days * 86400.0
 
 
+class SearchTracker:
+    """When the store was last searched, and a way for a writer to wait for the next moment
+    the store has no search to serve.
+
+    Under traffic, ``gap`` waits (at most ``max_wait``) for a running or the next search to
+    finish, so a write starts just after one: at low concurrency the next search comes only
+    after the next query is embedded, by when a short write is done. Without recent searches
+    it returns at once."""
+
+    def __init__(self, *, recent: float = 0.25, max_wait: float = 0.03) -> None:
+        self.recent = recent
+        self.max_wait = max_wait
+        self.running = 0
+        self.last_end = -math.inf
+        self._ended: asyncio.Event | None = None
+
+    @contextlib.contextmanager
+    def searching(self) -> Iterator[None]:
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+            self.last_end = time.monotonic()
+            if self._ended is not None:
+                self._ended.set()
+                self._ended = None
+
+    async def gap(self) -> None:
+        if not self.running and time.monotonic() - self.last_end > self.recent:
+            return
+        if self._ended is None:
+            self._ended = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), self.max_wait)
+
+
 class MemoryService:
     def __init__(
         self,
@@ -55,6 +95,7 @@ class MemoryService:
         embed_batch: int = 64,
         embed_concurrency: int = 1,
         vector_cache: int = 4096,
+        write_chunk: int = 16,
     ) -> None:
         self.store = store
         self.embedder = BatchingEmbedder(
@@ -71,17 +112,26 @@ class MemoryService:
         self._inflight: dict[str, tuple[asyncio.Future[Vectors], int]] = {}
         self._vector_cache = vector_cache
         self._background: set[asyncio.Future[Vectors]] = set()
+        self._searches = SearchTracker()
+        self._write_chunk = max(write_chunk, 1)
 
     # -- writing -----------------------------------------------------------------------------
 
     async def _write_batch(self, memories: builtins.list[Memory]) -> None:
         vectors = await self._vectors_for(memories)
-        await asyncio.to_thread(self.store.add, memories, vectors)
+        step = self._write_chunk
+        for start in range(0, len(memories), step):
+            # A store write stalls the store's searches while it runs (embedded Chroma holds
+            # its process's GIL): write in short pieces, each in the gap after a search.
+            await self._searches.gap()
+            await asyncio.to_thread(
+                self.store.add, memories[start : start + step], vectors[start : start + step]
+            )
 
     async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
-        return await self._embed_texts([m.content for m in memories])
+        return await self._embed_texts([m.content for m in memories], background=True)
 
-    async def _embed_texts(self, texts: Sequence[str]) -> Vectors:
+    async def _embed_texts(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
         """Vectors for ``texts``: cached, being embedded for another caller, or embedded now
         in one model call. The call runs as its own task, so a caller that is cancelled
         (a client that went away) does not fail the others waiting for it."""
@@ -99,16 +149,16 @@ class MemoryService:
             else:
                 todo.append(text)
         if todo:
-            task = asyncio.ensure_future(self._embed_and_cache(todo))
+            task = asyncio.ensure_future(self._embed_and_cache(todo, background))
             for i, text in enumerate(todo):
                 self._inflight[text] = waits[text] = (task, i)
         for text, (future, i) in waits.items():
             found[text] = (await asyncio.shield(future))[i]
         return np.stack([found[t] for t in texts])
 
-    async def _embed_and_cache(self, texts: builtins.list[str]) -> Vectors:
+    async def _embed_and_cache(self, texts: builtins.list[str], background: bool) -> Vectors:
         try:
-            vectors = await self.embedder.embed(texts)
+            vectors = await self.embedder.embed(texts, background=background)
             for text, vector in zip(texts, vectors, strict=True):
                 self._vectors[text] = vector
                 self._vectors.move_to_end(text)
@@ -126,7 +176,9 @@ class MemoryService:
         self.writer.notify()
         # Embed the new texts now, in the background: the next recall of this namespace reads
         # them from the queue and finds their vectors ready, as will the writer.
-        task = asyncio.ensure_future(self._embed_texts([m.content for m in memories]))
+        task = asyncio.ensure_future(
+            self._embed_texts([m.content for m in memories], background=True)
+        )
         self._background.add(task)
         task.add_done_callback(self._background_done)
         return memories
@@ -154,25 +206,28 @@ class MemoryService:
         if not query.strip():
             return []
         candidates = max(self.settings.candidates, k)
-        # The lexical search needs no vector: it runs while the query is being embedded.
+        # What needs no vector starts at once and runs while the query is being embedded: the
+        # lexical search and the read of the namespace's queued memories (whose texts were
+        # sent to the model when they were queued: their vectors are cached or on their way).
         lexical = asyncio.ensure_future(
             asyncio.to_thread(self.store.search_text, namespace, query, candidates)
         )
+        embedding = asyncio.ensure_future(self._embed_texts([query]))
+        queued: asyncio.Future[Vectors] | None = None
         try:
             pending = await asyncio.to_thread(self.outbox.pending, namespace)
-            # The queued texts were sent to the model when they were queued (``remember``):
-            # their vectors are cached or on their way.
-            vectors = await self._embed_texts([query, *(m.content for m in pending)])
-            query_vec = vectors[0]
-            dense = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates)
+            if pending:
+                queued = asyncio.ensure_future(self._embed_texts([m.content for m in pending]))
+            query_vec = (await embedding)[0]
+            with self._searches.searching():
+                dense = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates)
             matched = await lexical if dense else []
+            hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
+            if queued is not None:
+                cosines = (await queued) @ query_vec
+                hits.extend(_pending_hits(hits, pending, cosines))
         finally:
-            lexical.cancel()
-            if lexical.done() and not lexical.cancelled():
-                lexical.exception()  # retrieved: the dense side reports a store failure
-        hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
-        if pending:
-            hits.extend(_pending_hits(hits, pending, vectors[1:] @ query_vec))
+            _discard(lexical, embedding, queued)
         return rank(
             hits,
             floor=self.settings.floor,
@@ -210,6 +265,18 @@ class MemoryService:
 
     async def count(self, namespace: str) -> int:
         return await asyncio.to_thread(self.store.count, namespace)
+
+
+def _discard(*futures: asyncio.Future[Any] | None) -> None:
+    """Cancel what is left of a recall's side tasks once it is over (they matter only when it
+    failed half-way), retrieving any failure so that it is not reported as never retrieved:
+    the recall reported its own."""
+    for future in futures:
+        if future is None:
+            continue
+        future.cancel()
+        if future.done() and not future.cancelled():
+            future.exception()
 
 
 def _now() -> float:

@@ -121,3 +121,23 @@ class MemStore:
 
     def contents(self, namespace: str) -> list[str]:
         return [m.content for m, _ in self.rows.get(namespace, {}).values()]
+
+
+class Unpicklable(Exception):
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("cannot pickle this")
+
+
+class FailingStore(MemStore):
+    """A ``MemStore`` whose ``ping`` says the store is down and whose ``namespaces`` fails
+    with an exception that cannot cross a process boundary."""
+
+    def ping(self) -> None:
+        raise StoreUnavailable("fake store is down")
+
+    def namespaces(self) -> list[str]:
+        raise Unpicklable("no pickle")
+
+
+def broken_store() -> MemStore:
+    raise StoreUnavailable("cannot open the fake store")

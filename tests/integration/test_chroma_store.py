@@ -135,11 +135,16 @@ def test_server_down_at_start_then_up(tmp_path: Path, minilm: SentenceTransforme
 def test_hybrid_search_and_lexical_resync(
     chroma_server: ChromaServer, tmp_path: Path, minilm: SentenceTransformerEmbedder
 ) -> None:
+    from memory.hybrid import HybridStore
     from memory.lexical import LexicalIndex
 
     prefix = f"t{uuid.uuid4().hex[:8]}-"
-    one = ChromaStore(url=chroma_server.url, prefix=prefix, lexical=LexicalIndex(tmp_path / "1"))
-    two = ChromaStore(url=chroma_server.url, prefix=prefix, lexical=LexicalIndex(tmp_path / "2"))
+    one = HybridStore(
+        ChromaStore(url=chroma_server.url, prefix=prefix), LexicalIndex(tmp_path / "1"), shared=True
+    )
+    two = HybridStore(
+        ChromaStore(url=chroma_server.url, prefix=prefix), LexicalIndex(tmp_path / "2"), shared=True
+    )
     texts = [*TEXTS, "Order number XK-4471 ships on Tuesday", "The parcel will be late"]
     memories = [make("h", i, t) for i, t in enumerate(texts)]
     one.add(memories, minilm.embed(texts))

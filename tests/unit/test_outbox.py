@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,35 @@ def test_concurrent_recalls_and_writer_embed_each_text_once(tmp_path: Path) -> N
         assert store.count("a") == 2
 
     asyncio.run(run())
+
+
+def test_background_embeddings_never_hold_up_a_query() -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+    release = threading.Event()
+    threads: dict[str, str] = {}
+
+    class Slow:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            threads[texts[0]] = threading.current_thread().name
+            if texts[0].startswith("stored"):
+                release.wait(10)  # a long batch of the writer's
+            return inner.embed(texts)
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Slow())
+        stored = asyncio.ensure_future(batching.embed(["stored text"], background=True))
+        await asyncio.sleep(0.05)
+        query = await asyncio.wait_for(batching.embed(["query"]), 5)  # not queued behind it
+        assert query.shape == (1, inner.dimension)
+        assert not stored.done()
+        release.set()
+        assert (await stored).shape == (1, inner.dimension)
+        batching.close()
+
+    asyncio.run(run())
+    assert threads["stored text"].startswith("memgate-embed-bg")
+    assert not threads["query"].startswith("memgate-embed-bg")
