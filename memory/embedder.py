@@ -159,16 +159,31 @@ class _Pending:
 
 
 class _Lane:
-    """A queue of embedding requests and the model calls that drain it."""
+    """A queue of embedding requests and the model calls that drain it: in ``executor``
+    (None: the event loop's default one), or in ``busy_executor`` for batches of at least
+    ``busy_batch`` texts."""
 
-    def __init__(self, concurrency: int, executor: Executor | None) -> None:
+    def __init__(
+        self,
+        concurrency: int,
+        executor: Executor | None = None,
+        busy_executor: Executor | None = None,
+        busy_batch: int = 0,
+    ) -> None:
         self.queue: list[_Pending] = []
         self.running = 0
         self.concurrency = max(concurrency, 1)
         self.executor = executor
+        self.busy_executor = busy_executor
+        self.busy_batch = busy_batch
+
+    def executor_for(self, size: int) -> Executor | None:
+        if self.busy_executor is not None and size >= self.busy_batch:
+            return self.busy_executor
+        return self.executor
 
 
-def _lower_priority(nice: int) -> None:
+def lower_priority(nice: int) -> None:
     """Make the calling thread yield the CPU to the others (Linux: threads have their own
     nice value). Best effort."""
     with contextlib.suppress(AttributeError, OSError):
@@ -182,8 +197,9 @@ class BatchingEmbedder:
     being queued for the store). Each lane runs its model calls one at a time (the foreground
     lane up to ``concurrency``); while a call runs, new requests queue up, and when it
     finishes, everything that queued (up to ``max_batch`` texts) goes as the next batch. A
-    lone caller pays no wait. The background lane's thread runs at a lower CPU priority, so a
-    query is embedded beside it at full speed instead of after it or at half speed.
+    lone caller pays no wait. Small background batches (light traffic) run on a thread at a
+    lower CPU priority, so that a query is embedded beside them at full speed; big ones (a
+    backlog) at normal priority, so that under load the writer is not starved.
     """
 
     def __init__(
@@ -193,18 +209,21 @@ class BatchingEmbedder:
         max_batch: int = 64,
         concurrency: int = 1,
         background_nice: int = 10,
+        busy_batch: int = 8,
     ) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
-        self._foreground = _Lane(concurrency, None)
+        self._foreground = _Lane(concurrency)
         self._background = _Lane(
             1,
             ThreadPoolExecutor(
                 1,
                 thread_name_prefix="memgate-embed-bg",
-                initializer=_lower_priority,
+                initializer=lower_priority,
                 initargs=(background_nice,),
             ),
+            ThreadPoolExecutor(1, thread_name_prefix="memgate-embed-busy"),
+            busy_batch,
         )
 
     @property
@@ -237,12 +256,11 @@ class BatchingEmbedder:
                     size += len(item.texts)
                 texts = [t for item in batch for t in item.texts]
                 try:
-                    if lane.executor is None:
+                    executor = lane.executor_for(size)
+                    if executor is None:
                         vectors = await asyncio.to_thread(self.embedder.embed, texts)
                     else:
-                        vectors = await loop.run_in_executor(
-                            lane.executor, self.embedder.embed, texts
-                        )
+                        vectors = await loop.run_in_executor(executor, self.embedder.embed, texts)
                 except Exception as exc:  # handed to every waiter
                     for item in batch:
                         if not item.future.done():
@@ -258,5 +276,6 @@ class BatchingEmbedder:
             lane.running -= 1
 
     def close(self) -> None:
-        if self._background.executor is not None:
-            self._background.executor.shutdown(wait=False)
+        for executor in (self._background.executor, self._background.busy_executor):
+            if executor is not None:
+                executor.shutdown(wait=False)

@@ -95,7 +95,7 @@ class MemoryService:
         embed_batch: int = 64,
         embed_concurrency: int = 1,
         vector_cache: int = 4096,
-        write_chunk: int = 16,
+        gap_batch: int = 16,
     ) -> None:
         self.store = store
         self.embedder = BatchingEmbedder(
@@ -113,20 +113,18 @@ class MemoryService:
         self._vector_cache = vector_cache
         self._background: set[asyncio.Future[Vectors]] = set()
         self._searches = SearchTracker()
-        self._write_chunk = max(write_chunk, 1)
+        self._gap_batch = gap_batch
 
     # -- writing -----------------------------------------------------------------------------
 
     async def _write_batch(self, memories: builtins.list[Memory]) -> None:
         vectors = await self._vectors_for(memories)
-        step = self._write_chunk
-        for start in range(0, len(memories), step):
-            # A store write stalls the store's searches while it runs (embedded Chroma holds
-            # its process's GIL): write in short pieces, each in the gap after a search.
+        if len(memories) <= self._gap_batch:
+            # Light traffic: a store write stalls the store's searches while it runs (embedded
+            # Chroma holds its process's GIL), so a short one waits for the gap after a
+            # search. A bigger batch means a backlog: it is written at once.
             await self._searches.gap()
-            await asyncio.to_thread(
-                self.store.add, memories[start : start + step], vectors[start : start + step]
-            )
+        await asyncio.to_thread(self.store.add, memories, vectors)
 
     async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
         return await self._embed_texts([m.content for m in memories], background=True)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,53 @@ def test_background_embeddings_never_hold_up_a_query() -> None:
     asyncio.run(run())
     assert threads["stored text"].startswith("memgate-embed-bg")
     assert not threads["query"].startswith("memgate-embed-bg")
+
+
+def test_a_background_backlog_is_embedded_at_normal_priority() -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+    threads: list[str] = []
+
+    class Recording:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return inner.embed(texts)
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Recording(), busy_batch=8)
+        await batching.embed(["one"], background=True)
+        await batching.embed([f"text {i}" for i in range(8)], background=True)
+        batching.close()
+
+    asyncio.run(run())
+    assert threads[0].startswith("memgate-embed-bg")
+    assert threads[1].startswith("memgate-embed-busy")
+
+
+def test_a_small_write_waits_for_the_gap_after_a_search() -> None:
+    from memory.service import SearchTracker
+
+    async def run() -> None:
+        tracker = SearchTracker(recent=0.25, max_wait=1.0)
+        started = time.monotonic()
+        await tracker.gap()  # no search lately: at once
+        assert time.monotonic() - started < 0.05
+
+        async def search() -> None:
+            with tracker.searching():
+                await asyncio.sleep(0.2)
+
+        task = asyncio.create_task(search())
+        await asyncio.sleep(0.01)
+        started = time.monotonic()
+        await tracker.gap()  # waits for the running search to end
+        assert 0.1 < time.monotonic() - started < 0.5
+        await task
+        started = time.monotonic()
+        await tracker.gap()  # a search ended just now: waits for the next one, at most 1 s
+        assert time.monotonic() - started >= 0.9
+
+    asyncio.run(run())
