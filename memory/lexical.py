@@ -228,18 +228,18 @@ class LexicalIndex:
         (created_at,) = self._db.execute(
             "SELECT created_at FROM docs WHERE rid = ?", (rid,)
         ).fetchone()
+        # Row values: a range scan of the (ns, created_at, rid) index, one step long.
         if after:
             sql = (
-                "SELECT rid FROM docs WHERE ns = ? AND rid != ? AND "
-                "(created_at > ? OR (created_at = ? AND rid > ?)) ORDER BY created_at, rid LIMIT 1"
+                "SELECT rid FROM docs WHERE ns = ? AND (created_at, rid) > (?, ?) "
+                "ORDER BY created_at, rid LIMIT 1"
             )
         else:
             sql = (
-                "SELECT rid FROM docs WHERE ns = ? AND rid != ? AND "
-                "(created_at < ? OR (created_at = ? AND rid < ?)) "
+                "SELECT rid FROM docs WHERE ns = ? AND (created_at, rid) < (?, ?) "
                 "ORDER BY created_at DESC, rid DESC LIMIT 1"
             )
-        row = self._db.execute(sql, (namespace, rid, created_at, created_at, rid)).fetchone()
+        row = self._db.execute(sql, (namespace, created_at, rid)).fetchone()
         return int(row[0]) if row else None
 
     def _relink(self, namespace: str, tables: tuple[str, str], rid: int) -> None:
