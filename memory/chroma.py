@@ -207,6 +207,23 @@ class ChromaStore:
                 dense.append(Hit(_from_row(namespace, mid, doc, meta), cosine, cosine))
         return dense
 
+    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
+        if k <= 0:
+            return []
+        res = self._call(
+            namespace,
+            "query",
+            query_embeddings=vector.reshape(1, -1),
+            n_results=k,
+            include=["distances"],
+        )
+        if not res or not res["ids"] or not res["ids"][0]:
+            return []
+        return [
+            (mid, 1.0 - float(dist))
+            for mid, dist in zip(res["ids"][0], res["distances"][0], strict=True)
+        ]
+
     def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
         return []  # no lexical index here: ``HybridStore`` adds one
 

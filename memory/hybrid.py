@@ -43,10 +43,21 @@ class HybridStore:
         self.lexical.add(memories)
 
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
-        dense = self.store.search(namespace, vector, k)
+        """The dense ranking, its memories read from the local index (the store is asked only
+        for ids and cosines, which is cheaper; it is asked for the ones the index lacks), fused
+        with the lexical one when ``text`` is given."""
+        ranked = self.store.nearest(namespace, vector, k)
+        found = self.lexical.memories(namespace, [mid for mid, _ in ranked])
+        missing = [mid for mid, _ in ranked if mid not in found]
+        if missing:
+            found.update((m.id, m) for m in self.store.get_many(namespace, missing))
+        dense = [Hit(found[mid], cos, cos) for mid, cos in ranked if mid in found]
         if not dense or not text.strip():
             return dense
         return hybrid(dense, self.search_text(namespace, text, k), k=k, fusion_k=self.fusion_k)
+
+    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
+        return self.store.nearest(namespace, vector, k)
 
     def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
         if k <= 0 or not text.strip():

@@ -26,6 +26,7 @@ from memory.records import Memory
 _TOKEN = re.compile(r"\w+")
 _ENCODE = msgspec.json.Encoder().encode
 _DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
+_DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
 STOPWORDS = frozenset(
     [
         "a",
@@ -337,6 +338,21 @@ class LexicalIndex:
         rows = _DECODE_ROWS(found)
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [(memory, score) for score, _, memory in rows]
+
+    def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        """The indexed memories of the namespace among ``memory_ids``, by id (one statement)."""
+        if not memory_ids:
+            return {}
+        (found,) = (
+            self._reader()
+            .execute(
+                "SELECT json_group_array(json(CAST(payload AS TEXT))) FROM docs "
+                "WHERE ns = ? AND mid IN (SELECT value FROM json_each(?))",
+                (namespace, _ENCODE(list(memory_ids))),
+            )
+            .fetchone()
+        )
+        return {m.id: m for m in _DECODE_LIST(found)}
 
     def close(self) -> None:
         with self._lock:

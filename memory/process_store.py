@@ -47,6 +47,7 @@ _CALLS = frozenset(
         "add",
         "search",
         "search_text",
+        "nearest",
         "list",
         "get",
         "get_many",
@@ -291,6 +292,10 @@ class ProcessStore:
 
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
         result: builtins.list[Hit] = self._call("search", namespace, vector, k, text)
+        return result
+
+    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
+        result: builtins.list[tuple[str, float]] = self._call("nearest", namespace, vector, k)
         return result
 
     def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:

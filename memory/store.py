@@ -28,6 +28,10 @@ class MemoryStore(Protocol):
         """The ``k`` best memories of ``namespace`` for a query: nearest to ``vector`` (one
         row), and where the store has a lexical index, matching ``text``; best first."""
 
+    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
+        """The ids of the ``k`` memories nearest to ``vector`` with their cosines, best first:
+        ``search`` without fetching the memories (for callers that hold them already)."""
+
     def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
         """The ``k`` best lexical matches of ``text`` with their scores, best first; empty
         where the store has no lexical index. ``search`` without ``text`` plus this, fused by

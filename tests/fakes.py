@@ -67,6 +67,9 @@ class MemStore:
         hits = [Hit(m, float(v @ vector), float(v @ vector)) for m, v in rows]
         return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
 
+    def nearest(self, namespace: str, vector: Vectors, k: int) -> list[tuple[str, float]]:
+        return [(h.memory.id, h.score) for h in self.search(namespace, vector, k)]
+
     def search_text(self, namespace: str, text: str, k: int) -> list[tuple[Memory, float]]:
         self._check()  # no lexical index
         return []

@@ -71,3 +71,17 @@ def test_deletes_reach_both_indexes(tmp_path: Path) -> None:
     assert [m.id for m, _ in store.search_text("b", "tea", 5)] == ["m3"]
     assert store.namespaces() == ["b"]
     store.close()
+
+
+def test_dense_hits_come_from_the_index_or_else_the_store(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    inner.add(memories(), embedder.embed(TEXTS))  # not in the lexical index (yet)
+    store = HybridStore(inner, LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0))
+    vector = embedder.embed(["green tea in the morning"])[0]
+    from_store = store.search("a", vector, 2)
+    assert from_store[0].memory.id == "m3"
+    store.search_text("a", "tea", 1)  # syncs the index: now it holds them
+    assert store.lexical.memories("a", ["m3", "nope"]) == {"m3": memories()[3]}
+    assert store.search("a", vector, 2) == from_store
+    assert store.nearest("a", vector, 1) == [("m3", from_store[0].score)]
