@@ -15,6 +15,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
@@ -39,7 +40,7 @@ CREATE INDEX IF NOT EXISTS outbox_namespace ON outbox(namespace);
 class Outbox:
     """A FIFO of memories waiting to be written to the store; safe across threads."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, recent: int = 1000) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -51,9 +52,13 @@ class Outbox:
         self._lock = threading.Lock()
         self._encoder = msgspec.json.Encoder()
         self._decoder = msgspec.json.Decoder(Memory)
-        self._list_decoder = msgspec.json.Decoder(list[Memory])
-        self._readers = threading.local()
-        self._reader_list: list[sqlite3.Connection] = []
+        # The queued memories of each namespace (at most ``recent`` of them, the newest), in
+        # memory: recall reads them on the event loop, with no disk and no thread.
+        self.recent = recent
+        self._queued: dict[str, OrderedDict[str, Memory]] = {}
+        self._queued_lock = threading.Lock()
+        for (payload,) in self._db.execute("SELECT payload FROM outbox ORDER BY seq"):
+            self._remember([self._decoder.decode(payload)])
 
     def put(self, memories: Sequence[Memory]) -> None:
         """Commit memories to the queue (one transaction)."""
@@ -72,6 +77,26 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        self._remember(memories)
+
+    def _remember(self, memories: Sequence[Memory]) -> None:
+        with self._queued_lock:
+            for memory in memories:
+                queued = self._queued.setdefault(memory.namespace, OrderedDict())
+                if memory.id in queued:
+                    continue
+                queued[memory.id] = memory
+                if len(queued) > self.recent:
+                    queued.popitem(last=False)
+
+    def _forget(self, rows: Sequence[tuple[str, str]]) -> None:
+        with self._queued_lock:
+            for namespace, memory_id in rows:
+                queued = self._queued.get(namespace)
+                if queued is not None:
+                    queued.pop(memory_id, None)
+                    if not queued:
+                        del self._queued[namespace]
 
     def take(self, limit: int) -> list[tuple[int, Memory]]:
         """The oldest ``limit`` queued memories (left queued until ``ack``)."""
@@ -85,43 +110,33 @@ class Outbox:
         if not seqs:
             return
         with self._lock:
-            self._db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+            gone = self._db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) "
+                "RETURNING namespace, id",
+                (self._encoder.encode(list(seqs)),),
+            ).fetchall()
+        self._forget(gone)
 
-    def pending(self, namespace: str, limit: int = 1000) -> list[Memory]:
-        """Queued memories of one namespace, oldest first (read-your-writes for recall).
-
-        Read in one row through this thread's own connection: no wait for the writing one."""
-        (found,) = (
-            self._reader()
-            .execute(
-                "SELECT json_group_array(json(CAST(payload AS TEXT))) FROM "
-                "(SELECT payload FROM outbox WHERE namespace = ? ORDER BY seq LIMIT ?)",
-                (namespace, limit),
-            )
-            .fetchone()
-        )
-        return self._list_decoder.decode(found)
-
-    def _reader(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
-        if db is None:
-            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA query_only=1")
-            self._readers.db = db
-            with self._lock:
-                self._reader_list.append(db)
-        return db
+    def pending(self, namespace: str) -> list[Memory]:
+        """The newest (at most ``recent``) queued memories of a namespace, oldest first
+        (read-your-writes for recall). From memory: cheap enough for the event loop."""
+        with self._queued_lock:
+            queued = self._queued.get(namespace)
+            return list(queued.values()) if queued else []
 
     def remove(self, namespace: str, memory_id: str) -> bool:
         with self._lock:
             cur = self._db.execute(
                 "DELETE FROM outbox WHERE namespace = ? AND id = ?", (namespace, memory_id)
             )
+        self._forget([(namespace, memory_id)])
         return cur.rowcount > 0
 
     def purge_namespace(self, namespace: str) -> int:
         with self._lock:
             cur = self._db.execute("DELETE FROM outbox WHERE namespace = ?", (namespace,))
+        with self._queued_lock:
+            self._queued.pop(namespace, None)
         return cur.rowcount
 
     def depth(self) -> int:
@@ -132,9 +147,6 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-            for db in self._reader_list:
-                db.close()
-            self._reader_list.clear()
 
 
 WriteBatch = Callable[[list[Memory]], Awaitable[None]]

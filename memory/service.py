@@ -204,16 +204,16 @@ class MemoryService:
         if not query.strip():
             return []
         candidates = max(self.settings.candidates, k)
-        # What needs no vector starts at once and runs while the query is being embedded: the
-        # lexical search and the read of the namespace's queued memories (whose texts were
-        # sent to the model when they were queued: their vectors are cached or on their way).
+        # The lexical search needs no vector: it runs while the query is being embedded. The
+        # namespace's queued memories come from memory; their texts were sent to the model
+        # when they were queued, so their vectors are cached or on their way.
         lexical = asyncio.ensure_future(
             asyncio.to_thread(self.store.search_text, namespace, query, candidates)
         )
         embedding = asyncio.ensure_future(self._embed_texts([query]))
         queued: asyncio.Future[Vectors] | None = None
         try:
-            pending = await asyncio.to_thread(self.outbox.pending, namespace)
+            pending = self.outbox.pending(namespace)
             if pending:
                 queued = asyncio.ensure_future(self._embed_texts([m.content for m in pending]))
             query_vec = (await embedding)[0]
@@ -244,7 +244,7 @@ class MemoryService:
     async def get(self, namespace: str, memory_id: str) -> Memory | None:
         found = await asyncio.to_thread(self.store.get, namespace, memory_id)
         if found is None:
-            for memory in await asyncio.to_thread(self.outbox.pending, namespace):
+            for memory in self.outbox.pending(namespace):
                 if memory.id == memory_id:
                     return memory
         return found

@@ -29,13 +29,27 @@ def test_outbox_is_a_durable_fifo(tmp_path: Path) -> None:
     box.close()
     reopened = Outbox(tmp_path / "q.sqlite3")  # survives a restart
     assert reopened.depth() == 3
+    assert [m.id for m in reopened.pending("a")] == ["1", "3"]
     reopened.ack([seq for seq, _ in reopened.take(2)])
     assert [m.id for _, m in reopened.take(10)] == ["3"]
+    assert [m.id for m in reopened.pending("a")] == ["3"]
+    assert reopened.pending("b") == []
     assert reopened.remove("a", "3") is True
     assert reopened.remove("a", "3") is False
+    assert reopened.pending("a") == []
     reopened.put([mem("4", "b"), mem("5", "b")])
     assert reopened.purge_namespace("b") == 2
+    assert reopened.pending("b") == []
     assert reopened.depth() == 0
+
+
+def test_recall_sees_the_newest_queued_memories(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "q.sqlite3", recent=3)
+    box.put([mem(str(i)) for i in range(5)])
+    assert [m.id for m in box.pending("a")] == ["2", "3", "4"]
+    assert box.depth() == 5  # all still queued for the writer
+    box.close()
+    assert [m.id for m in Outbox(tmp_path / "q.sqlite3", recent=3).pending("a")] == ["2", "3", "4"]
 
 
 def _service(tmp_path: Path, store: MemStore) -> MemoryService:
