@@ -242,6 +242,17 @@ class BatchingEmbedder:
             asyncio.create_task(self._drain(lane))  # noqa: RUF006 - it resolves the futures
         return await future
 
+    async def embed_bulk(self, texts: Sequence[str]) -> Vectors:
+        """Many texts at once (an import through the memory API): half of them go through
+        the background lane as a backlog (normal priority), so that both cores embed."""
+        half = len(texts) // 2
+        if half < self._background.busy_batch:
+            return await self.embed(texts)
+        first, second = await asyncio.gather(
+            self.embed(texts[:half]), self.embed(texts[half:], background=True)
+        )
+        return np.concatenate([first, second])
+
     async def _drain(self, lane: _Lane) -> None:
         loop = asyncio.get_running_loop()
         try:

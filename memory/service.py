@@ -188,7 +188,7 @@ class MemoryService:
 
     async def add(self, memories: Sequence[Memory]) -> None:
         """Embed and store memories now (the direct memory API)."""
-        vectors = await self.embedder.embed([m.content for m in memories])
+        vectors = await self.embedder.embed_bulk([m.content for m in memories])
         # Under the writer's lock, so that a concurrent erase is never interleaved with it.
         async with self.writer.lock:
             await asyncio.to_thread(self.store.add, memories, vectors)

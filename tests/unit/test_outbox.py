@@ -5,6 +5,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from memory.outbox import Outbox
@@ -265,3 +266,29 @@ def test_a_small_write_waits_for_the_gap_after_a_search() -> None:
         assert time.monotonic() - started >= 0.9
 
     asyncio.run(run())
+
+
+def test_a_bulk_embedding_uses_both_lanes_and_keeps_the_order() -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+    threads: set[str] = set()
+
+    class Recording:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            threads.add(threading.current_thread().name.split("_")[0])
+            return inner.embed(texts)
+
+    texts = [f"text number {i}" for i in range(40)]
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Recording(), busy_batch=8)
+        vectors = await batching.embed_bulk(texts)
+        assert np.allclose(vectors, inner.embed(texts))
+        batching.close()
+
+    asyncio.run(run())
+    assert any(t.startswith("memgate-embed-busy") for t in threads)
+    assert any(not t.startswith("memgate-embed") for t in threads)
