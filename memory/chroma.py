@@ -189,40 +189,33 @@ class ChromaStore:
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
         """The ``k`` nearest memories by cosine (``text`` is not used: Chroma's local modes
         have no lexical ranking; ``HybridStore`` adds one)."""
-        if k <= 0:
+        res = self._query(namespace, vector, k, ["documents", "metadatas", "distances"])
+        if res is None:
             return []
-        res = self._call(
-            namespace,
-            "query",
-            query_embeddings=vector.reshape(1, -1),
-            n_results=k,
-            include=["documents", "metadatas", "distances"],
-        )
-        dense: builtins.list[Hit] = []
-        if res and res["ids"] and res["ids"][0]:
-            ids, docs = res["ids"][0], res["documents"][0]
-            metas, dists = res["metadatas"][0], res["distances"][0]
-            for mid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True):
-                cosine = 1.0 - float(dist)
-                dense.append(Hit(_from_row(namespace, mid, doc, meta), cosine, cosine))
-        return dense
+        ids, docs = res["ids"][0], res["documents"][0]
+        metas, dists = res["metadatas"][0], res["distances"][0]
+        return [
+            Hit(_from_row(namespace, mid, doc, meta), 1.0 - float(dist), 1.0 - float(dist))
+            for mid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True)
+        ]
 
     def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
-        if k <= 0:
+        res = self._query(namespace, vector, k, ["distances"])
+        if res is None:
             return []
+        ids, dists = res["ids"][0], res["distances"][0]
+        return [(mid, 1.0 - float(dist)) for mid, dist in zip(ids, dists, strict=True)]
+
+    def _query(self, namespace: str, vector: Vectors, k: int, include: builtins.list[str]) -> Any:
+        """Chroma's answer to a k-nearest query, or None when there is nothing to return."""
+        if k <= 0:
+            return None
         res = self._call(
-            namespace,
-            "query",
-            query_embeddings=vector.reshape(1, -1),
-            n_results=k,
-            include=["distances"],
+            namespace, "query", query_embeddings=vector.reshape(1, -1), n_results=k, include=include
         )
         if not res or not res["ids"] or not res["ids"][0]:
-            return []
-        return [
-            (mid, 1.0 - float(dist))
-            for mid, dist in zip(res["ids"][0], res["distances"][0], strict=True)
-        ]
+            return None
+        return res
 
     def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
         return []  # no lexical index here: ``HybridStore`` adds one
