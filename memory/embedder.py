@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -184,8 +185,10 @@ class _Lane:
 
 
 def lower_priority(nice: int) -> None:
-    """Make the calling thread yield the CPU to the others (Linux: threads have their own
-    nice value). Best effort."""
+    """Make the calling thread yield the CPU to the others. Linux only, where a thread has a
+    nice value of its own (elsewhere the id could name a process); best effort."""
+    if not sys.platform.startswith("linux"):
+        return
     with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
 

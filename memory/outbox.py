@@ -77,7 +77,7 @@ class Outbox:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self._remember(memories)
+            self._remember(memories)  # under the lock: no ``ack`` of these can come first
 
     def _remember(self, memories: Sequence[Memory]) -> None:
         with self._queued_lock:
@@ -115,7 +115,7 @@ class Outbox:
                 "RETURNING namespace, id",
                 (self._encoder.encode(list(seqs)),),
             ).fetchall()
-        self._forget(gone)
+            self._forget(gone)
 
     def pending(self, namespace: str) -> list[Memory]:
         """The newest (at most ``recent``) queued memories of a namespace, oldest first
