@@ -67,11 +67,15 @@ def open_store(settings: Settings) -> MemoryStore:
     from memory.hybrid import HybridStore
     from memory.lexical import LexicalIndex
 
-    lexical = LexicalIndex(
-        settings.data_dir / "lexical.sqlite3",
-        pair_gap=recall.pair_gap_seconds,
-        pair_weight=recall.pair_weight,
-    )
+    try:
+        lexical = LexicalIndex(
+            settings.data_dir / "lexical.sqlite3",
+            pair_gap=recall.pair_gap_seconds,
+            pair_weight=recall.pair_weight,
+        )
+    except BaseException:
+        store.close()  # do not leave a store process behind
+        raise
     return HybridStore(store, lexical, fusion_k=recall.fusion_k, shared=server)
 
 
@@ -116,12 +120,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         opened_store = store if store is not None else await asyncio.to_thread(open_store, settings)
-        loaded = (
-            embedder if embedder is not None else await asyncio.to_thread(open_embedder, settings)
-        )
-        outbox = await asyncio.to_thread(
-            Outbox, outbox_path or settings.data_dir / "outbox.sqlite3"
-        )
+        try:
+            loaded = (
+                embedder
+                if embedder is not None
+                else await asyncio.to_thread(open_embedder, settings)
+            )
+            outbox = await asyncio.to_thread(
+                Outbox, outbox_path or settings.data_dir / "outbox.sqlite3"
+            )
+        except BaseException:
+            if store is None:  # ours: do not leave a store process behind
+                await asyncio.to_thread(opened_store.close)
+            raise
         recall = settings.recall
         service = MemoryService(
             opened_store,

@@ -10,6 +10,7 @@ process wrote to it).
 from __future__ import annotations
 
 import builtins
+import threading
 from collections.abc import Sequence
 
 from memory.embedder import Vectors
@@ -37,10 +38,24 @@ class HybridStore:
         self.fusion_k = fusion_k
         self.shared = shared
         self._synced: set[str] = set()
+        # One lock a namespace: a rebuild of its index, an erase and the index side of a
+        # write never interleave (a rebuild listing the store just before an erase would
+        # bring erased memories back; one listing it before a write would lose the write).
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    def _lock(self, namespace: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(namespace, threading.Lock())
 
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         self.store.add(memories, vectors)
-        self.lexical.add(memories)
+        by_ns: dict[str, builtins.list[Memory]] = {}
+        for memory in memories:
+            by_ns.setdefault(memory.namespace, []).append(memory)
+        for namespace, items in by_ns.items():
+            with self._lock(namespace):
+                self.lexical.add(items)
 
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
         """The dense ranking, its memories read from the local index (the store is asked only
@@ -68,6 +83,12 @@ class HybridStore:
     def _sync(self, namespace: str) -> None:
         if namespace in self._synced:
             return
+        with self._lock(namespace):
+            self._sync_locked(namespace)
+
+    def _sync_locked(self, namespace: str) -> None:
+        if namespace in self._synced:
+            return
         if self.lexical.count(namespace) != self.store.count(namespace):
             memories: builtins.list[Memory] = []
             after: str | None = None
@@ -93,14 +114,17 @@ class HybridStore:
         return self.store.get_many(namespace, memory_ids)
 
     def delete(self, namespace: str, memory_id: str) -> bool:
-        found = self.store.delete(namespace, memory_id)
-        self.lexical.delete(namespace, [memory_id])
+        with self._lock(namespace):
+            found = self.store.delete(namespace, memory_id)
+            self.lexical.delete(namespace, [memory_id])
         return found
 
     def delete_namespace(self, namespace: str) -> int:
-        self.lexical.drop(namespace)
-        self._synced.discard(namespace)
-        return self.store.delete_namespace(namespace)
+        with self._lock(namespace):
+            erased = self.store.delete_namespace(namespace)
+            self.lexical.drop(namespace)
+            self._synced.discard(namespace)
+        return erased
 
     def count(self, namespace: str) -> int:
         return self.store.count(namespace)

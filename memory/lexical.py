@@ -166,14 +166,14 @@ class LexicalIndex:
         return f"plain_{h}", f"pair_{h}"
 
     def _ensure(self, namespace: str) -> tuple[str, str]:
+        """The namespace's tables, created if missing (inside the caller's transaction: the
+        cache of known tables is only for readers, and only ever a hint)."""
         plain, pair = self._names(namespace)
-        if plain not in self._tables:
-            for table in (plain, pair):
-                self._db.execute(
-                    f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} "
-                    "USING fts5(body, tokenize='porter unicode61')"
-                )
-            self._tables.add(plain)
+        for table in (plain, pair):
+            self._db.execute(
+                f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} "
+                "USING fts5(body, tokenize='porter unicode61')"
+            )
         return plain, pair
 
     def _exists(self, namespace: str) -> bool:
@@ -199,14 +199,17 @@ class LexicalIndex:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for namespace, items in by_ns.items():
-                    tables = self._ensure(namespace)
-                    for memory in sorted(items, key=lambda m: (m.created_at, m.id)):
-                        self._add_one(namespace, tables, memory)
+                self._add_all(by_ns)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+
+    def _add_all(self, by_ns: dict[str, list[Memory]]) -> None:
+        for namespace, items in by_ns.items():
+            tables = self._ensure(namespace)
+            for memory in sorted(items, key=lambda m: (m.created_at, m.id)):
+                self._add_one(namespace, tables, memory)
 
     def _add_one(self, namespace: str, tables: tuple[str, str], memory: Memory) -> None:
         cur = self._db.execute(
@@ -291,15 +294,25 @@ class LexicalIndex:
                 raise
 
     def drop(self, namespace: str) -> None:
-        with self._lock:
-            for table in self._names(namespace):
-                self._db.execute(f"DROP TABLE IF EXISTS {table}")
-            self._tables.discard(self._names(namespace)[0])
-            self._db.execute("DELETE FROM docs WHERE ns = ?", (namespace,))
+        self.rebuild(namespace, [])
 
     def rebuild(self, namespace: str, memories: Sequence[Memory]) -> None:
-        self.drop(namespace)
-        self.add(memories)
+        """Replace the namespace's index with ``memories``, in one transaction: a search sees
+        the old index or the new one, never a half-built one."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in self._names(namespace):
+                    self._db.execute(f"DROP TABLE IF EXISTS {table}")
+                self._db.execute("DELETE FROM docs WHERE ns = ?", (namespace,))
+                if memories:
+                    self._add_all({namespace: [m for m in memories if m.namespace == namespace]})
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._tables.discard(self._names(namespace)[0])
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -334,7 +347,13 @@ class LexicalIndex:
             "json(CAST(d.payload AS TEXT)))) FROM best JOIN docs d ON d.rid = best.rid"
         )
         params = {"q": match, "n": limit, "w": self.pair_weight}
-        (found,) = self._reader().execute(sql, params).fetchone()
+        try:
+            (found,) = self._reader().execute(sql, params).fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            self._tables.discard(plain)  # dropped since it was seen: nothing to find
+            return []
         rows = _DECODE_ROWS(found)
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [(memory, score) for score, _, memory in rows]

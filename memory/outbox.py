@@ -129,14 +129,14 @@ class Outbox:
             cur = self._db.execute(
                 "DELETE FROM outbox WHERE namespace = ? AND id = ?", (namespace, memory_id)
             )
-        self._forget([(namespace, memory_id)])
+            self._forget([(namespace, memory_id)])
         return cur.rowcount > 0
 
     def purge_namespace(self, namespace: str) -> int:
         with self._lock:
             cur = self._db.execute("DELETE FROM outbox WHERE namespace = ?", (namespace,))
-        with self._queued_lock:
-            self._queued.pop(namespace, None)
+            with self._queued_lock:
+                self._queued.pop(namespace, None)
         return cur.rowcount
 
     def depth(self) -> int:

@@ -111,7 +111,12 @@ def _serve(conn: Connection, factory: StoreFactory, lock_path: str, threads: int
             except BaseException as exc:
                 reply = (call_id, False, _portable(exc))
             with send_lock:
-                conn.send(reply)
+                try:
+                    conn.send(reply)
+                except (OSError, ValueError):
+                    pass  # the parent is gone
+                except Exception as exc:  # an answer that cannot be pickled
+                    conn.send((call_id, False, StoreUnavailable(f"{method}: {exc}")))
 
         pool = ThreadPoolExecutor(threads, thread_name_prefix="memgate-store")
         try:
@@ -201,6 +206,10 @@ class _Child:
                 call_id, ok, value = self.conn.recv()
             except (EOFError, OSError):
                 break
+            except Exception:  # a garbled answer: this child cannot be trusted any more
+                log.exception("unreadable answer from the store process: replacing it")
+                self.process.kill()
+                break
             with self.lock:
                 future = self.waiting.pop(call_id, None)
             if future is None:
@@ -210,6 +219,10 @@ class _Child:
             else:
                 future.set_exception(value)
         self._fail_all(StoreUnavailable("the store process exited"))
+
+    def forget(self, future: Future[Any]) -> None:
+        with self.lock:
+            self.waiting = {k: f for k, f in self.waiting.items() if f is not future}
 
     def _fail_all(self, exc: StoreUnavailable) -> None:
         with self.lock:
@@ -269,7 +282,7 @@ class ProcessStore:
             if child is not None and child.alive():
                 return child
             if child is not None:
-                code = child.process.returncode
+                code = child.process.poll()
                 log.warning("the store process exited (code %s): starting a new one", code)
                 child.close(5.0)
             self._child = _Child(self._factory, self._lock_path, self._threads, self._start_timeout)
@@ -277,10 +290,12 @@ class ProcessStore:
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         assert method in _CALLS  # noqa: S101
-        future = self._ensure().call(method, args, kwargs)
+        child = self._ensure()
+        future = child.call(method, args, kwargs)
         try:
             return future.result(self._call_timeout)
         except TimeoutError as exc:
+            child.forget(future)
             raise StoreUnavailable(
                 f"the store did not answer {method} within {self._call_timeout:.0f} s"
             ) from exc

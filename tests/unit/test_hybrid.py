@@ -85,3 +85,27 @@ def test_dense_hits_come_from_the_index_or_else_the_store(tmp_path: Path) -> Non
     assert store.lexical.memories("a", ["m3", "nope"]) == {"m3": memories()[3]}
     assert store.search("a", vector, 2) == from_store
     assert store.nearest("a", vector, 1) == [("m3", from_store[0].score)]
+
+
+def test_a_search_during_an_erase_never_brings_erased_memories_back(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    class SlowErase(MemStore):
+        def delete_namespace(self, namespace: str) -> int:
+            time.sleep(0.3)  # a slow store: the erase is under way for a while
+            return super().delete_namespace(namespace)
+
+    embedder = FakeEmbedder()
+    store = HybridStore(SlowErase(), LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0))
+    store.add(memories(), embedder.embed(TEXTS))
+    assert store.search_text("a", "Porto", 5)
+    eraser = threading.Thread(target=store.delete_namespace, args=("a",))
+    eraser.start()
+    time.sleep(0.1)
+    store.search_text("a", "Porto", 5)  # while the store is still erasing
+    eraser.join()
+    fresh = Memory(id="new", namespace="a", content="A new start", created_at=100.0)
+    store.add([fresh], embedder.embed([fresh.content]))
+    assert store.search_text("a", "Porto", 5) == []
+    assert [m.id for m, _ in store.search_text("a", "new start", 5)] == ["new"]

@@ -79,3 +79,17 @@ def test_reciprocal_rank_fusion() -> None:
     assert fused["c"] == 1 / 8 + 1 / 6
     assert fused["a"] == 1 / 6
     assert max(fused, key=fused.__getitem__) == "c"
+
+
+def test_tables_dropped_behind_a_cached_view_do_not_break_search_or_add(tmp_path: Path) -> None:
+    one = LexicalIndex(tmp_path / "lex.sqlite3")
+    other = LexicalIndex(tmp_path / "lex.sqlite3")  # e.g. another thread's view of the file
+    one.add([mem("1", "walrus facts", 1)])
+    assert ids(one.search("a", "walrus", 5)) == ["1"]  # ``one`` now knows the tables
+    other.drop("a")
+    assert one.search("a", "walrus", 5) == []  # no "no such table"
+    one.add([mem("2", "walrus again", 2)])  # the tables are made anew
+    assert ids(one.search("a", "walrus", 5)) == ["2"]
+    other.rebuild("a", [mem("3", "walrus three", 3), mem("x", "walrus elsewhere", 3, "b")])
+    assert ids(one.search("a", "walrus", 5)) == ["3"]
+    assert one.search("b", "walrus", 5) == []  # a rebuild touches its own namespace only

@@ -87,6 +87,8 @@ def test_errors_come_back_to_the_caller(tmp_path: Path) -> None:
         # an exception that cannot be pickled arrives as StoreUnavailable naming it
         with pytest.raises(StoreUnavailable, match="Unpicklable: no pickle"):
             store.namespaces()
+        with pytest.raises(StoreUnavailable, match="get_many"):  # not a hang
+            store.get_many("a", ["x"])
         assert store.count("a") == 0  # and the child still serves
     finally:
         store.close()
