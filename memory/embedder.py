@@ -236,14 +236,18 @@ class BatchingEmbedder:
     async def embed(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        return await self.submit(texts, background=background)
+
+    def submit(self, texts: Sequence[str], *, background: bool = False) -> asyncio.Future[Vectors]:
+        """Queue ``texts`` and return the future of their vectors. When the lane has room, the
+        model call is handed to its thread right now, not on a later turn of the loop."""
         lane = self._background if background else self._foreground
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Vectors] = loop.create_future()
+        future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
         lane.queue.append(_Pending(texts, future))
         if lane.running < lane.concurrency:
             lane.running += 1
-            asyncio.create_task(self._drain(lane))  # noqa: RUF006 - it resolves the futures
-        return await future
+            self._next(lane)
+        return future
 
     async def embed_bulk(self, texts: Sequence[str]) -> Vectors:
         """Many texts at once (an import through the memory API): half of them go through
@@ -256,38 +260,44 @@ class BatchingEmbedder:
         )
         return np.concatenate([first, second])
 
-    async def _drain(self, lane: _Lane) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while lane.queue:
-                batch: list[_Pending] = []
-                size = 0
-                while lane.queue and (
-                    not batch or size + len(lane.queue[0].texts) <= self.max_batch
-                ):
-                    item = lane.queue.pop(0)
-                    batch.append(item)
-                    size += len(item.texts)
-                texts = [t for item in batch for t in item.texts]
-                try:
-                    executor = lane.executor_for(size)
-                    if executor is None:
-                        vectors = await asyncio.to_thread(self.embedder.embed, texts)
-                    else:
-                        vectors = await loop.run_in_executor(executor, self.embedder.embed, texts)
-                except Exception as exc:  # handed to every waiter
-                    for item in batch:
-                        if not item.future.done():
-                            item.future.set_exception(exc)
-                    continue
-                start = 0
-                for item in batch:
-                    end = start + len(item.texts)
-                    if not item.future.done():
-                        item.future.set_result(vectors[start:end])
-                    start = end
-        finally:
+    def _next(self, lane: _Lane) -> None:
+        """Start the lane's next model call, on everything queued (up to ``max_batch`` texts),
+        or stop the lane's turn when nothing is."""
+        if not lane.queue:
             lane.running -= 1
+            return
+        batch: list[_Pending] = []
+        size = 0
+        while lane.queue and (not batch or size + len(lane.queue[0].texts) <= self.max_batch):
+            item = lane.queue.pop(0)
+            batch.append(item)
+            size += len(item.texts)
+        texts = [t for item in batch for t in item.texts]
+        call = asyncio.get_running_loop().run_in_executor(
+            lane.executor_for(size), self.embedder.embed, texts
+        )
+        call.add_done_callback(lambda done: self._finish(lane, batch, done))
+
+    def _finish(self, lane: _Lane, batch: list[_Pending], done: asyncio.Future[Vectors]) -> None:
+        try:
+            if done.cancelled():
+                error: BaseException | None = asyncio.CancelledError()
+            else:
+                error = done.exception()
+            if error is not None:  # handed to every waiter
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                return
+            vectors = done.result()
+            start = 0
+            for item in batch:
+                end = start + len(item.texts)
+                if not item.future.done():
+                    item.future.set_result(vectors[start:end])
+                start = end
+        finally:
+            self._next(lane)
 
     def close(self) -> None:
         for executor in (self._background.executor, self._background.busy_executor):

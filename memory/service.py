@@ -131,32 +131,49 @@ class MemoryService:
 
     async def _embed_texts(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
         """Vectors for ``texts``: cached, being embedded for another caller, or embedded now
-        in one model call. The call runs as its own task, so a caller that is cancelled
-        (a client that went away) does not fail the others waiting for it."""
-        if not texts:
-            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        found: dict[str, Vectors] = {}
-        waits: dict[str, tuple[asyncio.Future[Vectors], int]] = {}
+        in one model call (see ``_request``)."""
+        return await self._collect(texts, self._request(texts, background=background))
+
+    def _request(
+        self, texts: Sequence[str], *, background: bool = False
+    ) -> dict[str, Vectors | tuple[asyncio.Future[Vectors], int]]:
+        """Where each text's vector is: cached, or (future, row) of a model call, another
+        caller's or one started here and now. Each call runs as its own task, so a caller
+        that is cancelled (a client that went away) does not fail the others waiting."""
+        where: dict[str, Vectors | tuple[asyncio.Future[Vectors], int]] = {}
         todo: builtins.list[str] = []
         for text in dict.fromkeys(texts):
             cached = self._vectors.get(text)
             if cached is not None:
-                found[text] = cached
+                where[text] = cached
             elif text in self._inflight:
-                waits[text] = self._inflight[text]
+                where[text] = self._inflight[text]
             else:
                 todo.append(text)
         if todo:
-            task = asyncio.ensure_future(self._embed_and_cache(todo, background))
+            call = self.embedder.submit(todo, background=background)
+            task = asyncio.ensure_future(self._cache(todo, call))
             for i, text in enumerate(todo):
-                self._inflight[text] = waits[text] = (task, i)
-        for text, (future, i) in waits.items():
-            found[text] = (await asyncio.shield(future))[i]
+                self._inflight[text] = where[text] = (task, i)
+        return where
+
+    async def _collect(
+        self, texts: Sequence[str], where: dict[str, Vectors | tuple[asyncio.Future[Vectors], int]]
+    ) -> Vectors:
+        if not texts:
+            return np.zeros((0, self.embedder.dimension), dtype=np.float32)
+        found: dict[str, Vectors] = {}
+        for text, place in where.items():
+            if isinstance(place, tuple):
+                future, i = place
+                found[text] = (await asyncio.shield(future))[i]
+            else:
+                found[text] = place
         return np.stack([found[t] for t in texts])
 
-    async def _embed_and_cache(self, texts: builtins.list[str], background: bool) -> Vectors:
+    async def _cache(self, texts: builtins.list[str], call: asyncio.Future[Vectors]) -> Vectors:
         try:
-            vectors = await self.embedder.embed(texts, background=background)
+            vectors = await call
             for text, vector in zip(texts, vectors, strict=True):
                 self._vectors[text] = vector
                 self._vectors.move_to_end(text)
@@ -207,10 +224,11 @@ class MemoryService:
         # The lexical search needs no vector: it runs while the query is being embedded. The
         # namespace's queued memories come from memory; their texts were sent to the model
         # when they were queued, so their vectors are cached or on their way.
+        query_at = self._request([query])  # the model call starts now: first in line
         lexical = asyncio.ensure_future(
             asyncio.to_thread(self.store.search_text, namespace, query, candidates)
         )
-        embedding = asyncio.ensure_future(self._embed_texts([query]))
+        embedding = asyncio.ensure_future(self._collect([query], query_at))
         queued: asyncio.Future[Vectors] | None = None
         try:
             pending = self.outbox.pending(namespace)
