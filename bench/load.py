@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from procs import stop_process, tail
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -367,13 +368,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 @dataclass
 class Child:
     name: str
@@ -407,17 +401,7 @@ def start_child(
 
 
 def stop_child(child: Child) -> None:
-    proc = child.proc
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            log(f"{child.name} did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM: killing it")
-            proc.kill()
-            proc.wait()
-    if proc.returncode not in (0, -signal.SIGTERM):
-        log(f"{child.name} exited with code {proc.returncode}; its log:\n{tail(child.logfile)}")
+    stop_process(child.name, child.proc, child.logfile, timeout=STOP_TIMEOUT, log=log)
 
 
 def wait_http(url: str, child: Child, timeout: float, *, want_ready: bool) -> float:

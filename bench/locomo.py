@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from procs import stop_process, tail
 from stats import percentile
 
 CATEGORIES: dict[int, str] = {
@@ -344,13 +345,6 @@ def serve_command(port: int, data_dir: Path) -> list[str]:
     ]
 
 
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
 def wait_ready(
     url: str,
     timeout: float,
@@ -365,7 +359,7 @@ def wait_ready(
             if proc is not None and proc.poll() is not None:
                 raise RuntimeError(
                     f"memgate serve exited with code {proc.returncode} before it was ready; "
-                    f"its log:\n{tail(logfile) if logfile else ''}"
+                    f"its log:\n{tail(logfile, 40) if logfile else ''}"
                 )
             try:
                 response = client.get("/readyz")
@@ -375,7 +369,7 @@ def wait_ready(
             except httpx.TransportError as exc:
                 last = repr(exc)
             if time.perf_counter() - start > timeout:
-                extra = f"\nits log:\n{tail(logfile)}" if logfile else ""
+                extra = f"\nits log:\n{tail(logfile, 40)}" if logfile else ""
                 raise RuntimeError(f"{url}/readyz not ready after {timeout:.0f} s ({last}){extra}")
             time.sleep(0.5)
 
@@ -405,16 +399,8 @@ def local_gateway(keep: bool) -> Iterator[tuple[str, dict[str, Any]]]:
         log(f"memgate ready on {url} after {info['ready_seconds']:.1f} s")
         yield url, info
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"memgate did not stop within {STOP_TIMEOUT:.0f} s of SIGTERM: killing it")
-                proc.kill()
-                proc.wait()
-        if proc is not None and proc.returncode not in (0, -signal.SIGTERM):
-            log(f"memgate exited with code {proc.returncode}; its log:\n{tail(logfile)}")
+        if proc is not None:
+            stop_process("memgate", proc, logfile, timeout=STOP_TIMEOUT, log=log, lines=40)
         if keep:
             log(f"--keep: the gateway's data folder is kept at {root}")
         else:
