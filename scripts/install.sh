@@ -13,14 +13,23 @@ fi
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
 if [ "${1:-}" = "test" ]; then
     .venv/bin/python -m pip install --quiet -e ".[test]"
-    if ! command -v chromium >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
-        if [ "$(id -u)" = 0 ]; then
-            apt-get update -qq
-            apt-get install -y -qq chromium nodejs npm >/dev/null
-        else
-            echo "install Debian's chromium, nodejs and npm (apt-get install chromium nodejs npm)" >&2
+    # Only what is missing, each on its own: Debian's nodejs already bundles npm, and asking
+    # apt for both at once is refused ("nodejs : Conflicts: npm").
+    missing=()
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "install Debian's ${missing[*]} (apt-get install ${missing[*]})" >&2
             exit 1
         fi
+        apt-get update -qq
+        for pkg in "${missing[@]}"; do
+            if ! command -v "${pkg/nodejs/node}" >/dev/null 2>&1; then
+                DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+            fi
+        done
     fi
     npm ci --prefix tests/node --no-audit --no-fund --silent
 else
