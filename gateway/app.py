@@ -48,8 +48,9 @@ log = logging.getLogger("memgate")
 
 def open_store(settings: Settings) -> MemoryStore:
     """The store the settings describe: Chroma, embedded (in a child process of its own with
-    ``store.embedded_process``, since its writes hold the GIL) or a server; with the lexical
-    index beside it (``recall.lexical``), kept in this process."""
+    ``store.embedded_process``, since its writes hold the GIL) or a server; with the local
+    copy of each namespace beside it (listing, and the lexical side of recall with
+    ``recall.lexical``), kept in this process."""
     server = bool(settings.store.chroma_url)
     store: MemoryStore
     if server or not settings.store.embedded_process:
@@ -61,22 +62,33 @@ def open_store(settings: Settings) -> MemoryStore:
             functools.partial(open_chroma_store, settings),
             lock_path=settings.data_dir / "chroma.lock",
         )
-    recall = settings.recall
-    if not recall.lexical:
-        return store
     from memory.hybrid import HybridStore
     from memory.lexical import LexicalIndex
 
+    recall = settings.recall
     try:
+        # The one file of every namespace's index, before each namespace got its own: derived
+        # data, rebuilt a namespace at a time from the store.
+        for old in ("lexical.sqlite3", "lexical.sqlite3-wal", "lexical.sqlite3-shm"):
+            (settings.data_dir / old).unlink(missing_ok=True)
         lexical = LexicalIndex(
-            settings.data_dir / "lexical.sqlite3",
+            settings.data_dir / "index",
             pair_gap=recall.pair_gap_seconds,
             pair_weight=recall.pair_weight,
+            max_open=settings.store.open_namespaces,
         )
     except BaseException:
         store.close()  # do not leave a store process behind
         raise
-    return HybridStore(store, lexical, fusion_k=recall.fusion_k, shared=server)
+    return HybridStore(
+        store,
+        lexical,
+        fusion_k=recall.fusion_k,
+        lexical_recall=recall.lexical,
+        shared=server,
+        sync_interval=settings.store.sync_interval_seconds,
+        sync_margin=settings.store.sync_margin_seconds,
+    )
 
 
 def open_chroma_store(settings: Settings) -> MemoryStore:
@@ -88,6 +100,7 @@ def open_chroma_store(settings: Settings) -> MemoryStore:
         path=None if settings.store.chroma_url else settings.data_dir / "chroma",
         prefix=settings.store.collection_prefix,
         cache_size=settings.store.cache_size,
+        vector_cache=settings.store.vector_cache,
     )
 
 

@@ -49,6 +49,10 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     collection_prefix: str = "mg-"
     cache_size: int = 1024
     embedded_process: bool = True
+    vector_cache: int = 128
+    open_namespaces: int = 64
+    sync_interval_seconds: float = 1.0
+    sync_margin_seconds: float = 5.0
 
 
 class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,25 +1,61 @@
-"""``HybridStore``: a ``MemoryStore`` with a lexical (BM25) index beside its dense one.
+"""``HybridStore``: a ``MemoryStore`` with a local copy of each namespace beside it.
 
-Wraps any store (Chroma, in this process or in its own): every write goes to both, a search
-fuses the dense ranking with the lexical one (``recall.hybrid``). The lexical index is local
-derived data: the wrapped store is the truth, and a namespace's index is rebuilt from it when
-their counts disagree (the index is new, or, with a shared Chroma server, another gateway
-process wrote to it).
+Wraps any store (Chroma, in this process or in its own): the local copy (``LexicalIndex``:
+the namespace's memories in listing order, and their BM25 index) answers the lexical side of
+recall, the memories of dense hits, and pages of a listing. The wrapped store is the one
+truth; the copy is derived from it and never answers with what the store no longer holds:
+
+- **Confirmed on read.** What the copy proposes (lexical matches, a page of a listing) is
+  checked against the store (``existing``: ids only) before it is returned; what is gone is
+  dropped and removed from the copy. Dense hits come from the store itself.
+- **Caught up, not rebuilt.** Before a lexical search or a listing, a namespace is brought
+  up to date with ``changes``: the memories written since the copy last looked (less a
+  margin for clocks and slow writes), so the work follows what changed. With a shared store
+  (several gateways on one Chroma server) this happens at most every ``sync_interval``
+  seconds a namespace: a memory written through another gateway is found lexically within
+  that, and densely at once. Alone on its store, a gateway only checks once a namespace
+  after it starts (its own writes keep the copy in step).
+- **Erasure is a new generation.** A namespace erased through any gateway comes back (if
+  written again) as a new generation: a copy of an older one is thrown away.
+- **Repaired when the counts disagree.** If the copy's count differs from the store's at two
+  catch-ups in a row (one, alone on the store), the copy is compared id by id with the store
+  in the background (at most every ``repair_interval`` seconds a namespace): this catches
+  deletions made through other gateways that no read has met yet, and writes that reached
+  the store later than the margin.
+
+Locks: one lock a namespace (striped) serializes its catch-up, repair, erasure and the copy
+side of its writes; the copy's own locks are taken inside it, never the other way round.
 """
 
 from __future__ import annotations
 
 import builtins
+import logging
 import threading
-from collections.abc import Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from memory.embedder import Vectors
-from memory.lexical import LexicalIndex
+from memory.lexical import LexicalIndex, NamespaceIndex
 from memory.recall import hybrid
-from memory.records import Hit, Memory
-from memory.store import MemoryStore
+from memory.records import Hit, Memory, id_micros, sort_key
+from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount
 
-_PAGE = 10_000
+log = logging.getLogger("memgate.store")
+
+_STRIPES = 64
+_TRACKED = 10_000  # namespaces whose catch-up times are remembered (LRU)
+_GET = 1000  # memories fetched from the store a call when repairing
+
+
+@dataclass
+class _Sync:
+    checked: float = -1e18  # monotonic time of the last catch-up
+    mismatches: int = 0  # catch-ups in a row whose counts disagreed
+    repaired: float = -1e18  # monotonic time of the last repair
 
 
 class HybridStore:
@@ -29,24 +65,139 @@ class HybridStore:
         lexical: LexicalIndex,
         *,
         fusion_k: float = 5.0,
+        lexical_recall: bool = True,
         shared: bool = False,
+        sync_interval: float = 1.0,
+        sync_margin: float = 5.0,
+        repair_interval: float = 30.0,
     ) -> None:
-        """``shared``: other processes may write to ``store`` (a Chroma server), so the
-        counts are compared at every lexical search, not once a namespace."""
+        """``shared``: other processes may write to ``store`` (a Chroma server);
+        ``lexical_recall``: ``search_text`` answers (else the copy serves listings only)."""
         self.store = store
         self.lexical = lexical
         self.fusion_k = fusion_k
+        self.lexical_recall = lexical_recall
         self.shared = shared
-        self._synced: set[str] = set()
-        # One lock a namespace: a rebuild of its index, an erase and the index side of a
-        # write never interleave (a rebuild listing the store just before an erase would
-        # bring erased memories back; one listing it before a write would lose the write).
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_lock = threading.Lock()
+        self.sync_interval = sync_interval
+        self.sync_margin = sync_margin
+        self.repair_interval = repair_interval
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._sync: OrderedDict[str, _Sync] = OrderedDict()
+        self._sync_lock = threading.Lock()
+        self._repairs = ThreadPoolExecutor(1, thread_name_prefix="memgate-repair")
+        self._repairing: set[str] = set()
 
     def _lock(self, namespace: str) -> threading.Lock:
-        with self._locks_lock:
-            return self._locks.setdefault(namespace, threading.Lock())
+        return self._stripes[hash(namespace) % _STRIPES]
+
+    def _state(self, namespace: str) -> _Sync:
+        with self._sync_lock:
+            state = self._sync.get(namespace)
+            if state is None:
+                state = self._sync[namespace] = _Sync()
+                while len(self._sync) > _TRACKED:
+                    self._sync.popitem(last=False)
+            else:
+                self._sync.move_to_end(namespace)
+            return state
+
+    # -- keeping the copy in step ------------------------------------------------------------
+
+    def catch_up(self, namespace: str, *, force: bool = False) -> None:
+        """Bring the namespace's copy up to date if it is due (see the module's docstring)."""
+        state = self._state(namespace)
+        first = state.checked < -1e17
+        if (
+            not force
+            and not first
+            and (not self.shared or time.monotonic() - state.checked < self.sync_interval)
+        ):
+            return
+        with self._lock(namespace):
+            if not force and not first and state.checked > time.monotonic() - self.sync_interval:
+                return  # another thread did it while this one waited
+            self._catch_up_locked(namespace, state)
+
+    def _catch_up_locked(self, namespace: str, state: _Sync) -> None:
+        local = self.lexical.state(namespace)
+        generation = local.get("generation")
+        checked_from = local.get("checked_from")
+        started = time.time()
+        if generation is None or checked_from is None:
+            since = None
+        elif self.shared:
+            since = float(checked_from) - self.sync_margin
+        else:
+            since = started  # alone on the store: nothing was written that we did not see
+        changes = self.store.changes(namespace, since)
+        if changes.generation != generation and since is not None:
+            # erased through another gateway (and maybe written again since): start over
+            changes = self.store.changes(namespace, None)
+        if changes.generation is None:
+            self.lexical.drop(namespace)
+            local_count = 0
+        else:
+            fresh = changes.generation != generation or since is None
+            local_count = self.lexical.write(
+                namespace, lambda index: _apply(index, changes, started, replace=fresh)
+            )
+        state.checked = time.monotonic()
+        if local_count == changes.count:
+            state.mismatches = 0
+            return
+        state.mismatches += 1
+        if state.mismatches >= (2 if self.shared else 1):
+            self._repair_soon(namespace, state)
+
+    def _repair_soon(self, namespace: str, state: _Sync) -> None:
+        now = time.monotonic()
+        if now - state.repaired < self.repair_interval or namespace in self._repairing:
+            return
+        state.repaired = now
+        self._repairing.add(namespace)
+        try:
+            self._repairs.submit(self._repair, namespace)
+        except RuntimeError:  # closing
+            self._repairing.discard(namespace)
+
+    def _repair(self, namespace: str) -> None:
+        """Make the copy hold exactly the store's ids (costs the namespace's ids)."""
+        try:
+            with self._lock(namespace):
+                truth = self.store.ids(namespace)
+                local = self.lexical.ids(namespace)
+                missing = builtins.list(truth - local)
+                fetched: builtins.list[Memory] = []
+                for start in range(0, len(missing), _GET):
+                    fetched += self.store.get_many(namespace, missing[start : start + _GET])
+                gone = local - truth
+                if gone:
+                    self.lexical.delete(namespace, gone)
+                if fetched:
+                    self.lexical.add(fetched)
+                if gone or fetched:
+                    log.info(
+                        "local copy of %s repaired: %d removed, %d added",
+                        namespace,
+                        len(gone),
+                        len(fetched),
+                    )
+        except Exception as exc:
+            log.warning("could not repair the local copy of %s: %s", namespace, exc)
+        finally:
+            self._repairing.discard(namespace)
+
+    def _confirmed(self, namespace: str, memories: Sequence[Memory]) -> set[str]:
+        """The ids of ``memories`` the store still holds; the others leave the copy."""
+        if not memories:
+            return set()
+        present = self.store.existing(namespace, [m.id for m in memories])
+        gone = [m.id for m in memories if m.id not in present]
+        if gone:
+            self.lexical.delete(namespace, gone)
+        return present
+
+    # -- MemoryStore -------------------------------------------------------------------------
 
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         self.store.add(memories, vectors)
@@ -58,14 +209,15 @@ class HybridStore:
                 self.lexical.add(items)
 
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
-        """The dense ranking, its memories read from the local index (the store is asked only
-        for ids and cosines, which is cheaper; it is asked for the ones the index lacks), fused
+        """The dense ranking, its memories read from the local copy (the store is asked only
+        for ids and cosines, which is cheaper; it is asked for the ones the copy lacks), fused
         with the lexical one when ``text`` is given."""
         ranked = self.store.nearest(namespace, vector, k)
         found = self.lexical.memories(namespace, [mid for mid, _ in ranked])
         missing = [mid for mid, _ in ranked if mid not in found]
         if missing:
-            found.update((m.id, m) for m in self.store.get_many(namespace, missing))
+            fetched = self.store.get_many(namespace, missing)
+            found.update((m.id, m) for m in fetched)
         dense = [Hit(found[mid], cos, cos) for mid, cos in ranked if mid in found]
         if not dense or not text.strip():
             return dense
@@ -75,43 +227,51 @@ class HybridStore:
         return self.store.nearest(namespace, vector, k)
 
     def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
-        if k <= 0 or not text.strip():
+        """The copy's BM25 matches, each confirmed in the store."""
+        if k <= 0 or not text.strip() or not self.lexical_recall:
             return []
-        self._sync(namespace)
-        return self.lexical.search(namespace, text, k)
-
-    def _sync(self, namespace: str) -> None:
-        if namespace in self._synced:
-            return
-        with self._lock(namespace):
-            self._sync_locked(namespace)
-
-    def _sync_locked(self, namespace: str) -> None:
-        if namespace in self._synced:
-            return
-        if self.lexical.count(namespace) != self.store.count(namespace):
-            memories: builtins.list[Memory] = []
-            after: str | None = None
-            while True:
-                page, more = self.store.list(namespace, limit=_PAGE, after=after)
-                memories += page
-                if not more or not page:
-                    break
-                after = page[-1].id
-            self.lexical.rebuild(namespace, memories)
-        if not self.shared:
-            self._synced.add(namespace)
+        self.catch_up(namespace)
+        matched = self.lexical.search(namespace, text, k)
+        present = self._confirmed(namespace, [m for m, _ in matched])
+        return [(m, score) for m, score in matched if m.id in present]
 
     def list(
         self, namespace: str, *, limit: int, after: str | None = None
     ) -> tuple[builtins.list[Memory], bool]:
-        return self.store.list(namespace, limit=limit, after=after)
+        """A page from the local copy (caught up first), each memory confirmed in the store:
+        the cost of the page, whatever the namespace's size."""
+        self.catch_up(namespace)
+        before: tuple[int, str] | None = None
+        if after is not None:
+            stamp = id_micros(after)
+            before = (stamp, after) if stamp is not None else self.lexical.cursor(namespace, after)
+            if before is None:
+                raise CursorNotFound(after)
+        out: builtins.list[Memory] = []
+        while len(out) <= limit:
+            want = limit + 1 - len(out)
+            rows = self.lexical.page(namespace, before, want)
+            if not rows:
+                break
+            present = self._confirmed(namespace, rows)
+            out += [m for m in rows if m.id in present]
+            before = sort_key(rows[-1])
+        return out[:limit], len(out) > limit
 
     def get(self, namespace: str, memory_id: str) -> Memory | None:
         return self.store.get(namespace, memory_id)
 
     def get_many(self, namespace: str, memory_ids: Sequence[str]) -> builtins.list[Memory]:
         return self.store.get_many(namespace, memory_ids)
+
+    def existing(self, namespace: str, memory_ids: Collection[str]) -> set[str]:
+        return self.store.existing(namespace, memory_ids)
+
+    def ids(self, namespace: str) -> set[str]:
+        return self.store.ids(namespace)
+
+    def changes(self, namespace: str, since: float | None) -> Changes:
+        return self.store.changes(namespace, since)
 
     def delete(self, namespace: str, memory_id: str) -> bool:
         with self._lock(namespace):
@@ -123,20 +283,36 @@ class HybridStore:
         with self._lock(namespace):
             erased = self.store.delete_namespace(namespace)
             self.lexical.drop(namespace)
-            self._synced.discard(namespace)
         return erased
+
+    def erasures(self, namespaces: Collection[str]) -> dict[str, float]:
+        return self.store.erasures(namespaces)
 
     def count(self, namespace: str) -> int:
         return self.store.count(namespace)
 
-    def namespaces(self) -> builtins.list[str]:
-        return self.store.namespaces()
+    def namespaces(
+        self, *, limit: int, offset: int = 0
+    ) -> tuple[builtins.list[NamespaceCount], bool]:
+        return self.store.namespaces(limit=limit, offset=offset)
 
     def ping(self) -> None:
         self.store.ping()
 
     def close(self) -> None:
+        self._repairs.shutdown(wait=True, cancel_futures=True)
         try:
             self.store.close()
         finally:
             self.lexical.close()
+
+
+def _apply(index: NamespaceIndex, changes: Changes, started: float, *, replace: bool) -> int:
+    """Apply a catch-up's changes to the namespace's copy; its count afterwards."""
+    with index.transaction():
+        if replace:
+            index.replace(changes.memories)
+        else:
+            index.put(changes.memories)
+        index.set_state(generation=changes.generation, checked_from=started)
+    return index.count()

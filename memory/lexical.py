@@ -1,32 +1,50 @@
-"""The lexical side of recall: a SQLite FTS5 index per namespace, BM25-ranked.
+"""The gateway's local copy of each namespace: its memories in creation order (for listing a
+page without reading the namespace) and a BM25 index over them (the lexical side of recall).
+
+One SQLite file a namespace (``folder/ab/abcd...sqlite3``, named from a hash of the
+namespace), with an FTS5 index: a table per namespace in one shared file made every new
+namespace re-parse the whole schema on every connection (1,500 namespaces took 8 minutes to
+index here), and files of their own cost nothing while closed. At most ``max_open`` files
+are open at once (LRU), so a gateway's memory and file descriptors follow the namespaces in
+use, not every namespace it has seen.
 
 Each memory is indexed twice: alone, and as a *pair* with the memory just before it in its
 namespace (by ``created_at``, when at most ``pair_gap`` seconds apart), since a chat turn often
 only makes sense with the turn it answers. A memory's lexical score is the best of its own
 BM25 score and ``pair_weight`` times the score of either pair it belongs to.
 
-The index lives in one SQLite file next to the store. It is derived data: the store is the
-truth, and ``ChromaStore`` rebuilds a namespace's index from it when their counts disagree
-(e.g. another gateway process wrote to a shared Chroma server).
+All of it is derived data: the store is the truth, and ``HybridStore`` keeps these copies in
+step with it. Removed memories are remembered as ``gone`` (their place in the listing), so a
+page cursor naming one still says where its page ended.
+
+Locks: the pool's lock guards which files are open (never held while a file is used); each
+open file has its own lock, held for every statement or transaction on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar, cast
 
 import msgspec
 
-from memory.records import Memory
+from memory.records import Memory, micros
 
 _TOKEN = re.compile(r"\w+")
 _ENCODE = msgspec.json.Encoder().encode
 _DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
 _DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
+_GONE_KEPT = 7 * 86400.0  # how long the place of a removed memory is remembered
+T = TypeVar("T")
 STOPWORDS = frozenset(
     [
         "a",
@@ -105,17 +123,37 @@ STOPWORDS = frozenset(
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
     rid INTEGER PRIMARY KEY AUTOINCREMENT,
-    ns TEXT NOT NULL,
-    mid TEXT NOT NULL,
+    mid TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL,
+    created_us INTEGER NOT NULL,
     prev INTEGER,
     content TEXT NOT NULL,
-    payload BLOB NOT NULL,
-    UNIQUE (ns, mid)
+    payload BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS docs_time ON docs(ns, created_at, rid);
+CREATE INDEX IF NOT EXISTS docs_time ON docs(created_at, rid);
+CREATE INDEX IF NOT EXISTS docs_order ON docs(created_us, mid);
 CREATE INDEX IF NOT EXISTS docs_prev ON docs(prev);
+CREATE VIRTUAL TABLE IF NOT EXISTS plain USING fts5(body, tokenize='porter unicode61');
+CREATE VIRTUAL TABLE IF NOT EXISTS pair USING fts5(body, tokenize='porter unicode61');
+CREATE TABLE IF NOT EXISTS gone (
+    mid TEXT PRIMARY KEY, created_us INTEGER NOT NULL, at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 """
+
+_SEARCH = (
+    "WITH p AS (SELECT rowid AS rid, -bm25(plain) AS s FROM plain "
+    "WHERE plain MATCH :q ORDER BY bm25(plain) LIMIT :n), "
+    "q AS (SELECT rowid AS rid, -bm25(pair) AS s FROM pair "
+    "WHERE pair MATCH :q ORDER BY bm25(pair) LIMIT :n), "
+    "m AS (SELECT rid, s FROM p UNION ALL SELECT rid, :w * s FROM q "
+    "UNION ALL SELECT d.prev, :w * q.s FROM q JOIN docs d ON d.rid = q.rid "
+    "WHERE d.prev IS NOT NULL), "
+    "best AS (SELECT rid, MAX(s) AS s FROM m GROUP BY rid "
+    "ORDER BY MAX(s) DESC, rid LIMIT :n) "
+    "SELECT json_group_array(json_array(best.s, best.rid, "
+    "json(CAST(d.payload AS TEXT)))) FROM best JOIN docs d ON d.rid = best.rid"
+)
 
 
 def query_terms(text: str) -> list[str]:
@@ -124,135 +162,95 @@ def query_terms(text: str) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-class LexicalIndex:
-    def __init__(
-        self, path: str | Path, *, pair_gap: float = 3600.0, pair_weight: float = 0.8
-    ) -> None:
-        self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = self._open()
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()  # the writing connection's
-        # Searches read through one connection per thread (WAL: readers never wait for the
-        # writer, nor for each other).
-        self._readers = threading.local()
-        self._reader_list: list[sqlite3.Connection] = []
-        self._readers_lock = threading.Lock()
+class NamespaceIndex:
+    """One namespace's file. Every method expects the caller to hold ``lock``."""
+
+    def __init__(self, path: Path, *, pair_gap: float, pair_weight: float) -> None:
+        self.path = path
         self.pair_gap = pair_gap
         self.pair_weight = pair_weight
-        self._tables: set[str] = set()
+        self.lock = threading.Lock()
+        self.users = 0  # guarded by the pool's lock
+        self.closed = False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except BaseException:
+            self.db.close()
+            raise
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(str(self._path), check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA synchronous=NORMAL")
-        return db
-
-    def _reader(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._readers, "db", None)
-        if db is None:
-            db = self._open()
-            db.execute("PRAGMA query_only=1")
-            self._readers.db = db
-            with self._readers_lock:
-                self._reader_list.append(db)
-        return db
-
-    # -- tables ------------------------------------------------------------------------------
-
-    @staticmethod
-    def _names(namespace: str) -> tuple[str, str]:
-        h = hashlib.sha256(namespace.encode()).hexdigest()[:24]
-        return f"plain_{h}", f"pair_{h}"
-
-    def _ensure(self, namespace: str) -> tuple[str, str]:
-        """The namespace's tables, created if missing (inside the caller's transaction: the
-        cache of known tables is only for readers, and only ever a hint)."""
-        plain, pair = self._names(namespace)
-        for table in (plain, pair):
-            self._db.execute(
-                f"CREATE VIRTUAL TABLE IF NOT EXISTS {table} "
-                "USING fts5(body, tokenize='porter unicode61')"
-            )
-        return plain, pair
-
-    def _exists(self, namespace: str) -> bool:
-        plain, _ = self._names(namespace)
-        if plain in self._tables:
-            return True
-        row = (
-            self._reader()
-            .execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (plain,))
-            .fetchone()
-        )
-        if row:
-            self._tables.add(plain)
-        return row is not None
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction (an inner one joins the outer)."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     # -- writing -----------------------------------------------------------------------------
 
-    def add(self, memories: Sequence[Memory]) -> None:
-        """Index memories (already indexed ids are left as they are)."""
-        by_ns: dict[str, list[Memory]] = {}
-        for memory in memories:
-            by_ns.setdefault(memory.namespace, []).append(memory)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._add_all(by_ns)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def put(self, memories: Iterable[Memory]) -> None:
+        """Index memories; one already indexed is replaced if it changed."""
+        with self.transaction():
+            for memory in sorted(memories, key=lambda m: (m.created_at, m.id)):
+                self._put(memory)
 
-    def _add_all(self, by_ns: dict[str, list[Memory]]) -> None:
-        for namespace, items in by_ns.items():
-            tables = self._ensure(namespace)
-            for memory in sorted(items, key=lambda m: (m.created_at, m.id)):
-                self._add_one(namespace, tables, memory)
-
-    def _add_one(self, namespace: str, tables: tuple[str, str], memory: Memory) -> None:
-        cur = self._db.execute(
-            "INSERT OR IGNORE INTO docs(ns, mid, created_at, content, payload) "
+    def _put(self, memory: Memory) -> None:
+        payload = _ENCODE(memory)
+        row = self.db.execute(
+            "SELECT rid, payload FROM docs WHERE mid = ?", (memory.id,)
+        ).fetchone()
+        if row is not None:
+            if bytes(row[1]) == payload:
+                return
+            self._remove(int(row[0]))
+        cur = self.db.execute(
+            "INSERT INTO docs(mid, created_at, created_us, content, payload) "
             "VALUES (?, ?, ?, ?, ?)",
-            (namespace, memory.id, memory.created_at, memory.content, _ENCODE(memory)),
+            (memory.id, memory.created_at, micros(memory.created_at), memory.content, payload),
         )
-        if cur.rowcount == 0:
-            return
         rid = int(cur.lastrowid or 0)
-        self._db.execute(
-            f"INSERT INTO {tables[0]}(rowid, body) VALUES (?, ?)", (rid, memory.content)
-        )
-        self._relink(namespace, tables, rid)
-        following = self._neighbour(namespace, rid, after=True)
+        self.db.execute("INSERT INTO plain(rowid, body) VALUES (?, ?)", (rid, memory.content))
+        self.db.execute("DELETE FROM gone WHERE mid = ?", (memory.id,))
+        self._relink(rid)
+        following = self._neighbour(rid, after=True)
         if following is not None:
-            self._relink(namespace, tables, following)
+            self._relink(following)
 
-    def _neighbour(self, namespace: str, rid: int, *, after: bool) -> int | None:
-        (created_at,) = self._db.execute(
+    def _neighbour(self, rid: int, *, after: bool) -> int | None:
+        (created_at,) = self.db.execute(
             "SELECT created_at FROM docs WHERE rid = ?", (rid,)
         ).fetchone()
-        # Row values: a range scan of the (ns, created_at, rid) index, one step long.
+        # Row values: a range scan of the (created_at, rid) index, one step long.
         if after:
             sql = (
-                "SELECT rid FROM docs WHERE ns = ? AND (created_at, rid) > (?, ?) "
+                "SELECT rid FROM docs WHERE (created_at, rid) > (?, ?) "
                 "ORDER BY created_at, rid LIMIT 1"
             )
         else:
             sql = (
-                "SELECT rid FROM docs WHERE ns = ? AND (created_at, rid) < (?, ?) "
+                "SELECT rid FROM docs WHERE (created_at, rid) < (?, ?) "
                 "ORDER BY created_at DESC, rid DESC LIMIT 1"
             )
-        row = self._db.execute(sql, (namespace, created_at, rid)).fetchone()
+        row = self.db.execute(sql, (created_at, rid)).fetchone()
         return int(row[0]) if row else None
 
-    def _relink(self, namespace: str, tables: tuple[str, str], rid: int) -> None:
+    def _relink(self, rid: int) -> None:
         """Point ``rid`` at the memory just before it (if close enough) and re-index its pair."""
-        before = self._neighbour(namespace, rid, after=False)
+        before = self._neighbour(rid, after=False)
         pair_text = None
         if before is not None:
             (t0, c0), (t1, c1) = (
-                self._db.execute(
+                self.db.execute(
                     "SELECT created_at, content FROM docs WHERE rid = ?", (r,)
                 ).fetchone()
                 for r in (before, rid)
@@ -261,122 +259,252 @@ class LexicalIndex:
                 pair_text = f"{c0}\n{c1}"
             else:
                 before = None
-        self._db.execute("UPDATE docs SET prev = ? WHERE rid = ?", (before, rid))
-        self._db.execute(f"DELETE FROM {tables[1]} WHERE rowid = ?", (rid,))
+        self.db.execute("UPDATE docs SET prev = ? WHERE rid = ?", (before, rid))
+        self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
         if pair_text is not None:
-            self._db.execute(
-                f"INSERT INTO {tables[1]}(rowid, body) VALUES (?, ?)", (rid, pair_text)
-            )
+            self.db.execute("INSERT INTO pair(rowid, body) VALUES (?, ?)", (rid, pair_text))
 
-    def delete(self, namespace: str, memory_ids: Iterable[str]) -> None:
-        if not self._exists(namespace):
-            return
-        with self._lock:
-            tables = self._ensure(namespace)
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for mid in memory_ids:
-                    row = self._db.execute(
-                        "SELECT rid FROM docs WHERE ns = ? AND mid = ?", (namespace, mid)
-                    ).fetchone()
-                    if row is None:
-                        continue
-                    rid = int(row[0])
-                    following = self._neighbour(namespace, rid, after=True)
-                    for table in tables:
-                        self._db.execute(f"DELETE FROM {table} WHERE rowid = ?", (rid,))
-                    self._db.execute("DELETE FROM docs WHERE rid = ?", (rid,))
-                    if following is not None:
-                        self._relink(namespace, tables, following)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+    def _remove(self, rid: int) -> None:
+        following = self._neighbour(rid, after=True)
+        self.db.execute("DELETE FROM plain WHERE rowid = ?", (rid,))
+        self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
+        self.db.execute("DELETE FROM docs WHERE rid = ?", (rid,))
+        if following is not None:
+            self._relink(following)
 
-    def drop(self, namespace: str) -> None:
-        self.rebuild(namespace, [])
+    def remove(self, memory_ids: Iterable[str]) -> None:
+        """Remove memories, remembering where they stood (see ``cursor``)."""
+        now = time.time()
+        with self.transaction():
+            for mid in memory_ids:
+                row = self.db.execute(
+                    "SELECT rid, created_us FROM docs WHERE mid = ?", (mid,)
+                ).fetchone()
+                if row is None:
+                    continue
+                self._remove(int(row[0]))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO gone(mid, created_us, at) VALUES (?, ?, ?)",
+                    (mid, int(row[1]), now),
+                )
+            self.db.execute("DELETE FROM gone WHERE at < ?", (now - _GONE_KEPT,))
 
-    def rebuild(self, namespace: str, memories: Sequence[Memory]) -> None:
-        """Replace the namespace's index with ``memories``, in one transaction: a search sees
-        the old index or the new one, never a half-built one."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for table in self._names(namespace):
-                    self._db.execute(f"DROP TABLE IF EXISTS {table}")
-                self._db.execute("DELETE FROM docs WHERE ns = ?", (namespace,))
-                if memories:
-                    self._add_all({namespace: [m for m in memories if m.namespace == namespace]})
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            finally:
-                self._tables.discard(self._names(namespace)[0])
+    def replace(self, memories: Sequence[Memory]) -> None:
+        """Make the index hold exactly ``memories`` (one transaction: a reader sees the old
+        index or the new one)."""
+        with self.transaction():
+            for table in ("docs", "plain", "pair", "gone"):
+                self.db.execute(f"DELETE FROM {table}")
+            for memory in sorted(memories, key=lambda m: (m.created_at, m.id)):
+                self._put(memory)
+
+    def set_state(self, **values: Any) -> None:
+        self.db.executemany(
+            "INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", list(values.items())
+        )
 
     # -- reading -----------------------------------------------------------------------------
 
-    def count(self, namespace: str) -> int:
-        with self._lock:
-            (n,) = self._db.execute(
-                "SELECT COUNT(*) FROM docs WHERE ns = ?", (namespace,)
-            ).fetchone()
+    def state(self) -> dict[str, Any]:
+        return dict(self.db.execute("SELECT key, value FROM state").fetchall())
+
+    def count(self) -> int:
+        (n,) = self.db.execute("SELECT COUNT(*) FROM docs").fetchone()
         return int(n)
 
-    def search(self, namespace: str, text: str, limit: int) -> list[tuple[Memory, float]]:
-        """Memories of the namespace matching ``text``, best BM25 first, with their scores.
+    def ids(self) -> set[str]:
+        return {mid for (mid,) in self.db.execute("SELECT mid FROM docs")}
 
-        One statement returning one row: the calling thread gives up and takes back the GIL
-        once, not once a result row (which under load queues it behind busy threads)."""
+    def search(self, text: str, limit: int) -> list[tuple[Memory, float]]:
+        """Memories matching ``text``, best BM25 first, with their scores. One statement
+        returning one row: the calling thread gives up and takes back the GIL once, not once
+        a result row (which under load queues it behind busy threads)."""
         terms = query_terms(text)
-        if not terms or limit <= 0 or not self._exists(namespace):
+        if not terms or limit <= 0:
             return []
         match = " OR ".join(f'"{t}"' for t in terms)
-        plain, pair = self._names(namespace)
-        sql = (
-            f"WITH p AS (SELECT rowid AS rid, -bm25({plain}) AS s FROM {plain} "
-            f"WHERE {plain} MATCH :q ORDER BY bm25({plain}) LIMIT :n), "
-            f"q AS (SELECT rowid AS rid, -bm25({pair}) AS s FROM {pair} "
-            f"WHERE {pair} MATCH :q ORDER BY bm25({pair}) LIMIT :n), "
-            "m AS (SELECT rid, s FROM p UNION ALL SELECT rid, :w * s FROM q "
-            "UNION ALL SELECT d.prev, :w * q.s FROM q JOIN docs d ON d.rid = q.rid "
-            "WHERE d.prev IS NOT NULL), "
-            "best AS (SELECT rid, MAX(s) AS s FROM m GROUP BY rid "
-            "ORDER BY MAX(s) DESC, rid LIMIT :n) "
-            "SELECT json_group_array(json_array(best.s, best.rid, "
-            "json(CAST(d.payload AS TEXT)))) FROM best JOIN docs d ON d.rid = best.rid"
-        )
-        params = {"q": match, "n": limit, "w": self.pair_weight}
-        try:
-            (found,) = self._reader().execute(sql, params).fetchone()
-        except sqlite3.OperationalError as exc:
-            if "no such table" not in str(exc):
-                raise
-            self._tables.discard(plain)  # dropped since it was seen: nothing to find
-            return []
+        (found,) = self.db.execute(
+            _SEARCH, {"q": match, "n": limit, "w": self.pair_weight}
+        ).fetchone()
         rows = _DECODE_ROWS(found)
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [(memory, score) for score, _, memory in rows]
 
-    def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
-        """The indexed memories of the namespace among ``memory_ids``, by id (one statement)."""
+    def memories(self, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        """The indexed memories among ``memory_ids``, by id (one statement)."""
         if not memory_ids:
             return {}
-        (found,) = (
-            self._reader()
-            .execute(
-                "SELECT json_group_array(json(CAST(payload AS TEXT))) FROM docs "
-                "WHERE ns = ? AND mid IN (SELECT value FROM json_each(?))",
-                (namespace, _ENCODE(list(memory_ids))),
-            )
-            .fetchone()
-        )
+        (found,) = self.db.execute(
+            "SELECT json_group_array(json(CAST(payload AS TEXT))) FROM docs "
+            "WHERE mid IN (SELECT value FROM json_each(?))",
+            (_ENCODE(list(memory_ids)),),
+        ).fetchone()
         return {m.id: m for m in _DECODE_LIST(found)}
+
+    def page(self, before: tuple[int, str] | None, limit: int) -> list[Memory]:
+        """Up to ``limit`` memories, newest first (by ``records.sort_key``), that stand
+        before ``before`` in that order (all when None)."""
+        if before is None:
+            rows = self.db.execute(
+                "SELECT payload FROM docs ORDER BY created_us DESC, mid DESC LIMIT ?", (limit,)
+            )
+        else:
+            rows = self.db.execute(
+                "SELECT payload FROM docs WHERE (created_us, mid) < (?, ?) "
+                "ORDER BY created_us DESC, mid DESC LIMIT ?",
+                (before[0], before[1], limit),
+            )
+        return _DECODE_LIST(b"[" + b",".join(bytes(payload) for (payload,) in rows) + b"]")
+
+    def cursor(self, memory_id: str) -> tuple[int, str] | None:
+        """Where ``memory_id`` stands (or stood, if removed lately) in the listing."""
+        row = self.db.execute(
+            "SELECT created_us FROM docs WHERE mid = ? UNION ALL "
+            "SELECT created_us FROM gone WHERE mid = ? LIMIT 1",
+            (memory_id, memory_id),
+        ).fetchone()
+        return (int(row[0]), memory_id) if row else None
+
+    def close(self) -> None:
+        self.closed = True
+        self.db.close()
+
+
+class LexicalIndex:
+    """The folder of namespace files, at most ``max_open`` of them open at once."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        pair_gap: float = 3600.0,
+        pair_weight: float = 0.8,
+        max_open: int = 64,
+    ) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.pair_gap = pair_gap
+        self.pair_weight = pair_weight
+        self.max_open = max_open
+        self._open: OrderedDict[str, NamespaceIndex] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def path(self, namespace: str) -> Path:
+        digest = hashlib.sha256(namespace.encode()).hexdigest()[:40]
+        return self.folder / digest[:2] / f"{digest}.sqlite3"
+
+    # -- the pool ----------------------------------------------------------------------------
+
+    def _acquire(self, namespace: str, *, create: bool) -> NamespaceIndex | None:
+        with self._lock:
+            index = self._open.get(namespace)
+            if index is None:
+                path = self.path(namespace)
+                if not create and not path.exists():
+                    return None
+                index = NamespaceIndex(path, pair_gap=self.pair_gap, pair_weight=self.pair_weight)
+                self._open[namespace] = index
+            else:
+                self._open.move_to_end(namespace)
+            index.users += 1  # before evicting: the file being acquired stays open
+            self._evict()
+            return index
+
+    def _release(self, index: NamespaceIndex) -> None:
+        with self._lock:
+            index.users -= 1
+
+    def _evict(self) -> None:
+        """Close the least recently used files nobody is using, down to ``max_open``."""
+        excess = len(self._open) - self.max_open
+        for namespace, index in list(self._open.items()):
+            if excess <= 0:
+                return
+            if index.users == 0:
+                del self._open[namespace]
+                with index.lock:
+                    index.close()
+                excess -= 1
+
+    def run(self, namespace: str, work: Callable[[NamespaceIndex], T]) -> T | None:
+        """``work`` on the namespace's file, under its lock; None when the namespace has no
+        file (nothing indexed), which a read need not create."""
+        return self._run(namespace, work, create=False)
+
+    def write(self, namespace: str, work: Callable[[NamespaceIndex], T]) -> T:
+        """``work`` on the namespace's file (created if missing), under its lock."""
+        return cast("T", self._run(namespace, work, create=True))  # never None: created
+
+    def _run(
+        self, namespace: str, work: Callable[[NamespaceIndex], T], *, create: bool
+    ) -> T | None:
+        while True:
+            index = self._acquire(namespace, create=create)
+            if index is None:
+                return None
+            try:
+                with index.lock:
+                    if not index.closed:
+                        return work(index)
+            finally:
+                self._release(index)
+            # dropped while we waited for it: open the namespace again
+
+    def drop(self, namespace: str) -> None:
+        """Forget the namespace: its file is deleted."""
+        with self._lock:
+            index = self._open.pop(namespace, None)
+            if index is not None:
+                with index.lock:
+                    index.close()
+            path = self.path(namespace)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    path.with_name(path.name + suffix).unlink()
+
+    # -- namespace-level operations ----------------------------------------------------------
+
+    def add(self, memories: Sequence[Memory]) -> None:
+        """Index memories (of any namespaces); one already indexed is replaced if it changed."""
+        by_ns: dict[str, list[Memory]] = {}
+        for memory in memories:
+            by_ns.setdefault(memory.namespace, []).append(memory)
+        for namespace, items in by_ns.items():
+            self.write(namespace, functools.partial(NamespaceIndex.put, memories=items))
+
+    def delete(self, namespace: str, memory_ids: Iterable[str]) -> None:
+        wanted = list(memory_ids)
+        self.run(namespace, lambda index: index.remove(wanted))
+
+    def rebuild(self, namespace: str, memories: Sequence[Memory]) -> None:
+        """Replace the namespace's index with ``memories`` (atomically)."""
+        mine = [m for m in memories if m.namespace == namespace]
+        self.write(namespace, lambda index: index.replace(mine))
+
+    def count(self, namespace: str) -> int:
+        return self.run(namespace, NamespaceIndex.count) or 0
+
+    def state(self, namespace: str) -> dict[str, Any]:
+        return self.run(namespace, NamespaceIndex.state) or {}
+
+    def ids(self, namespace: str) -> set[str]:
+        return self.run(namespace, NamespaceIndex.ids) or set()
+
+    def search(self, namespace: str, text: str, limit: int) -> list[tuple[Memory, float]]:
+        return self.run(namespace, lambda index: index.search(text, limit)) or []
+
+    def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
+        return self.run(namespace, lambda index: index.memories(memory_ids)) or {}
+
+    def page(self, namespace: str, before: tuple[int, str] | None, limit: int) -> list[Memory]:
+        return self.run(namespace, lambda index: index.page(before, limit)) or []
+
+    def cursor(self, namespace: str, memory_id: str) -> tuple[int, str] | None:
+        return self.run(namespace, lambda index: index.cursor(memory_id))
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
-        with self._readers_lock:
-            for db in self._reader_list:
-                db.close()
-            self._reader_list.clear()
+            for index in self._open.values():
+                with index.lock:
+                    index.close()
+            self._open.clear()

@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -35,6 +36,14 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_namespace ON outbox(namespace);
 """
+
+
+class Queued(NamedTuple):
+    """A memory in the queue: its place, the memory, and when it was queued."""
+
+    seq: int
+    memory: Memory
+    enqueued_at: float
 
 
 class Outbox:
@@ -98,13 +107,13 @@ class Outbox:
                     if not queued:
                         del self._queued[namespace]
 
-    def take(self, limit: int) -> list[tuple[int, Memory]]:
+    def take(self, limit: int) -> list[Queued]:
         """The oldest ``limit`` queued memories (left queued until ``ack``)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, payload, enqueued_at FROM outbox ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
-        return [(seq, self._decoder.decode(payload)) for seq, payload in rows]
+        return [Queued(seq, self._decoder.decode(payload), at) for seq, payload, at in rows]
 
     def ack(self, seqs: Sequence[int]) -> None:
         if not seqs:
@@ -132,12 +141,21 @@ class Outbox:
             self._forget([(namespace, memory_id)])
         return cur.rowcount > 0
 
-    def purge_namespace(self, namespace: str) -> int:
+    def purge_namespace(self, namespace: str, before: float | None = None) -> int:
+        """Drop the namespace's queued memories (those queued at or before ``before``)."""
         with self._lock:
-            cur = self._db.execute("DELETE FROM outbox WHERE namespace = ?", (namespace,))
-            with self._queued_lock:
-                self._queued.pop(namespace, None)
-        return cur.rowcount
+            if before is None:
+                cur = self._db.execute("DELETE FROM outbox WHERE namespace = ?", (namespace,))
+                with self._queued_lock:
+                    self._queued.pop(namespace, None)
+                return cur.rowcount
+            gone = self._db.execute(
+                "DELETE FROM outbox WHERE namespace = ? AND enqueued_at <= ? "
+                "RETURNING namespace, id",
+                (namespace, before),
+            ).fetchall()
+            self._forget(gone)
+        return len(gone)
 
     def depth(self) -> int:
         with self._lock:
@@ -149,7 +167,7 @@ class Outbox:
             self._db.close()
 
 
-WriteBatch = Callable[[list[Memory]], Awaitable[None]]
+WriteBatch = Callable[[list[Queued]], Awaitable[None]]
 
 
 class Writer:
@@ -198,8 +216,8 @@ class Writer:
             items = await asyncio.to_thread(self.outbox.take, self.batch_size)
             if not items:
                 return 0
-            await self._write([m for _, m in items])
-            await asyncio.to_thread(self.outbox.ack, [seq for seq, _ in items])
+            await self._write(items)
+            await asyncio.to_thread(self.outbox.ack, [item.seq for item in items])
         self.written += len(items)
         return len(items)
 

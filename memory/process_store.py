@@ -27,7 +27,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -35,7 +35,7 @@ from typing import Any
 
 from memory.embedder import Vectors
 from memory.records import Hit, Memory
-from memory.store import MemoryStore, StoreUnavailable
+from memory.store import Changes, MemoryStore, NamespaceCount, StoreUnavailable
 
 log = logging.getLogger("memgate.store")
 
@@ -51,8 +51,12 @@ _CALLS = frozenset(
         "list",
         "get",
         "get_many",
+        "existing",
+        "ids",
+        "changes",
         "delete",
         "delete_namespace",
+        "erasures",
         "count",
         "namespaces",
         "ping",
@@ -333,17 +337,37 @@ class ProcessStore:
         result: builtins.list[Memory] = self._call("get_many", namespace, builtins.list(memory_ids))
         return result
 
+    def existing(self, namespace: str, memory_ids: Collection[str]) -> set[str]:
+        result: set[str] = self._call("existing", namespace, builtins.list(memory_ids))
+        return result
+
+    def ids(self, namespace: str) -> set[str]:
+        result: set[str] = self._call("ids", namespace)
+        return result
+
+    def changes(self, namespace: str, since: float | None) -> Changes:
+        result: Changes = self._call("changes", namespace, since)
+        return result
+
     def delete(self, namespace: str, memory_id: str) -> bool:
         return bool(self._call("delete", namespace, memory_id))
 
     def delete_namespace(self, namespace: str) -> int:
         return int(self._call("delete_namespace", namespace))
 
+    def erasures(self, namespaces: Collection[str]) -> dict[str, float]:
+        result: dict[str, float] = self._call("erasures", builtins.list(namespaces))
+        return result
+
     def count(self, namespace: str) -> int:
         return int(self._call("count", namespace))
 
-    def namespaces(self) -> builtins.list[str]:
-        result: builtins.list[str] = self._call("namespaces")
+    def namespaces(
+        self, *, limit: int, offset: int = 0
+    ) -> tuple[builtins.list[NamespaceCount], bool]:
+        result: tuple[builtins.list[NamespaceCount], bool] = self._call(
+            "namespaces", limit=limit, offset=offset
+        )
         return result
 
     def ping(self) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import secrets
 import time
-import uuid
 from datetime import UTC, datetime
 
 import msgspec
@@ -65,7 +65,7 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
                 # RFC 3339 timestamp with microseconds) keeps the pair in order.
                 out.append(
                     Memory(
-                        id=new_id(),
+                        id=new_id(self.created_at + offset * 1e-3),
                         namespace=self.namespace,
                         content=text,
                         role=role,
@@ -76,9 +76,40 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
         return out
 
 
-def new_id() -> str:
-    """A fresh memory id: ``mem_`` and 32 hex digits."""
-    return "mem_" + uuid.uuid4().hex
+# Memory ids carry their creation time: ``mem_``, 16 hex digits of microseconds since
+# 0001-01-01 (UTC), then 16 random hex digits whose first is 0-7. So a page cursor (the last
+# id of the previous page) still says where the page ended after that memory is deleted, on
+# any gateway. Ids made before (``mem_`` and a uuid4's 32 hex digits, whose 17th digit is 8-b)
+# carry no time.
+_EPOCH_US = 62_135_596_800_000_000  # microseconds from 0001-01-01 to 1970-01-01
+_ID_HEX = 32
+
+
+def micros(created_at: float) -> int:
+    """``created_at`` (seconds since the epoch) in whole microseconds: the listing order."""
+    return round(created_at * 1_000_000)
+
+
+def new_id(created_at: float | None = None) -> str:
+    """A fresh memory id for a memory created at ``created_at`` (default: now)."""
+    stamp = micros(time.time() if created_at is None else created_at) + _EPOCH_US
+    return f"mem_{max(stamp, 0):016x}{secrets.randbits(63):016x}"
+
+
+def id_micros(memory_id: str) -> int | None:
+    """The creation time (``micros``) an id carries, or None for an id that carries none."""
+    digits = memory_id[4:]
+    if not memory_id.startswith("mem_") or len(digits) != _ID_HEX or digits[16] not in "01234567":
+        return None
+    try:
+        return int(digits[:16], 16) - _EPOCH_US
+    except ValueError:
+        return None
+
+
+def sort_key(memory: Memory) -> tuple[int, str]:
+    """Where a memory stands in a listing: by ``(micros(created_at), id)``, newest last."""
+    return micros(memory.created_at), memory.id
 
 
 def now() -> float:

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from memory.embedder import BatchingEmbedder, Embedder, Vectors
-from memory.outbox import Outbox, Writer
+from memory.outbox import Outbox, Queued, Writer
 from memory.recall import hybrid, rank
 from memory.records import Exchange, Hit, Memory
-from memory.store import MemoryStore
+from memory.store import MemoryStore, NamespaceCount
 
 
 class RecallSettings:
@@ -117,7 +117,11 @@ class MemoryService:
 
     # -- writing -----------------------------------------------------------------------------
 
-    async def _write_batch(self, memories: builtins.list[Memory]) -> None:
+    async def _write_batch(self, items: builtins.list[Queued]) -> None:
+        items = await self._not_erased(items)
+        if not items:
+            return
+        memories = [item.memory for item in items]
         vectors = await self._vectors_for(memories)
         if len(memories) <= self._gap_batch:
             # Light traffic: a store write stalls the store's searches while it runs (embedded
@@ -125,6 +129,28 @@ class MemoryService:
             # search. A bigger batch means a backlog: it is written at once.
             await self._searches.gap()
         await asyncio.to_thread(self.store.add, memories, vectors)
+        # A namespace erased through another gateway while this batch was being written: the
+        # erasure covers what was queued before it, which this write may have brought back.
+        still = {item.seq for item in await self._not_erased(items)}
+        for item in items:
+            if item.seq not in still:
+                await asyncio.to_thread(self.store.delete, item.memory.namespace, item.memory.id)
+
+    async def _not_erased(self, items: builtins.list[Queued]) -> builtins.list[Queued]:
+        """The queued items that no erasure of their namespace (through any gateway) covers;
+        the queue forgets the others."""
+        erased = await asyncio.to_thread(
+            self.store.erasures, {item.memory.namespace for item in items}
+        )
+        if not erased:
+            return items
+        for namespace, at in erased.items():
+            await asyncio.to_thread(self.outbox.purge_namespace, namespace, at)
+        return [
+            item
+            for item in items
+            if item.enqueued_at > erased.get(item.memory.namespace, -math.inf)
+        ]
 
     async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
         return await self._embed_texts([m.content for m in memories], background=True)
@@ -281,6 +307,11 @@ class MemoryService:
 
     async def count(self, namespace: str) -> int:
         return await asyncio.to_thread(self.store.count, namespace)
+
+    async def namespaces(
+        self, *, limit: int, offset: int = 0
+    ) -> tuple[builtins.list[NamespaceCount], bool]:
+        return await asyncio.to_thread(self.store.namespaces, limit=limit, offset=offset)
 
 
 def _discard(*futures: asyncio.Future[Any] | None) -> None:

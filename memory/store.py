@@ -3,26 +3,52 @@
 Every method is blocking (callers run them in worker threads) and scoped to one namespace:
 no call ever returns or touches another namespace's data. ``StoreUnavailable`` is raised
 when the backing service cannot be reached or fails.
+
+The store is the one truth about which memories exist. Several gateway processes may share
+it (a Chroma server); what a gateway keeps locally is derived from it, and ``changes``,
+``existing`` and ``erasures`` are what keep that local data in step with the truth.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
+import msgspec
+
 from memory.embedder import Vectors
-from memory.records import Hit, Memory
+from memory.records import Hit, Memory, id_micros, sort_key
 
 
 class StoreUnavailable(Exception):
     """The store cannot serve the call right now (unreachable, failing, not open)."""
 
 
+class Changes(msgspec.Struct, frozen=True):
+    """What a namespace holds now, as far as a local copy needs to know to catch up.
+
+    ``generation`` names the namespace's current incarnation in the store (None: the store
+    holds nothing of it): it changes when the namespace is erased, so a copy made from an
+    older generation is thrown away. ``count`` is how many memories the namespace held just
+    before ``memories`` were read: the memories written at or after the ``since`` the caller
+    gave (every memory when ``since`` is None)."""
+
+    generation: str | None
+    count: int
+    memories: list[Memory]
+
+
+class NamespaceCount(msgspec.Struct, frozen=True):
+    namespace: str
+    count: int
+
+
 @runtime_checkable
 class MemoryStore(Protocol):
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
-        """Insert or replace (by id) memories with their vectors; idempotent."""
+        """Insert or replace (by id) memories with their vectors; idempotent. Each write is
+        stamped with the time it was made, which ``changes`` reads back."""
 
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
         """The ``k`` best memories of ``namespace`` for a query: nearest to ``vector`` (one
@@ -40,24 +66,73 @@ class MemoryStore(Protocol):
     def list(
         self, namespace: str, *, limit: int, after: str | None = None
     ) -> tuple[builtins.list[Memory], bool]:
-        """A page of memories, newest first, starting after the id ``after``; and has_more."""
+        """A page of memories, newest first (by ``records.sort_key``), starting after the
+        memory ``after`` (which may have been deleted since: its id still says where it stood;
+        ``CursorNotFound`` when it does not); and has_more."""
 
     def get(self, namespace: str, memory_id: str) -> Memory | None: ...
 
     def get_many(self, namespace: str, memory_ids: Sequence[str]) -> builtins.list[Memory]:
         """The memories of ``namespace`` among ``memory_ids`` (missing ones left out)."""
 
+    def existing(self, namespace: str, memory_ids: Collection[str]) -> set[str]:
+        """Which of ``memory_ids`` the namespace holds (ids only: cheaper than ``get_many``)."""
+
+    def ids(self, namespace: str) -> set[str]:
+        """Every id of the namespace (for repairing a local copy; costs the namespace)."""
+
+    def changes(self, namespace: str, since: float | None) -> Changes:
+        """The namespace's generation and count, and its memories written at or after
+        ``since`` (a write stamp, seconds since the epoch; None: all of them)."""
+
     def delete(self, namespace: str, memory_id: str) -> bool:
         """Delete one memory; False when the namespace holds no such id."""
 
     def delete_namespace(self, namespace: str) -> int:
-        """Erase every memory of the namespace; returns how many there were."""
+        """Erase every memory of the namespace; returns how many there were. The erasure is
+        recorded (``erasures``) before anything is deleted."""
+
+    def erasures(self, namespaces: Collection[str]) -> dict[str, float]:
+        """When each of ``namespaces`` that was ever erased was last erased (seconds since
+        the epoch): writes queued before that belong to what was erased."""
 
     def count(self, namespace: str) -> int: ...
 
-    def namespaces(self) -> builtins.list[str]: ...
+    def namespaces(
+        self, *, limit: int, offset: int = 0
+    ) -> tuple[builtins.list[NamespaceCount], bool]:
+        """A page of the namespaces that hold memories, with their counts; and has_more."""
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""
 
     def close(self) -> None: ...
+
+
+class CursorNotFound(LookupError):
+    """A page cursor names a memory whose place in the listing cannot be known any more."""
+
+
+def cursor_key(after: str, find: Callable[[str], Memory | None]) -> tuple[int, str]:
+    """Where the page cursor ``after`` stands in a listing: from the id itself when it carries
+    its time, else from the memory ``find`` returns; ``CursorNotFound`` otherwise."""
+    stamp = id_micros(after)
+    if stamp is not None:
+        return stamp, after
+    memory = find(after)
+    if memory is None:
+        raise CursorNotFound(after)
+    return sort_key(memory)
+
+
+def page_of(
+    memories: Iterable[Memory], *, limit: int, after: str | None
+) -> tuple[builtins.list[Memory], bool]:
+    """A page of ``memories`` (all of a namespace) for ``MemoryStore.list``: newest first,
+    after the cursor ``after``. Costs the namespace: for stores without an ordered index."""
+    everything = sorted(memories, key=sort_key, reverse=True)
+    if after is not None:
+        by_id = {m.id: m for m in everything}
+        key = cursor_key(after, by_id.get)
+        everything = [m for m in everything if sort_key(m) < key]
+    return everything[:limit], len(everything) > limit

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
 from memory.embedder import Vectors
 from memory.records import Hit, Memory
-from memory.store import StoreUnavailable
+from memory.store import Changes, NamespaceCount, StoreUnavailable, page_of
 
 _WORD = re.compile(r"\w+")
 
@@ -42,27 +44,40 @@ class FakeEmbedder:
 
 class MemStore:
     """An in-memory ``MemoryStore`` with brute-force cosine search; ``down`` simulates an
-    outage."""
+    outage. Several ``HybridStore``s over one ``MemStore`` behave like gateways sharing a
+    Chroma server."""
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, tuple[Memory, Vectors]]] = {}
+        self.stamps: dict[str, float] = {}  # memory id -> when it was last written
+        self.generations: dict[str, str] = {}
+        self.erased: dict[str, float] = {}
         self.down = False
         self.adds = 0
+        self.calls: list[str] = []
+        self._serial = itertools.count(1)
         self._lock = threading.Lock()
 
-    def _check(self) -> None:
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
         if self.down:
             raise StoreUnavailable("fake store is down")
 
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
-        self._check()
+        self._check("add")
+        stamp = time.time()
         with self._lock:
             for memory, vector in zip(memories, vectors, strict=True):
-                self.rows.setdefault(memory.namespace, {})[memory.id] = (memory, vector)
+                ns = memory.namespace
+                if ns not in self.rows:
+                    self.rows[ns] = {}
+                    self.generations[ns] = f"g{next(self._serial)}"
+                self.rows[ns][memory.id] = (memory, vector)
+                self.stamps[memory.id] = stamp
             self.adds += len(memories)
 
     def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> list[Hit]:
-        self._check()
+        self._check("search")
         rows = list(self.rows.get(namespace, {}).values())
         hits = [Hit(m, float(v @ vector), float(v @ vector)) for m, v in rows]
         return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
@@ -71,28 +86,18 @@ class MemStore:
         return [(h.memory.id, h.score) for h in self.search(namespace, vector, k)]
 
     def search_text(self, namespace: str, text: str, k: int) -> list[tuple[Memory, float]]:
-        self._check()  # no lexical index
+        self._check("search_text")  # no lexical index
         return []
 
     def list(
         self, namespace: str, *, limit: int, after: str | None = None
     ) -> tuple[list[Memory], bool]:
-        self._check()
-        ordered = sorted(
-            (m for m, _ in self.rows.get(namespace, {}).values()),
-            key=lambda m: (m.created_at, m.id),
-            reverse=True,
-        )
-        ids = [m.id for m in ordered]
-        start = 0
-        if after is not None:
-            if after not in ids:
-                return [], False
-            start = ids.index(after) + 1
-        return ordered[start : start + limit], start + limit < len(ordered)
+        self._check("list")
+        rows = self.rows.get(namespace, {}).values()
+        return page_of([m for m, _ in rows], limit=limit, after=after)
 
     def get_many(self, namespace: str, memory_ids: Sequence[str]) -> list[Memory]:
-        self._check()
+        self._check("get_many")
         rows = self.rows.get(namespace, {})
         return [rows[i][0] for i in memory_ids if i in rows]
 
@@ -100,24 +105,53 @@ class MemStore:
         found = self.get_many(namespace, [memory_id])
         return found[0] if found else None
 
+    def existing(self, namespace: str, memory_ids: Collection[str]) -> set[str]:
+        self._check("existing")
+        rows = self.rows.get(namespace, {})
+        return {i for i in memory_ids if i in rows}
+
+    def ids(self, namespace: str) -> set[str]:
+        self._check("ids")
+        return set(self.rows.get(namespace, {}))
+
+    def changes(self, namespace: str, since: float | None) -> Changes:
+        self._check("changes")
+        with self._lock:
+            rows = self.rows.get(namespace)
+            if rows is None:
+                return Changes(None, 0, [])
+            found = [
+                m for m, _ in rows.values() if since is None or self.stamps[m.id] >= since
+            ]
+            return Changes(self.generations[namespace], len(rows), found)
+
     def delete(self, namespace: str, memory_id: str) -> bool:
-        self._check()
+        self._check("delete")
         return self.rows.get(namespace, {}).pop(memory_id, None) is not None
 
     def delete_namespace(self, namespace: str) -> int:
-        self._check()
-        return len(self.rows.pop(namespace, {}))
+        self._check("delete_namespace")
+        with self._lock:
+            self.erased[namespace] = time.time()
+            self.generations.pop(namespace, None)
+            return len(self.rows.pop(namespace, {}))
+
+    def erasures(self, namespaces: Collection[str]) -> dict[str, float]:
+        self._check("erasures")
+        return {ns: self.erased[ns] for ns in namespaces if ns in self.erased}
 
     def count(self, namespace: str) -> int:
-        self._check()
+        self._check("count")
         return len(self.rows.get(namespace, {}))
 
-    def namespaces(self) -> list[str]:
-        self._check()
-        return sorted(self.rows)
+    def namespaces(self, *, limit: int, offset: int = 0) -> tuple[list[NamespaceCount], bool]:
+        self._check("namespaces")
+        names = sorted(self.rows)
+        page = [NamespaceCount(n, len(self.rows[n])) for n in names[offset : offset + limit]]
+        return page, len(names) > offset + limit
 
     def ping(self) -> None:
-        self._check()
+        self._check("ping")
 
     def close(self) -> None:
         return None
@@ -138,7 +172,7 @@ class FailingStore(MemStore):
     def ping(self) -> None:
         raise StoreUnavailable("fake store is down")
 
-    def namespaces(self) -> list[str]:
+    def namespaces(self, *, limit: int, offset: int = 0) -> tuple[list[NamespaceCount], bool]:
         raise Unpicklable("no pickle")
 
     def get_many(self, namespace: str, memory_ids: Sequence[str]) -> list[Memory]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import msgspec
@@ -14,6 +13,7 @@ from gateway.errors import BadRequest, NotFound
 from gateway.namespaces import check_namespace
 from gateway.state import GatewayState
 from memory.records import Memory, MetadataValue, from_rfc3339, new_id, now, to_rfc3339
+from memory.store import CursorNotFound
 
 MAX_CONTENT = 100_000
 
@@ -113,7 +113,7 @@ def _new_memory(namespace: str, index: int, item: NewMemory, stamp: float) -> Me
             "content must not be blank", param=f"memories[{index}].content", code="invalid_value"
         )
     return Memory(
-        id=new_id(),
+        id=new_id(created),
         namespace=namespace,
         content=item.content,
         role=item.role,
@@ -157,10 +157,19 @@ async def list_memories(
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
     after: Annotated[str | None, Parameter(max_length=200)] = None,
 ) -> MemoryList:
-    """Memories of the namespace, newest first; ``after`` is the last id of the previous page."""
-    memories, has_more = await gw.service.list(
-        _ns(gw, principal, namespace), limit=limit, after=after
-    )
+    """Memories of the namespace, newest first; ``after`` is the last id of the previous page
+    (still valid when that memory was deleted since)."""
+    try:
+        memories, has_more = await gw.service.list(
+            _ns(gw, principal, namespace), limit=limit, after=after
+        )
+    except CursorNotFound as exc:
+        raise BadRequest(
+            f"the page cursor {after!r} names no memory of this namespace (nor one deleted "
+            "lately): start again without 'after'",
+            param="after",
+            code="invalid_cursor",
+        ) from exc
     return MemoryList(data=[memory_out(m) for m in memories], has_more=has_more)
 
 
@@ -226,15 +235,24 @@ class NamespaceInfo(msgspec.Struct):
 
 class NamespaceList(msgspec.Struct):
     data: list[NamespaceInfo]
+    has_more: bool
+    next_offset: int | None
     object: str = "list"
 
 
 @get("/v1/memory/namespaces", summary="List namespaces")
-async def list_namespaces(gw: GatewayState, principal: Principal) -> NamespaceList:
-    """Every namespace that holds memories, with its count. Admin keys only."""
+async def list_namespaces(
+    gw: GatewayState,
+    principal: Principal,
+    limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Parameter(ge=0)] = 0,
+) -> NamespaceList:
+    """A page of the namespaces, in the order they were first written, with their memory
+    counts; ``next_offset`` is the ``offset`` of the next page. Admin keys only."""
     principal.require_admin()
-    names = await asyncio.to_thread(gw.service.store.namespaces)
-    counts = [await gw.service.count(n) for n in names]
+    page, has_more = await gw.service.namespaces(limit=limit, offset=offset)
     return NamespaceList(
-        data=[NamespaceInfo(namespace=n, count=c) for n, c in zip(names, counts, strict=True)]
+        data=[NamespaceInfo(namespace=n.namespace, count=n.count) for n in page],
+        has_more=has_more,
+        next_offset=offset + limit if has_more else None,
     )

@@ -2,9 +2,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import time
+
+import pytest
+
 from memory.hybrid import HybridStore
 from memory.lexical import LexicalIndex
-from memory.records import Memory
+from memory.records import Memory, new_id
+from memory.store import Changes, CursorNotFound
+from tests.conftest import wait_until
 from tests.fakes import FakeEmbedder, MemStore
 
 TEXTS = [
@@ -24,7 +30,7 @@ def memories(ns: str = "a") -> list[Memory]:
 
 def test_search_fuses_dense_and_lexical(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
-    store = HybridStore(MemStore(), LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0))
+    store = HybridStore(MemStore(), LexicalIndex(tmp_path / "index", pair_gap=0))
     items = memories()
     store.add(items, embedder.embed(TEXTS))
     query = "when does XK-4471 arrive"
@@ -41,26 +47,167 @@ def test_a_new_lexical_index_is_rebuilt_from_the_store(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
     inner.add(memories(), embedder.embed(TEXTS))  # written before the index existed
-    store = HybridStore(inner, LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0))
+    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
     assert [m.id for m, _ in store.search_text("a", "Porto", 5)] == ["m2"]
 
 
-def test_shared_store_resyncs_at_every_search(tmp_path: Path) -> None:
+def gateway(
+    inner: MemStore, folder: Path, *, interval: float = 0.0, margin: float = 0.0
+) -> HybridStore:
+    """A gateway's store over a shared store: its own local copies in ``folder``."""
+    return HybridStore(
+        inner,
+        LexicalIndex(folder, pair_gap=0),
+        shared=True,
+        sync_interval=interval,
+        sync_margin=margin,
+        repair_interval=0.0,
+    )
+
+
+def test_writes_through_another_gateway_are_caught_up(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    mine = HybridStore(inner, LexicalIndex(tmp_path / "1.sqlite3", pair_gap=0), shared=True)
-    other = HybridStore(inner, LexicalIndex(tmp_path / "2.sqlite3", pair_gap=0), shared=True)
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
     assert mine.search_text("a", "Porto", 5) == []
     other.add(memories(), embedder.embed(TEXTS))  # another gateway writes to the server
     assert [m.id for m, _ in mine.search_text("a", "Porto", 5)] == ["m2"]
-    other.delete("a", "m2")
+    assert [m.id for m in mine.list("a", limit=10)[0]] == ["m3", "m2", "m1", "m0"]
+    mine.close()
+    other.close()
+
+
+def test_a_catch_up_reads_what_changed_not_the_namespace(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    read: list[int] = []
+    changes = inner.changes
+
+    def counted(namespace: str, since: float | None) -> Changes:
+        found = changes(namespace, since)
+        read.append(len(found.memories))
+        return found
+
+    inner.changes = counted  # type: ignore[method-assign]
+    bulk = [Memory(id=f"b{i}", namespace="a", content=f"note {i}") for i in range(300)]
+    inner.add(bulk, embedder.embed([m.content for m in bulk]))
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    mine.search_text("a", "note", 5)
+    assert read == [300]  # the first look copies the namespace, once
+    time.sleep(0.01)
+    for i in range(3):
+        fresh = Memory(id=f"new{i}", namespace="a", content=f"walrus {i}")
+        other.add([fresh], embedder.embed([fresh.content]))
+        assert [m.id for m, _ in mine.search_text("a", f"walrus {i}", 1)] == [f"new{i}"]
+    assert read[1:] == [1, 1, 1]  # then only what was written since
+    mine.close()
+    other.close()
+
+
+def test_memories_deleted_through_another_gateway_are_never_returned(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    # a long interval: no catch-up happens, only the check of what the copy proposes
+    mine = gateway(inner, tmp_path / "one", interval=3600.0)
+    other = gateway(inner, tmp_path / "two", interval=3600.0)
+    other.add(memories(), embedder.embed(TEXTS))
+    assert [m.id for m, _ in mine.search_text("a", "Porto", 5)] == ["m2"]
+    assert other.delete("a", "m2") is True
     assert mine.search_text("a", "Porto", 5) == []
+    assert "m2" not in mine.lexical.ids("a")  # and the copy forgot it
+    other.delete("a", "m1")
+    page, more = mine.list("a", limit=10)
+    assert [m.id for m in page] == ["m3", "m0"]
+    assert more is False
+    mine.close()
+    other.close()
+
+
+def test_an_erasure_through_another_gateway_discards_the_copy(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    other.add(memories(), embedder.embed(TEXTS))
+    assert mine.search_text("a", "Porto", 5)
+    assert other.delete_namespace("a") == 4
+    assert mine.search_text("a", "Porto", 5) == []
+    assert mine.lexical.count("a") == 0
+    fresh = Memory(id="new", namespace="a", content="Porto again", created_at=50.0)
+    other.add([fresh], embedder.embed([fresh.content]))  # a new generation of "a"
+    assert [m.id for m, _ in mine.search_text("a", "Porto", 5)] == ["new"]
+    assert mine.lexical.ids("a") == {"new"}
+    mine.close()
+    other.close()
+
+
+def test_a_copy_that_missed_a_deletion_is_repaired(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    other.add(memories(), embedder.embed(TEXTS))
+    mine.search_text("a", "Porto", 5)
+    other.delete("a", "m0")  # no read of mine ever proposes m0 again
+    mine.search_text("a", "tea", 5)  # counts disagree once: maybe a write in flight
+    assert "m0" in mine.lexical.ids("a")
+    mine.search_text("a", "tea", 5)  # twice: repaired, in the background
+    wait_until(lambda: "m0" not in mine.lexical.ids("a"))
+    mine.close()
+    other.close()
+
+
+def test_pages_are_keyset_and_a_deleted_cursor_still_works(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    items = [
+        Memory(id=new_id(float(i)), namespace="a", content=f"note {i}", created_at=float(i))
+        for i in range(25)
+    ]
+    other.add(items, embedder.embed([m.content for m in items]))
+    newest_first = [m.id for m in reversed(items)]
+    page, more = mine.list("a", limit=10)
+    assert [m.id for m in page] == newest_first[:10] and more
+    other.delete("a", page[-1].id)  # the cursor itself goes
+    other.delete("a", newest_first[10])  # and the first memory of the next page
+    page, more = mine.list("a", limit=10, after=page[-1].id)
+    assert [m.id for m in page] == newest_first[11:21] and more
+    # a legacy id (no time in it) that the copy never saw cannot be placed
+    with pytest.raises(CursorNotFound):
+        mine.list("a", limit=10, after="m-unknown")
+    mine.close()
+    other.close()
+
+
+def test_an_export_during_deletions_sees_every_memory_that_survives(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    items = [
+        Memory(id=new_id(float(i)), namespace="a", content=f"note {i}", created_at=float(i))
+        for i in range(200)
+    ]
+    other.add(items, embedder.embed([m.content for m in items]))
+    doomed = {m.id for m in items[::3]}
+    seen: list[str] = []
+    after: str | None = None
+    while True:
+        page, more = mine.list("a", limit=7, after=after)
+        seen += [m.id for m in page]
+        for mid in list(doomed)[:5]:  # deletions land between pages
+            other.delete("a", mid)
+            doomed.discard(mid)
+        if not more:
+            break
+        after = page[-1].id
+    survivors = {mid for mid in inner.ids("a")}
+    assert survivors <= set(seen)
+    assert len(seen) == len(set(seen))
 
 
 def test_deletes_reach_both_indexes(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    store = HybridStore(inner, LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0))
+    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
     store.add(memories() + memories("b"), embedder.embed(TEXTS + TEXTS))
     assert store.delete("a", "m2") is True
     assert store.delete("a", "m2") is False
@@ -69,7 +216,7 @@ def test_deletes_reach_both_indexes(tmp_path: Path) -> None:
     assert store.delete_namespace("a") == 3
     assert store.search_text("a", "tea", 5) == []
     assert [m.id for m, _ in store.search_text("b", "tea", 5)] == ["m3"]
-    assert store.namespaces() == ["b"]
+    assert [n.namespace for n in store.namespaces(limit=10)[0]] == ["b"]
     store.close()
 
 
@@ -77,7 +224,7 @@ def test_dense_hits_come_from_the_index_or_else_the_store(tmp_path: Path) -> Non
     embedder = FakeEmbedder()
     inner = MemStore()
     inner.add(memories(), embedder.embed(TEXTS))  # not in the lexical index (yet)
-    store = HybridStore(inner, LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0))
+    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
     vector = embedder.embed(["green tea in the morning"])[0]
     from_store = store.search("a", vector, 2)
     assert from_store[0].memory.id == "m3"
@@ -97,7 +244,7 @@ def test_a_search_during_an_erase_never_brings_erased_memories_back(tmp_path: Pa
             return super().delete_namespace(namespace)
 
     embedder = FakeEmbedder()
-    store = HybridStore(SlowErase(), LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0))
+    store = HybridStore(SlowErase(), LexicalIndex(tmp_path / "index", pair_gap=0))
     store.add(memories(), embedder.embed(TEXTS))
     assert store.search_text("a", "Porto", 5)
     eraser = threading.Thread(target=store.delete_namespace, args=("a",))

@@ -21,7 +21,7 @@ def test_query_terms_drop_stopwords_and_repeats() -> None:
 
 
 def test_bm25_ranking_and_stemming(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=0)
+    index = LexicalIndex(tmp_path / "index", pair_gap=0)
     index.add(
         [
             mem("1", "I adopted two cats last year", 1),
@@ -37,7 +37,7 @@ def test_bm25_ranking_and_stemming(tmp_path: Path) -> None:
 
 
 def test_pairs_credit_the_neighbour_within_the_gap(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=60)
+    index = LexicalIndex(tmp_path / "index", pair_gap=60)
     index.add(
         [
             mem("q", "Where did you go on holiday?", 100),
@@ -52,7 +52,7 @@ def test_pairs_credit_the_neighbour_within_the_gap(tmp_path: Path) -> None:
 
 
 def test_out_of_order_inserts_and_deletes_relink(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "lex.sqlite3", pair_gap=60)
+    index = LexicalIndex(tmp_path / "index", pair_gap=60)
     index.add([mem("1", "alpha", 100), mem("3", "gamma", 120)])
     index.add([mem("2", "beta", 110)])  # lands between 1 and 3
     assert set(ids(index.search("a", "gamma", 10))) == {"3", "2"}  # (2, 3) paired now
@@ -68,7 +68,7 @@ def test_out_of_order_inserts_and_deletes_relink(tmp_path: Path) -> None:
 
 
 def test_namespaces_are_separate(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "lex.sqlite3")
+    index = LexicalIndex(tmp_path / "index")
     index.add([mem("x", "secret walrus", 1, ns="a"), mem("y", "open walrus", 1, ns="b")])
     assert ids(index.search("a", "walrus", 10)) == ["x"]
     assert ids(index.search("b", "walrus", 10)) == ["y"]
@@ -81,15 +81,69 @@ def test_reciprocal_rank_fusion() -> None:
     assert max(fused, key=fused.__getitem__) == "c"
 
 
-def test_tables_dropped_behind_a_cached_view_do_not_break_search_or_add(tmp_path: Path) -> None:
-    one = LexicalIndex(tmp_path / "lex.sqlite3")
-    other = LexicalIndex(tmp_path / "lex.sqlite3")  # e.g. another thread's view of the file
-    one.add([mem("1", "walrus facts", 1)])
-    assert ids(one.search("a", "walrus", 5)) == ["1"]  # ``one`` now knows the tables
-    other.drop("a")
-    assert one.search("a", "walrus", 5) == []  # no "no such table"
-    one.add([mem("2", "walrus again", 2)])  # the tables are made anew
-    assert ids(one.search("a", "walrus", 5)) == ["2"]
-    other.rebuild("a", [mem("3", "walrus three", 3), mem("x", "walrus elsewhere", 3, "b")])
-    assert ids(one.search("a", "walrus", 5)) == ["3"]
-    assert one.search("b", "walrus", 5) == []  # a rebuild touches its own namespace only
+def test_at_most_max_open_files_are_open_and_closed_ones_reopen(tmp_path: Path) -> None:
+    index = LexicalIndex(tmp_path / "index", max_open=2)
+    for n in range(6):
+        index.add([mem(f"{n}", f"walrus number {n}", 1, ns=f"ns{n}")])
+    assert len(index._open) == 2
+    for n in range(6):  # each file opens again when used
+        assert ids(index.search(f"ns{n}", "walrus", 5)) == [f"{n}"]
+    assert len(index._open) == 2
+    assert len(list((tmp_path / "index").rglob("*.sqlite3"))) == 6
+    index.drop("ns0")
+    assert index.search("ns0", "walrus", 5) == []
+    assert len(list((tmp_path / "index").rglob("*.sqlite3"))) == 5
+    index.close()
+
+
+def test_a_file_in_use_is_not_closed_and_a_dropped_one_is_reopened(tmp_path: Path) -> None:
+    import threading
+
+    index = LexicalIndex(tmp_path / "index", max_open=1)
+    index.add([mem("1", "walrus", 1)])
+    started, release = threading.Event(), threading.Event()
+
+    def slow(ix: object) -> int:
+        started.set()
+        release.wait(5)
+        return 1
+
+    worker = threading.Thread(target=index.write, args=("a", slow))
+    worker.start()
+    assert started.wait(5)
+    index.add([mem("2", "other", 1, ns="b")])  # over max_open: "a" is in use, so it stays
+    assert "a" in index._open
+    dropper = threading.Thread(target=index.drop, args=("a",))
+    dropper.start()
+    release.set()
+    worker.join(5)
+    dropper.join(5)
+    assert index.count("a") == 0
+    index.add([mem("3", "walrus again", 2)])  # a new file
+    assert ids(index.search("a", "walrus", 5)) == ["3"]
+    index.close()
+
+
+def test_pages_newest_first_and_the_place_of_removed_memories(tmp_path: Path) -> None:
+    index = LexicalIndex(tmp_path / "index")
+    index.add([mem(f"m{i}", f"text {i}", float(i)) for i in range(5)])
+    index.add([mem("tie", "same time as m4", 4.0)])
+    first = index.page("a", None, 3)
+    assert [m.id for m in first] == ["tie", "m4", "m3"]  # equal times: by id, descending
+    cursor = index.cursor("a", "m3")
+    assert cursor == (3_000_000, "m3")
+    index.delete("a", ["m3"])
+    assert index.cursor("a", "m3") == cursor  # removed, but its place is remembered
+    assert [m.id for m in index.page("a", cursor, 10)] == ["m2", "m1", "m0"]
+    assert index.cursor("a", "never") is None
+    index.close()
+
+
+def test_a_changed_memory_replaces_its_old_version(tmp_path: Path) -> None:
+    index = LexicalIndex(tmp_path / "index")
+    index.add([mem("1", "walrus", 1)])
+    index.add([mem("1", "narwhal", 1)])
+    assert index.count("a") == 1
+    assert index.search("a", "walrus", 5) == []
+    assert ids(index.search("a", "narwhal", 5)) == ["1"]
+    index.close()

@@ -26,13 +26,14 @@ def test_outbox_is_a_durable_fifo(tmp_path: Path) -> None:
     assert box.depth() == 3
     assert [m.id for m in box.pending("a")] == ["1", "3"]
     taken = box.take(2)
-    assert [m.id for _, m in taken] == ["1", "2"]
+    assert [item.memory.id for item in taken] == ["1", "2"]
+    assert all(item.enqueued_at > 0 for item in taken)
     box.close()
     reopened = Outbox(tmp_path / "q.sqlite3")  # survives a restart
     assert reopened.depth() == 3
     assert [m.id for m in reopened.pending("a")] == ["1", "3"]
-    reopened.ack([seq for seq, _ in reopened.take(2)])
-    assert [m.id for _, m in reopened.take(10)] == ["3"]
+    reopened.ack([item.seq for item in reopened.take(2)])
+    assert [item.memory.id for item in reopened.take(10)] == ["3"]
     assert [m.id for m in reopened.pending("a")] == ["3"]
     assert reopened.pending("b") == []
     assert reopened.remove("a", "3") is True

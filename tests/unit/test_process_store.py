@@ -12,7 +12,7 @@ import pytest
 
 from memory.process_store import ProcessStore
 from memory.records import Memory
-from memory.store import StoreUnavailable
+from memory.store import Changes, CursorNotFound, NamespaceCount, StoreUnavailable
 from tests.fakes import FailingStore, FakeEmbedder, MemStore, broken_store
 
 
@@ -42,15 +42,24 @@ def test_every_call_crosses_to_the_child_and_back(store: ProcessStore) -> None:
     assert [h.memory for h in hits] == [memories[0]]
     assert store.search_text("a", "cat", 5) == []
     assert store.count("a") == 2
-    assert store.namespaces() == ["a"]
+    assert store.namespaces(limit=10) == ([NamespaceCount("a", 2)], False)
     page, more = store.list("a", limit=1)
     assert page == [memories[1]]
     assert more is True
     assert store.get("a", "22") == memories[1]
     assert store.get_many("a", ["1", "nope"]) == [memories[0]]
+    assert store.existing("a", ["1", "nope"]) == {"1"}
+    assert store.ids("a") == {"1", "22"}
+    changes = store.changes("a", None)
+    assert (changes.count, sorted(m.id for m in changes.memories)) == (2, ["1", "22"])
+    assert store.changes("a", time.time() + 60).memories == []
+    assert store.changes("nothing", None) == Changes(None, 0, [])
+    with pytest.raises(CursorNotFound):  # an exception of ours crosses too
+        store.list("a", limit=1, after="unknown")
     assert store.delete("a", "1") is True
     assert store.delete("a", "1") is False
     assert store.delete_namespace("a") == 1
+    assert set(store.erasures(["a", "b"])) == {"a"}
     store.ping()
 
 
@@ -86,7 +95,7 @@ def test_errors_come_back_to_the_caller(tmp_path: Path) -> None:
             store.ping()
         # an exception that cannot be pickled arrives as StoreUnavailable naming it
         with pytest.raises(StoreUnavailable, match="Unpicklable: no pickle"):
-            store.namespaces()
+            store.namespaces(limit=10)
         with pytest.raises(StoreUnavailable, match="get_many"):  # not a hang
             store.get_many("a", ["x"])
         assert store.count("a") == 0  # and the child still serves
