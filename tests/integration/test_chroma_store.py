@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from memory.chroma import ChromaStore
 from memory.embedder import SentenceTransformerEmbedder
 from memory.records import Memory
+from memory.store import Changes
 from tests.processes import ChromaServer
 
 pytestmark = pytest.mark.slow
@@ -54,7 +56,22 @@ def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder)
     store.add(a[:1], minilm.embed([a[0].content]))  # upsert: no duplicate
     assert store.count("ns:a@x") == 5
     assert store.count("nobody") == 0
-    assert store.namespaces() == ["ns-b", "ns:a@x"]
+    page_ns, more_ns = store.namespaces(limit=10)
+    assert sorted((n.namespace, n.count) for n in page_ns) == [("ns-b", 5), ("ns:a@x", 5)]
+    assert more_ns is False
+    first, more_ns = store.namespaces(limit=1)
+    second, _ = store.namespaces(limit=1, offset=1)
+    assert more_ns and {first[0].namespace, second[0].namespace} == {"ns-b", "ns:a@x"}
+
+    changes = store.changes("ns:a@x", None)
+    assert changes.count == 5 and changes.generation is not None
+    assert sorted(m.id for m in changes.memories) == sorted(m.id for m in a)
+    later = store.changes("ns:a@x", time.time() + 1)
+    assert (later.generation, later.count, later.memories) == (changes.generation, 5, [])
+    assert store.changes("nobody", None) == Changes(None, 0, [])
+    assert store.existing("ns:a@x", ["ns:a@x-1", "ns-b-1", "nope"]) == {"ns:a@x-1"}
+    assert store.ids("ns-b") == {m.id for m in b}
+    assert store.erasures(["ns:a@x"]) == {}
 
     hits = store.search("ns:a@x", minilm.embed(["which city do I live in?"])[0], 3)
     assert hits[0].memory == a[0]
@@ -78,12 +95,57 @@ def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder)
     assert store.get("ns:a@x", "ns:a@x-1") is None
     assert store.count("ns:a@x") == 4
 
+    before = time.time()
     assert store.delete_namespace("ns:a@x") == 4
+    assert store.erasures(["ns:a@x", "ns-b"])["ns:a@x"] >= before - 1
+    assert set(store.erasures(["ns:a@x", "ns-b"])) == {"ns:a@x"}
     assert store.count("ns:a@x") == 0
+    assert store.changes("ns:a@x", None).generation is None
+    store.add(a[:1], minilm.embed([a[0].content]))  # written again: a new generation
+    assert store.changes("ns:a@x", None).generation not in (None, changes.generation)
+    store.delete_namespace("ns:a@x")
     assert store.search("ns:a@x", minilm.embed(["Lisbon"])[0], 5) == []
     assert store.list("ns:a@x", limit=10) == ([], False)
     assert store.count("ns-b") == 5
     store.ping()
+
+
+def test_a_bounded_vector_cache_loses_nothing(
+    tmp_path: Path, minilm: SentenceTransformerEmbedder
+) -> None:
+    """Chroma 1.5.9 drops vectors of an evicted HNSW index that were not saved yet: with every
+    write saved, 40 namespaces through a cache of 4 still find all their memories; so do
+    collections made the old way (saved every 1,000 writes) once reopened."""
+    import chromadb
+    from chromadb.config import Settings as ChromaSettings
+
+    vectors = minilm.embed(TEXTS)
+    old = chromadb.PersistentClient(
+        path=str(tmp_path / "chroma"), settings=ChromaSettings(anonymized_telemetry=False)
+    )
+    from memory.chroma import collection_name
+
+    for n in range(20):  # the old layout: default sync threshold, one write at a time
+        col = old.get_or_create_collection(
+            collection_name("mg-", f"old{n}"),
+            metadata={"memgate_namespace": f"old{n}"},
+            configuration={"hnsw": {"space": "cosine"}},
+            embedding_function=None,
+        )
+        for i in range(3):
+            col.upsert(ids=[f"old{n}-{i}"], embeddings=vectors[i : i + 1], documents=[TEXTS[i]])
+        col.query(query_embeddings=vectors[:1], n_results=1)
+    del old
+    chromadb.api.client.SharedSystemClient.clear_system_cache()
+    store = ChromaStore(path=tmp_path / "chroma", vector_cache=4)
+    for n in range(20):
+        for i in range(3):  # one write at a time, as the chat's writer makes them
+            store.add([make(f"new{n}", i, TEXTS[i])], vectors[i : i + 1])
+    for _ in range(2):
+        for name in [f"old{n}" for n in range(20)] + [f"new{n}" for n in range(20)]:
+            found = store.nearest(name, vectors[2], 3)
+            assert len(found) == 3, name
+            assert found[0][0].endswith("-2"), name
 
 
 def test_store_survives_reopen(tmp_path: Path, minilm: SentenceTransformerEmbedder) -> None:
