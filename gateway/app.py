@@ -163,6 +163,7 @@ def create_app(
             writer_coalesce=settings.queue.coalesce_ms / 1000.0,
             embed_batch=settings.embedder.max_batch,
             embed_concurrency=settings.embedder.concurrency,
+            shared=bool(settings.store.chroma_url),
         )
         router = Router(
             [

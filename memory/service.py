@@ -96,12 +96,16 @@ class MemoryService:
         embed_concurrency: int = 1,
         vector_cache: int = 4096,
         gap_batch: int = 16,
+        shared: bool = False,
     ) -> None:
+        """``shared``: other gateways write to ``store`` too (a Chroma server), and may erase
+        namespaces this one holds queued writes of."""
         self.store = store
         self.embedder = BatchingEmbedder(
             embedder, max_batch=embed_batch, concurrency=embed_concurrency
         )
         self.outbox = outbox
+        self.shared = shared
         self.settings = recall or RecallSettings()
         self.writer = Writer(
             outbox, self._write_batch, batch_size=writer_batch, coalesce=writer_coalesce
@@ -136,9 +140,24 @@ class MemoryService:
             if item.seq not in still:
                 await asyncio.to_thread(self.store.delete, item.memory.namespace, item.memory.id)
 
+    async def _unerased(
+        self, namespace: str, pending: builtins.list[Memory]
+    ) -> builtins.list[Memory]:
+        """The namespace's queued memories that no erasure through another gateway covers
+        (the queue forgets the others)."""
+        erased = await asyncio.to_thread(self.store.erasures, [namespace])
+        if namespace not in erased:
+            return pending
+        await asyncio.to_thread(self.outbox.purge_namespace, namespace, erased[namespace])
+        still = {m.id for m in self.outbox.pending(namespace)}
+        return [m for m in pending if m.id in still]
+
     async def _not_erased(self, items: builtins.list[Queued]) -> builtins.list[Queued]:
         """The queued items that no erasure of their namespace (through any gateway) covers;
-        the queue forgets the others."""
+        the queue forgets the others. Alone on its store, a gateway makes every erasure
+        itself (and empties its queue of it then): nothing to ask."""
+        if not self.shared:
+            return items
         erased = await asyncio.to_thread(
             self.store.erasures, {item.memory.namespace for item in items}
         )
@@ -256,10 +275,13 @@ class MemoryService:
         )
         embedding = asyncio.ensure_future(self._collect([query], query_at))
         queued: asyncio.Future[Vectors] | None = None
+        erasure: asyncio.Future[builtins.list[Memory]] | None = None
         try:
             pending = self.outbox.pending(namespace)
             if pending:
                 queued = asyncio.ensure_future(self._embed_texts([m.content for m in pending]))
+                if self.shared:  # erased through another gateway since they were queued?
+                    erasure = asyncio.ensure_future(self._unerased(namespace, pending))
             query_vec = (await embedding)[0]
             with self._searches.searching():
                 dense = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates)
@@ -267,9 +289,14 @@ class MemoryService:
             hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
             if queued is not None:
                 cosines = (await queued) @ query_vec
-                hits.extend(_pending_hits(hits, pending, cosines))
+                keep = {m.id for m in await erasure} if erasure is not None else None
+                hits.extend(
+                    hit
+                    for hit in _pending_hits(hits, pending, cosines)
+                    if keep is None or hit.memory.id in keep
+                )
         finally:
-            _discard(lexical, embedding, queued)
+            _discard(lexical, embedding, queued, erasure)
         return rank(
             hits,
             floor=self.settings.floor,
