@@ -37,6 +37,7 @@ from gateway.routes.ui import ui
 from gateway.state import GatewayState, get_gateway, get_principal
 from gateway.telemetry import Metrics, telemetry_middleware
 from gateway.upstream import Router, Upstream
+from memory.datadir import HOSTNAME, DataDir, orphans
 from memory.embedder import Embedder
 from memory.outbox import Outbox
 from memory.service import MemoryService
@@ -104,6 +105,31 @@ def open_chroma_store(settings: Settings) -> MemoryStore:
     )
 
 
+def adopt_orphans(settings: Settings, outbox: Outbox) -> int:
+    """Move the queued writes of replaced gateways (sibling ``{hostname}`` data dirs nobody
+    holds) into this gateway's queue; how many moved."""
+    moved = 0
+    with orphans(settings.store.data_dir, settings.data_dir) as queues:
+        for queue in queues:
+            count = outbox.adopt(queue)
+            if count:
+                log.warning("adopted %d queued writes of a gone gateway from %s", count, queue)
+            moved += count
+    return moved
+
+
+async def keep_adopting(settings: Settings, service: MemoryService, every: float = 60.0) -> None:
+    """Look for replaced gateways' queues now and then (a replica may stop after this one
+    started)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if await asyncio.to_thread(adopt_orphans, settings, service.outbox):
+                service.writer.notify()
+        except Exception as exc:
+            log.warning("could not adopt the queues of gone gateways: %s", exc)
+
+
 def open_embedder(settings: Settings) -> Embedder:
     from memory.embedder import OnnxEmbedder, SentenceTransformerEmbedder
 
@@ -132,7 +158,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        opened_store = store if store is not None else await asyncio.to_thread(open_store, settings)
+        data_dir = DataDir(settings.data_dir)
+        if outbox_path is None:
+            await asyncio.to_thread(data_dir.claim)  # DataDirInUse: a clear stop
+        try:
+            opened_store = (
+                store if store is not None else await asyncio.to_thread(open_store, settings)
+            )
+        except BaseException:
+            data_dir.release()
+            raise
         try:
             loaded = (
                 embedder
@@ -142,9 +177,11 @@ def create_app(
             outbox = await asyncio.to_thread(
                 Outbox, outbox_path or settings.data_dir / "outbox.sqlite3"
             )
+            adopted = await asyncio.to_thread(adopt_orphans, settings, outbox)
         except BaseException:
             if store is None:  # ours: do not leave a store process behind
                 await asyncio.to_thread(opened_store.close)
+            data_dir.release()
             raise
         recall = settings.recall
         service = MemoryService(
@@ -189,24 +226,34 @@ def create_app(
         app.state["gateway"] = gw
         queued = await asyncio.to_thread(outbox.depth)
         service.writer.start()
+        adopting = (
+            asyncio.create_task(keep_adopting(settings, service), name="memgate-adopt")
+            if HOSTNAME in settings.store.data_dir
+            else None
+        )
         log.info(
-            "memgate ready on http://%s:%d (store: %s, upstream: %s, queued writes replayed: %d)",
+            "memgate ready on http://%s:%d (store: %s, upstream: %s, queued writes replayed: %d"
+            "%s)",
             settings.server.host,
             settings.server.port,
             settings.store.chroma_url or settings.data_dir / "chroma",
             settings.upstream.url,
             queued,
+            f", of them adopted from replaced gateways: {adopted}" if adopted else "",
         )
         try:
             yield
         finally:
             gw.ready = False
+            if adopting is not None:
+                adopting.cancel()
             await service.writer.stop(settings.server.shutdown_flush_seconds)
             service.embedder.close()
             await router.aclose()
             await asyncio.to_thread(outbox.close)
             if store is None:
                 await asyncio.to_thread(opened_store.close)
+            data_dir.release()
             log.info("memgate stopped")
 
     return Litestar(
@@ -229,7 +276,7 @@ def create_app(
         ],
         dependencies={
             "gw": Provide(get_gateway, sync_to_thread=False),
-            "principal": Provide(get_principal, sync_to_thread=False),
+            "principal": Provide(get_principal),
         },
         exception_handlers={Exception: error_response},
         middleware=[telemetry_middleware(metrics)],

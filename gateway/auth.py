@@ -11,14 +11,22 @@ loopback unless told otherwise).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gateway.config import KeySettings, Settings
 from gateway.errors import Forbidden, RateLimited, Unauthorized
+
+if TYPE_CHECKING:
+    from limits import RateLimitItem
+
+log = logging.getLogger("memgate.auth")
 
 
 @dataclass(frozen=True)
@@ -61,11 +69,17 @@ OPEN = Principal(name="anonymous")
 
 
 class RateLimiter:
-    """Token buckets, one per caller: ``per_minute`` requests a minute, bursts up to that."""
+    """Token buckets in this process, one per caller: ``per_minute`` requests a minute, bursts
+    up to that. With several gateway processes each allows that much: ``SharedRateLimiter``
+    counts for the fleet."""
 
-    def __init__(self) -> None:
-        self._buckets: dict[str, tuple[float, float]] = {}
+    def __init__(self, *, max_callers: int = 100_000) -> None:
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
+        self._max_callers = max_callers
+
+    async def acheck(self, who: str, per_minute: int) -> None:
+        self.check(who, per_minute)
 
     def check(self, who: str, per_minute: int, now: float | None = None) -> None:
         if per_minute <= 0:
@@ -73,7 +87,9 @@ class RateLimiter:
         now = time.monotonic() if now is None else now
         rate = per_minute / 60.0
         with self._lock:
-            tokens, last = self._buckets.get(who, (float(per_minute), now))
+            if who not in self._buckets and len(self._buckets) >= self._max_callers:
+                self._buckets.popitem(last=False)  # the least recently seen caller: refilled
+            tokens, last = self._buckets.pop(who, (float(per_minute), now))
             tokens = min(float(per_minute), tokens + (now - last) * rate)
             if tokens < 1.0:
                 self._buckets[who] = (tokens, now)
@@ -83,6 +99,49 @@ class RateLimiter:
                     headers={"retry-after": str(wait)},
                 )
             self._buckets[who] = (tokens - 1.0, now)
+
+
+class SharedRateLimiter:
+    """Rate limits counted in Redis for every gateway process that uses the same one: a
+    moving window of one minute a caller (``limits``' moving-window strategy, whose log of
+    hits lives in a Redis sorted set). If Redis cannot be reached the request is let through
+    and the failure logged (at most once a minute): limits are a guard, not a dependency."""
+
+    def __init__(self, uri: str, *, key_prefix: str = "memgate") -> None:
+        from limits.aio.storage import RedisStorage
+        from limits.aio.strategies import MovingWindowRateLimiter
+
+        self.uri = uri
+        self._storage = RedisStorage(
+            uri, implementation="redispy", key_prefix=key_prefix, wrap_exceptions=True
+        )
+        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._items: dict[int, RateLimitItem] = {}
+        self._warned = -math.inf
+
+    async def acheck(self, who: str, per_minute: int) -> None:
+        if per_minute <= 0:
+            return
+        from limits import RateLimitItemPerMinute
+        from limits.errors import StorageError
+
+        item = self._items.get(per_minute)
+        if item is None:
+            item = self._items[per_minute] = RateLimitItemPerMinute(per_minute)
+        try:
+            if await self._limiter.hit(item, who):
+                return
+            stats = await self._limiter.get_window_stats(item, who)
+        except StorageError as exc:
+            if time.monotonic() - self._warned > 60:
+                self._warned = time.monotonic()
+                log.warning("rate limit store %s unreachable, not limiting: %s", self.uri, exc)
+            return
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(
+            f"rate limit of {per_minute} requests a minute reached; retry in {wait} s",
+            headers={"retry-after": str(wait)},
+        )
 
 
 def presented_key(headers: Mapping[str, str]) -> tuple[str | None, bool]:
@@ -101,15 +160,18 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self._by_hash: dict[str, KeySettings] = {k.key_sha256: k for k in settings.keys}
         self._default_rpm = settings.auth.requests_per_minute
-        self.limiter = RateLimiter()
+        uri = settings.auth.rate_limit_storage
+        self.limiter: RateLimiter | SharedRateLimiter = (
+            SharedRateLimiter(uri) if uri else RateLimiter()
+        )
 
     @property
     def enabled(self) -> bool:
         return bool(self._by_hash)
 
-    def authenticate(self, headers: Mapping[str, str], client: str) -> Principal:
+    async def authenticate(self, headers: Mapping[str, str], client: str) -> Principal:
         if not self.enabled:
-            self.limiter.check(f"addr:{client}", self._default_rpm)
+            await self.limiter.acheck(f"addr:{client}", self._default_rpm)
             return OPEN
         key, via_authorization = presented_key(headers)
         if key is None:
@@ -120,7 +182,7 @@ class Authenticator:
         if found is None:
             raise Unauthorized("incorrect API key provided")
         rpm = found.requests_per_minute if found.requests_per_minute >= 0 else self._default_rpm
-        self.limiter.check(f"key:{found.name}", rpm)
+        await self.limiter.acheck(f"key:{found.name}", rpm)
         return Principal(
             name=found.name,
             namespaces=found.namespaces,

@@ -84,6 +84,9 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     allow_unauthenticated_remote: bool = False
     # Requests a minute per key (per client address when no keys are configured); 0: no limit.
     requests_per_minute: int = 0
+    # Where rate limits are counted: empty, in each gateway process; "redis://host:6379/0",
+    # in Redis, for every gateway that uses the same one.
+    rate_limit_storage: str = ""
 
 
 class KeySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -123,7 +126,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     @property
     def data_dir(self) -> Path:
-        return Path(self.store.data_dir)
+        """This gateway's data dir (``{hostname}`` in ``store.data_dir`` made this host's)."""
+        from memory.datadir import resolve
+
+        return resolve(self.store.data_dir)
 
 
 class ConfigError(Exception):

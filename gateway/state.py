@@ -49,8 +49,8 @@ def get_gateway(request: Request) -> GatewayState:  # type: ignore[type-arg]
     return gw
 
 
-def get_principal(request: Request) -> Principal:  # type: ignore[type-arg]
+async def get_principal(request: Request) -> Principal:  # type: ignore[type-arg]
     """Authenticate the caller (401 without a valid key, 429 over its rate limit)."""
     gw = get_gateway(request)
     client = request.client.host if request.client else ""
-    return gw.auth.authenticate(request.headers, client)
+    return await gw.auth.authenticate(request.headers, client)

@@ -69,11 +69,15 @@ class Outbox:
         for (payload,) in self._db.execute("SELECT payload FROM outbox ORDER BY seq"):
             self._remember([self._decoder.decode(payload)])
 
-    def put(self, memories: Sequence[Memory]) -> None:
-        """Commit memories to the queue (one transaction)."""
+    def put(self, memories: Sequence[Memory], enqueued_at: Sequence[float] = ()) -> None:
+        """Commit memories to the queue (one transaction), queued now or at ``enqueued_at``."""
         if not memories:
             return
-        rows = [(m.id, m.namespace, self._encoder.encode(m), time.time()) for m in memories]
+        at = list(enqueued_at) or [time.time()] * len(memories)
+        rows = [
+            (m.id, m.namespace, self._encoder.encode(m), t)
+            for m, t in zip(memories, at, strict=True)
+        ]
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -156,6 +160,23 @@ class Outbox:
             ).fetchall()
             self._forget(gone)
         return len(gone)
+
+    def adopt(self, queue: Path) -> int:
+        """Move what another gateway's queue file holds into this queue (ids and queue times
+        kept: a memory already written, or moved twice, is not duplicated), then delete the
+        file. Returns how many memories moved."""
+        other = Outbox(queue)
+        moved = 0
+        try:
+            while items := other.take(1000):
+                self.put([i.memory for i in items], [i.enqueued_at for i in items])
+                other.ack([i.seq for i in items])
+                moved += len(items)
+        finally:
+            other.close()
+        for suffix in ("", "-wal", "-shm"):
+            queue.with_name(queue.name + suffix).unlink(missing_ok=True)
+        return moved
 
     def depth(self) -> int:
         with self._lock:

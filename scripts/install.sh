@@ -2,7 +2,8 @@
 # Install memgate into ./.venv: the pinned CPU build of torch first (an open requirement could
 # pull a multi-GB CUDA build), then the project. Pass "test" to add the test tools: the Python
 # test extras, Debian's chromium (for the inspector page test; never a browser download) and
-# the Node SDK test's pinned packages.
+# redis-server (the fleet rate-limit test starts its own on loopback), and the Node SDK
+# test's pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
@@ -19,6 +20,7 @@ if [ "${1:-}" = "test" ]; then
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # fleet rate limits
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "$(id -u)" != 0 ]; then
             echo "install Debian's ${missing[*]} (apt-get install ${missing[*]})" >&2

@@ -120,9 +120,7 @@ class MemStore:
             rows = self.rows.get(namespace)
             if rows is None:
                 return Changes(None, 0, [])
-            found = [
-                m for m, _ in rows.values() if since is None or self.stamps[m.id] >= since
-            ]
+            found = [m for m, _ in rows.values() if since is None or self.stamps[m.id] >= since]
             return Changes(self.generations[namespace], len(rows), found)
 
     def delete(self, namespace: str, memory_id: str) -> bool:

@@ -4,6 +4,7 @@ through the others, in their searches and in what their memory chats send upstre
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -158,7 +159,8 @@ def test_an_erasure_through_one_gateway_is_honoured_by_all(
     wait_until(drained, timeout=15)
     remaining = httpx.get(f"{a.url}/v1/memory/memories", params={"namespace": ns}).json()["data"]
     texts = {m["content"] for m in remaining}
-    assert not texts & {"Remember that my locker code is 4471", "Also remember that my bike is blue"}
+    queued_before = {"Remember that my locker code is 4471", "Also remember that my bike is blue"}
+    assert not texts & queued_before
 
 
 def test_paging_through_one_gateway_while_another_deletes_is_exact(
@@ -185,9 +187,9 @@ def test_paging_through_one_gateway_while_another_deletes_is_exact(
         if not page["has_more"]:
             break
         after = page["data"][-1]["id"]
-    left = httpx.get(
-        f"{a.url}/v1/memory/memories", params={"namespace": ns, "limit": 100}
-    ).json()["data"]
+    left = httpx.get(f"{a.url}/v1/memory/memories", params={"namespace": ns, "limit": 100}).json()[
+        "data"
+    ]
     assert {m["id"] for m in left} <= set(seen)  # nothing that survived was skipped
     assert len(seen) == len(set(seen))
 
@@ -210,7 +212,8 @@ def test_many_namespaces_cost_a_bounded_number_of_files(
             add(gw, name, f"{name} likes the colour number {name[5:]}", "An unrelated remark")
         for name in names:
             hits = search(gw, name, f"what colour does {name} like?", k=1)
-            assert hits and hits[0]["content"].startswith(name + " "), name
+            assert hits, name
+            assert hits[0]["content"].startswith(name + " "), name
         hnsw = open_files(store_child(gw), "header.bin")
         local = open_files(gw.process.pid, ".sqlite3")
         # unbounded, these would be 240 (one a namespace used)
@@ -231,10 +234,8 @@ def open_files(pid: int, suffix: str) -> int:
     """How many of the process's open files have names ending with ``suffix``."""
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile
             count += fd.readlink().name.endswith(suffix)
-        except OSError:  # closed meanwhile
-            pass
     return count
 
 

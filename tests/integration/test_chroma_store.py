@@ -61,10 +61,12 @@ def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder)
     assert more_ns is False
     first, more_ns = store.namespaces(limit=1)
     second, _ = store.namespaces(limit=1, offset=1)
-    assert more_ns and {first[0].namespace, second[0].namespace} == {"ns-b", "ns:a@x"}
+    assert more_ns
+    assert {first[0].namespace, second[0].namespace} == {"ns-b", "ns:a@x"}
 
     changes = store.changes("ns:a@x", None)
-    assert changes.count == 5 and changes.generation is not None
+    assert changes.count == 5
+    assert changes.generation is not None
     assert sorted(m.id for m in changes.memories) == sorted(m.id for m in a)
     later = store.changes("ns:a@x", time.time() + 1)
     assert (later.generation, later.count, later.memories) == (changes.generation, 5, [])

@@ -167,6 +167,41 @@ def test_rate_limit_is_429_with_retry_after(tmp_path: Path) -> None:
         assert int(r.headers["retry-after"]) >= 1
 
 
+def test_rate_limits_counted_in_redis_hold_for_the_whole_fleet(tmp_path: Path) -> None:
+    """Two gateways (apps) sharing one Redis allow the key's rate once, not once each; with
+    Redis gone, requests go through (and it is logged)."""
+    from tests.processes import RedisServer
+
+    redis = RedisServer().start()
+    try:
+        keys = (
+            KeySettings(name="slow", key_sha256=key_hash("ks"), admin=True, requests_per_minute=4),
+        )
+        apps = [
+            AppHarness(tmp_path / name, keys=keys, auth={"rate_limit_storage": redis.url})
+            for name in ("one", "two")
+        ]
+        for h in apps:
+            h.upstream.post("/chat/completions").mock(
+                return_value=httpx.Response(200, json=completion("ok"))
+            )
+        with apps[0].client() as one, apps[1].client() as two:
+            codes = [
+                c.post("/v1/chat/completions", json=CHAT, headers=bearer("ks")).status_code
+                for c in (one, two, one, two, one, two)
+            ]
+            assert codes == [200, 200, 200, 200, 429, 429]
+            r = two.post("/v1/chat/completions", json=CHAT, headers=bearer("ks"))
+            assert_openai_error(r, 429)
+            assert 1 <= int(r.headers["retry-after"]) <= 60
+            redis.stop()
+            assert (
+                one.post("/v1/chat/completions", json=CHAT, headers=bearer("ks")).status_code == 200
+            )
+    finally:
+        redis.stop()
+
+
 def test_rate_limiter_refills() -> None:
     limiter = RateLimiter()
     for _ in range(2):

@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import time
+from pathlib import Path
 
 import pytest
 
@@ -166,11 +165,13 @@ def test_pages_are_keyset_and_a_deleted_cursor_still_works(tmp_path: Path) -> No
     other.add(items, embedder.embed([m.content for m in items]))
     newest_first = [m.id for m in reversed(items)]
     page, more = mine.list("a", limit=10)
-    assert [m.id for m in page] == newest_first[:10] and more
+    assert [m.id for m in page] == newest_first[:10]
+    assert more
     other.delete("a", page[-1].id)  # the cursor itself goes
     other.delete("a", newest_first[10])  # and the first memory of the next page
     page, more = mine.list("a", limit=10, after=page[-1].id)
-    assert [m.id for m in page] == newest_first[11:21] and more
+    assert [m.id for m in page] == newest_first[11:21]
+    assert more
     # a legacy id (no time in it) that the copy never saw cannot be placed
     with pytest.raises(CursorNotFound):
         mine.list("a", limit=10, after="m-unknown")
@@ -199,7 +200,7 @@ def test_an_export_during_deletions_sees_every_memory_that_survives(tmp_path: Pa
         if not more:
             break
         after = page[-1].id
-    survivors = {mid for mid in inner.ids("a")}
+    survivors = inner.ids("a")
     assert survivors <= set(seen)
     assert len(seen) == len(set(seen))
 
