@@ -58,31 +58,51 @@ def test_compose_file_is_valid_against_the_spec(compose: dict[str, Any]) -> None
 
 def test_compose_describes_what_the_gateway_expects(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"gateway", "chroma", "ollama"}
-    gateway, chroma = services["gateway"], services["chroma"]
+    assert set(services) == {"gateway", "lb", "chroma", "redis", "ollama"}
+    gateway, chroma, lb = services["gateway"], services["chroma"], services["lb"]
     assert gateway["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
     assert services["ollama"]["profiles"] == ["ollama"]
-    for name in ("gateway", "chroma", "ollama"):
+    assert services["redis"]["profiles"] == ["redis"]
+    for name in services:
         assert "healthcheck" in services[name], name
+        image = services[name].get("image", "")
+        assert name == "ollama" or not image.endswith(":latest") or name == "gateway", image
+    # the Chroma image ships without curl
+    assert "curl" not in " ".join(chroma["healthcheck"]["test"])
     assert gateway["depends_on"]["chroma"]["condition"] == "service_healthy"
     assert "chroma-data:/data" in chroma["volumes"]
     assert "gateway-data:/data" in gateway["volumes"]
+    # scalable: no host port on the gateway; the load balancer has it and finds every replica
+    assert "ports" not in gateway
+    assert lb["ports"] == ["11435:11435"]
+    lb_conf = compose["configs"]["lb-conf"]["content"]
+    assert "server gateway:11435 resolve;" in lb_conf
+    assert "proxy_buffering off;" in lb_conf  # streams relayed chunk by chunk
+    assert lb["configs"][0]["source"] == "lb-conf"
 
     env = {k: str(v) for k, v in gateway["environment"].items()}
     with pytest.raises(ValueError, match="MEMGATE_ADMIN_KEY"):
         {k: interpolate(v, {}) for k, v in env.items()}
     resolved = {k: interpolate(v, {"MEMGATE_ADMIN_KEY": "k"}) for k, v in env.items()}
     unknown = [
-        k for k in resolved if k.startswith("MEMGATE_") and k != "MEMGATE_ADMIN_KEY"
-        and not _is_setting(k)
+        k for k in resolved if k.startswith("MEMGATE_")
+        and k not in {"MEMGATE_ADMIN_KEY", "MEMGATE_KEYS_JSON"} and not _is_setting(k)
     ]  # fmt: skip
     assert unknown == [], f"compose sets variables memgate does not read: {unknown}"
     settings = load_settings(None, resolved)
     assert settings.server.host == "0.0.0.0"
     assert settings.keys[0].admin is True  # so binding beyond loopback is allowed
     assert settings.upstream.url == "http://ollama:11434/v1"
-    assert f"{settings.server.port}:{settings.server.port}" in gateway["ports"]
+    assert str(settings.server.port) in gateway["expose"]
+    assert settings.store.data_dir == "/data/{hostname}"  # one queue a replica
+    assert settings.auth.rate_limit_storage == ""
+    keys = '[{"name": "app", "key_sha256": "' + "a" * 64 + '", "namespaces": ["app:*"]}]'
+    passed = {
+        k: interpolate(v, {"MEMGATE_ADMIN_KEY": "k", "MEMGATE_KEYS_JSON": keys})
+        for k, v in env.items()
+    }
+    assert [k.name for k in load_settings(None, passed).keys] == ["app", "admin"]
     chroma_port = chroma["command"][chroma["command"].index("--port") + 1]
     assert settings.store.chroma_url == f"http://chroma:{chroma_port}"
     assert chroma["command"][0] == "run"
