@@ -232,8 +232,7 @@ def create_app(
             else None
         )
         log.info(
-            "memgate ready on http://%s:%d (store: %s, upstream: %s, queued writes replayed: %d"
-            "%s)",
+            "memgate ready on http://%s:%d (store: %s, upstream: %s, queued writes replayed: %d%s)",
             settings.server.host,
             settings.server.port,
             settings.store.chroma_url or settings.data_dir / "chroma",
