@@ -123,12 +123,17 @@ class HybridStore:
         generation = local.get("generation")
         checked_from = local.get("checked_from")
         started = time.time()
+        if generation is not None and checked_from is not None and not self.shared:
+            # Alone on the store, only this gateway writes and erases: its copy is in step
+            # unless it stopped between a store write and its copy's. The counts tell.
+            self._compare(
+                namespace, state, self.lexical.count(namespace), self.store.count(namespace)
+            )
+            return
         if generation is None or checked_from is None:
             since = None
-        elif self.shared:
-            since = float(checked_from) - self.sync_margin
         else:
-            since = started  # alone on the store: nothing was written that we did not see
+            since = float(checked_from) - self.sync_margin
         changes = self.store.changes(namespace, since)
         if changes.generation != generation and since is not None:
             # erased through another gateway (and maybe written again since): start over
@@ -141,8 +146,11 @@ class HybridStore:
             local_count = self.lexical.write(
                 namespace, lambda index: _apply(index, changes, started, replace=fresh)
             )
+        self._compare(namespace, state, local_count, changes.count)
+
+    def _compare(self, namespace: str, state: _Sync, local_count: int, store_count: int) -> None:
         state.checked = time.monotonic()
-        if local_count == changes.count:
+        if local_count == store_count:
             state.mismatches = 0
             return
         state.mismatches += 1

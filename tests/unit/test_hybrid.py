@@ -257,3 +257,26 @@ def test_a_search_during_an_erase_never_brings_erased_memories_back(tmp_path: Pa
     store.add([fresh], embedder.embed([fresh.content]))
     assert store.search_text("a", "Porto", 5) == []
     assert [m.id for m, _ in store.search_text("a", "new start", 5)] == ["new"]
+
+
+def test_alone_on_its_store_a_gateway_checks_counts_once_and_repairs_a_gap(
+    tmp_path: Path,
+) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    first = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    first.add(memories(), embedder.embed(TEXTS))
+    assert first.search_text("a", "Porto", 5)
+    first.close()
+    # the gateway stopped between a store write and its copy's
+    lost = Memory(id="gap", namespace="a", content="A walrus in the gap", created_at=9.0)
+    inner.add([lost], embedder.embed([lost.content]))
+    inner.calls.clear()
+    again = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    again.search_text("a", "walrus", 5)  # the first look counts, and repairs in the background
+    wait_until(lambda: "gap" in again.lexical.ids("a"))
+    assert "changes" not in inner.calls  # alone on the store: counting is enough
+    calls = len(inner.calls)
+    again.search_text("a", "walrus", 5)
+    assert inner.calls[calls:] == ["existing"]  # later: only the check of what it proposes
+    again.close()
