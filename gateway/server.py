@@ -47,6 +47,19 @@ def check_bind(settings: Settings) -> None:
         )
 
 
+def check_data_dir(settings: Settings) -> None:
+    """Stop now, with one line, if another gateway process holds the data dir (the app's
+    start takes the lock for good)."""
+    from memory.datadir import DataDir, DataDirInUse
+
+    probe = DataDir(settings.data_dir)
+    try:
+        probe.claim()
+    except DataDirInUse as exc:
+        raise ConfigError(str(exc)) from exc
+    probe.release()
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -54,6 +67,7 @@ def serve(settings: Settings) -> None:
 
     setup_logging(settings)
     check_bind(settings)
+    check_data_dir(settings)
     if not settings.keys:
         log.warning(
             "no API keys configured: anyone who can reach %s:%d may use every namespace",

@@ -37,6 +37,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -439,18 +440,24 @@ class ChromaStore:
             cols = self._client.list_collections(limit=limit + 1, offset=offset)
         except Exception as exc:
             raise StoreUnavailable(f"Chroma list_collections failed: {exc}") from exc
-        page: builtins.list[NamespaceCount] = []
-        for col in cols[:limit]:
-            if not str(getattr(col, "name", "")).startswith(self._prefix) or _NS_KEY not in (
-                getattr(col, "metadata", None) or {}
-            ):
-                continue  # not a namespace of ours (the registry, another program's)
+        ours = [
+            col
+            for col in cols[:limit]
+            if str(getattr(col, "name", "")).startswith(self._prefix)
+            and _NS_KEY in (getattr(col, "metadata", None) or {})
+        ]  # not the registry, nor another program's collections
+
+        def count(col: Any) -> NamespaceCount:
             try:
-                count = int(col.count())
+                n = int(col.count())
             except Exception:  # erased meanwhile
-                count = 0
-            page.append(NamespaceCount(str(col.metadata[_NS_KEY]), count))
-        return page, len(cols) > limit
+                n = 0
+            return NamespaceCount(str(col.metadata[_NS_KEY]), n)
+
+        if self.mode == "server" and len(ours) > 1:  # a round trip each: a few at once
+            with ThreadPoolExecutor(8, thread_name_prefix="memgate-count") as pool:
+                return builtins.list(pool.map(count, ours)), len(cols) > limit
+        return [count(col) for col in ours], len(cols) > limit
 
     def ping(self) -> None:
         try:

@@ -106,17 +106,16 @@ class HybridStore:
     def catch_up(self, namespace: str, *, force: bool = False) -> None:
         """Bring the namespace's copy up to date if it is due (see the module's docstring)."""
         state = self._state(namespace)
-        first = state.checked < -1e17
-        if (
-            not force
-            and not first
-            and (not self.shared or time.monotonic() - state.checked < self.sync_interval)
-        ):
+        if not force and not self._due(state):
             return
         with self._lock(namespace):
-            if not force and not first and state.checked > time.monotonic() - self.sync_interval:
-                return  # another thread did it while this one waited
-            self._catch_up_locked(namespace, state)
+            if force or self._due(state):  # else another thread did it while this one waited
+                self._catch_up_locked(namespace, state)
+
+    def _due(self, state: _Sync) -> bool:
+        if state.checked < -1e17:
+            return True  # never looked at since this process started
+        return self.shared and time.monotonic() - state.checked >= self.sync_interval
 
     def _catch_up_locked(self, namespace: str, state: _Sync) -> None:
         local = self.lexical.state(namespace)
@@ -159,14 +158,16 @@ class HybridStore:
 
     def _repair_soon(self, namespace: str, state: _Sync) -> None:
         now = time.monotonic()
-        if now - state.repaired < self.repair_interval or namespace in self._repairing:
-            return
-        state.repaired = now
-        self._repairing.add(namespace)
+        with self._sync_lock:
+            if now - state.repaired < self.repair_interval or namespace in self._repairing:
+                return
+            state.repaired = now
+            self._repairing.add(namespace)
         try:
             self._repairs.submit(self._repair, namespace)
         except RuntimeError:  # closing
-            self._repairing.discard(namespace)
+            with self._sync_lock:
+                self._repairing.discard(namespace)
 
     def _repair(self, namespace: str) -> None:
         """Make the copy hold exactly the store's ids (costs the namespace's ids)."""
@@ -193,7 +194,8 @@ class HybridStore:
         except Exception as exc:
             log.warning("could not repair the local copy of %s: %s", namespace, exc)
         finally:
-            self._repairing.discard(namespace)
+            with self._sync_lock:
+                self._repairing.discard(namespace)
 
     def _confirmed(self, namespace: str, memories: Sequence[Memory]) -> set[str]:
         """The ids of ``memories`` the store still holds; the others leave the copy."""

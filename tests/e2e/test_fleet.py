@@ -253,3 +253,13 @@ def test_propagation_bound_is_short(fleet: list[GatewayProcess]) -> None:
 
     wait_until(listed, timeout=BOUND)
     assert time.monotonic() - started < BOUND
+
+
+def test_a_second_gateway_on_the_same_data_dir_stops_at_once(
+    fleet: list[GatewayProcess], upstream: tuple[FakeUpstream, str]
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="in use by another gateway process") as info:
+        start_gateway(fleet[0].data_dir, upstream[1])
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in str(info.value)
