@@ -31,8 +31,10 @@ from __future__ import annotations
 import builtins
 import contextlib
 import hashlib
+import logging
 import os
 import resource
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -45,6 +47,8 @@ from urllib.parse import urlparse
 from memory.embedder import Vectors
 from memory.records import Hit, Memory, Metadata
 from memory.store import Changes, NamespaceCount, StoreUnavailable, page_of
+
+log = logging.getLogger("memgate.store")
 
 _USER_META = "m."  # prefix of caller metadata keys inside Chroma metadata
 _NS_KEY = "memgate_namespace"
@@ -167,6 +171,7 @@ class ChromaStore:
                         self._client_obj = chromadb.PersistentClient(
                             path=str(self._path), settings=settings
                         )
+                    _add_indexes(self._path / "chroma.sqlite3")
                 else:
                     raise ValueError("ChromaStore needs a path (embedded) or a url (server)")
             except Exception as exc:
@@ -371,12 +376,10 @@ class ChromaStore:
 
     def changes(self, namespace: str, since: float | None) -> Changes:
         def work(col: Any) -> Changes:
-            count = int(col.count())  # before the read: what it counts, the read returns
             where = None if since is None else {_STAMP: {"$gte": since}}
-            memories = self._read(namespace, col, where=where) if count else []
-            return Changes(str(col.id), count, memories)
+            return Changes(str(col.id), self._read(namespace, col, where=where))
 
-        return self._run(namespace, work) or Changes(None, 0, [])
+        return self._run(namespace, work) or Changes(None, [])
 
     def delete(self, namespace: str, memory_id: str) -> bool:
         def work(col: Any) -> bool:
@@ -468,6 +471,28 @@ class ChromaStore:
     def close(self) -> None:
         with self._lock:
             self._cache.clear()
+
+
+# Chroma 1.5.9 looks up a collection's segments, and its write-ahead log, by columns it keeps
+# no index on: every call scans tables that grow with the number of collections. At 10,000
+# namespaces that took a query from 0.9 to 5.6 ms, a write of two memories from 7 to 28 ms
+# and a get by ids from 0.5 to 2.5 ms (measured here). Embedded, the file is ours to index.
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS memgate_segments_collection ON segments(collection)",
+    "CREATE INDEX IF NOT EXISTS memgate_queue_topic ON embeddings_queue(topic, seq_id)",
+)
+
+
+def _add_indexes(db_path: Path) -> None:
+    """Add the indexes Chroma's own lookups need (see ``_INDEXES``); a schema that differs
+    is left alone, with a warning."""
+    try:
+        with contextlib.closing(sqlite3.connect(str(db_path), timeout=30)) as db:
+            for sql in _INDEXES:
+                db.execute(sql)
+            db.commit()
+    except sqlite3.Error as exc:
+        log.warning("could not add indexes to Chroma's %s: %s", db_path, exc)
 
 
 def _erasure_id(namespace: str) -> str:

@@ -26,16 +26,14 @@ class StoreUnavailable(Exception):
 
 
 class Changes(msgspec.Struct, frozen=True):
-    """What a namespace holds now, as far as a local copy needs to know to catch up.
+    """What a local copy of a namespace needs to know to catch up.
 
     ``generation`` names the namespace's current incarnation in the store (None: the store
     holds nothing of it): it changes when the namespace is erased, so a copy made from an
-    older generation is thrown away. ``count`` is how many memories the namespace held just
-    before ``memories`` were read: the memories written at or after the ``since`` the caller
-    gave (every memory when ``since`` is None)."""
+    older generation is thrown away. ``memories``: those written at or after the ``since``
+    the caller gave (every memory when ``since`` is None)."""
 
     generation: str | None
-    count: int
     memories: list[Memory]
 
 
@@ -82,8 +80,8 @@ class MemoryStore(Protocol):
         """Every id of the namespace (for repairing a local copy; costs the namespace)."""
 
     def changes(self, namespace: str, since: float | None) -> Changes:
-        """The namespace's generation and count, and its memories written at or after
-        ``since`` (a write stamp, seconds since the epoch; None: all of them)."""
+        """The namespace's generation, and its memories written at or after ``since`` (a
+        write stamp, seconds since the epoch; None: all of them)."""
 
     def delete(self, namespace: str, memory_id: str) -> bool:
         """Delete one memory; False when the namespace holds no such id."""

@@ -119,9 +119,9 @@ class MemStore:
         with self._lock:
             rows = self.rows.get(namespace)
             if rows is None:
-                return Changes(None, 0, [])
+                return Changes(None, [])
             found = [m for m, _ in rows.values() if since is None or self.stamps[m.id] >= since]
-            return Changes(self.generations[namespace], len(rows), found)
+            return Changes(self.generations[namespace], found)
 
     def delete(self, namespace: str, memory_id: str) -> bool:
         self._check("delete")

@@ -60,7 +60,9 @@ def gateway(
         shared=True,
         sync_interval=interval,
         sync_margin=margin,
+        verify_interval=0.0,
         repair_interval=0.0,
+        recount_delay=0.01,
     )
 
 
@@ -92,13 +94,14 @@ def test_a_catch_up_reads_what_changed_not_the_namespace(tmp_path: Path) -> None
     inner.add(bulk, embedder.embed([m.content for m in bulk]))
     mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
     mine.search_text("a", "note", 5)
-    assert read == [300]  # the first look copies the namespace, once
+    assert read[0] == 300  # the first look copies the namespace, once
     time.sleep(0.01)
     for i in range(3):
         fresh = Memory(id=f"new{i}", namespace="a", content=f"walrus {i}")
         other.add([fresh], embedder.embed([fresh.content]))
         assert [m.id for m, _ in mine.search_text("a", f"walrus {i}", 1)] == [f"new{i}"]
-    assert read[1:] == [1, 1, 1]  # then only what was written since
+    # then only what was written since (the background check catches up too)
+    assert max(read[1:]) == 1
     mine.close()
     other.close()
 
@@ -145,24 +148,29 @@ def test_a_copy_that_missed_a_deletion_is_repaired(tmp_path: Path) -> None:
     mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
     other.add(memories(), embedder.embed(TEXTS))
     mine.search_text("a", "Porto", 5)
+    wait_until(lambda: not mine._background)  # the first check after start is over
     other.delete("a", "m0")  # no read of mine ever proposes m0 again
-    mine.search_text("a", "tea", 5)  # counts disagree once: maybe a write in flight
     assert "m0" in mine.lexical.ids("a")
-    mine.search_text("a", "tea", 5)  # twice: repaired, in the background
+    mine.search_text("a", "tea", 5)  # counts disagree, twice: repaired, in the background
     wait_until(lambda: "m0" not in mine.lexical.ids("a"))
     mine.close()
     other.close()
 
 
-def test_pages_are_keyset_and_a_deleted_cursor_still_works(tmp_path: Path) -> None:
-    embedder = FakeEmbedder()
-    inner = MemStore()
-    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+def notes(store: HybridStore, count: int) -> list[Memory]:
+    """``count`` memories written to namespace "a", a second apart, ids carrying their time."""
     items = [
         Memory(id=new_id(float(i)), namespace="a", content=f"note {i}", created_at=float(i))
-        for i in range(25)
+        for i in range(count)
     ]
-    other.add(items, embedder.embed([m.content for m in items]))
+    store.add(items, FakeEmbedder().embed([m.content for m in items]))
+    return items
+
+
+def test_pages_are_keyset_and_a_deleted_cursor_still_works(tmp_path: Path) -> None:
+    inner = MemStore()
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    items = notes(other, 25)
     newest_first = [m.id for m in reversed(items)]
     page, more = mine.list("a", limit=10)
     assert [m.id for m in page] == newest_first[:10]
@@ -180,14 +188,9 @@ def test_pages_are_keyset_and_a_deleted_cursor_still_works(tmp_path: Path) -> No
 
 
 def test_an_export_during_deletions_sees_every_memory_that_survives(tmp_path: Path) -> None:
-    embedder = FakeEmbedder()
     inner = MemStore()
     mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
-    items = [
-        Memory(id=new_id(float(i)), namespace="a", content=f"note {i}", created_at=float(i))
-        for i in range(200)
-    ]
-    other.add(items, embedder.embed([m.content for m in items]))
+    items = notes(other, 200)
     doomed = {m.id for m in items[::3]}
     seen: list[str] = []
     after: str | None = None

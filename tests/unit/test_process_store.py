@@ -51,9 +51,9 @@ def test_every_call_crosses_to_the_child_and_back(store: ProcessStore) -> None:
     assert store.existing("a", ["1", "nope"]) == {"1"}
     assert store.ids("a") == {"1", "22"}
     changes = store.changes("a", None)
-    assert (changes.count, sorted(m.id for m in changes.memories)) == (2, ["1", "22"])
+    assert sorted(m.id for m in changes.memories) == ["1", "22"]
     assert store.changes("a", time.time() + 60).memories == []
-    assert store.changes("nothing", None) == Changes(None, 0, [])
+    assert store.changes("nothing", None) == Changes(None, [])
     with pytest.raises(CursorNotFound):  # an exception of ours crosses too
         store.list("a", limit=1, after="unknown")
     assert store.delete("a", "1") is True
