@@ -157,8 +157,32 @@ def fleet_part(root: Path, args: argparse.Namespace, upstream: str) -> dict[str,
                 for url in urls:
                     wait_drained(client, url)
                 log(f"{phase}: {summary(phases[phase])}")
+            # a page costs the page: the first page of one, and an export of everything, through B
+            first_page = []
+            for _ in range(50):
+                started = time.perf_counter()
+                r = client.get(
+                    f"{urls[1]}/v1/memory/memories", params={"namespace": ns, "limit": 1}
+                )
+                first_page.append(time.perf_counter() - started)
+                if r.status_code != 200 or len(r.json()["data"]) != 1:
+                    raise RuntimeError(f"first page: {r.status_code} {r.text[:200]}")
+            started = time.perf_counter()
+            exported, after = 0, None
+            while True:
+                params: dict[str, Any] = {"namespace": ns, "limit": 100}
+                if after:
+                    params["after"] = after
+                page = client.get(f"{urls[1]}/v1/memory/memories", params=params).json()
+                exported += len(page["data"])
+                if not page["has_more"]:
+                    break
+                after = page["data"][-1]["id"]
+            export_seconds = time.perf_counter() - started
         single = phases["single"] + phases["single_again"]
         out: dict[str, Any] = {k: summary(v) for k, v in phases.items()}
+        out["first_page"] = summary(first_page)
+        out["export"] = {"memories": exported, "seconds": export_seconds}
         out["single_both"] = summary(single)
         out["ratio_p50"] = out["fleet"]["p50_ms"] / out["single_both"]["p50_ms"]
         out["ratio_p99"] = out["fleet"]["p99_ms"] / out["single_both"]["p99_ms"]
@@ -245,6 +269,10 @@ def report(results: dict[str, Any]) -> str:
             "",
             f"Fleet over single: p50 {fleet['ratio_p50']:.2f}x, p99 {fleet['ratio_p99']:.2f}x "
             "(goal <= 1.5x)",
+            "",
+            f"Through gateway B: `GET /v1/memory/memories?limit=1` p50 "
+            f"{fleet['first_page']['p50_ms']:.1f} ms; all {fleet['export']['memories']:,} "
+            f"memories in pages of 100 in {fleet['export']['seconds']:.1f} s.",
             "",
         ]
     tenants = results.get("tenants")

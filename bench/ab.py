@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Two gateways side by side: memory chat at c=1, alternating between them in blocks, so that
+both meet the same host (a shared machine drifts more between runs than most changes move).
+
+Usage::
+
+    python bench/ab.py TREE_A TREE_B [--memories 10000] [--rounds 40]
+
+Each tree is a folder holding ``gateway/`` and ``memory/`` (this repository, or a checkout of
+another commit: ``git worktree add /tmp/base COMMIT``). Both gateways run at once on their
+embedded defaults with their own data folders, in front of the fake upstream of
+``bench/load.py``; each gets the same ``--memories`` generated memories in one namespace. Then
+``--rounds`` rounds of 10 memory chats each way (order alternating), each gateway's write
+queue drained after its block. Prints p50/p90/p99 of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+from fleet import chat, preload, wait_drained
+from load import (
+    Child,
+    free_port,
+    gateway_env,
+    log,
+    memory_texts,
+    question_texts,
+    start_child,
+    stop_child,
+    wait_http,
+)
+from stats import percentile
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("trees", nargs=2, type=Path)
+    parser.add_argument("--memories", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="memgate-ab-"))
+    children: list[Child] = []
+    try:
+        port = free_port()
+        upstream = start_child(
+            "upstream",
+            [sys.executable, str(REPO / "bench" / "load.py"), "--serve-upstream", str(port)],
+            root / "upstream.log",
+            dict(os.environ),
+        )
+        children.append(upstream)
+        wait_http(f"http://127.0.0.1:{port}/v1/models", upstream, 60, want_ready=False)
+        urls = []
+        for i, tree in enumerate(args.trees):
+            gw_port = free_port()
+            env = gateway_env([])
+            env["HF_HUB_OFFLINE"] = "1"
+            env["PYTHONPATH"] = str(tree.resolve())
+            command = [
+                sys.executable, "-m", "gateway.cli", "serve", "--port", str(gw_port),
+                "--data-dir", str(root / f"data{i}"),
+                "--upstream-url", f"http://127.0.0.1:{port}/v1", "--upstream-api-key", "sk-ab",
+            ]  # fmt: skip
+            child = start_child(f"gateway {tree}", command, root / f"gw{i}.log", env, tree)
+            children.append(child)
+            urls.append(f"http://127.0.0.1:{gw_port}")
+            wait_http(urls[-1] + "/readyz", child, 300, want_ready=True)
+        rng = random.Random(args.seed)
+        texts = memory_texts(args.memories, rng)
+        questions = iter(question_texts(args.rounds * 20 + 10, rng))
+        times: dict[str, list[float]] = {url: [] for url in urls}
+        with httpx.Client(timeout=60, trust_env=False) as client:
+            for url in urls:
+                preload(client, url, "ab", texts)
+            log("preloaded both")
+            for round_ in range(args.rounds):
+                for url in urls if round_ % 2 == 0 else urls[::-1]:
+                    for _ in range(10):
+                        times[url].append(chat(client, url, "ab", next(questions)))
+                    wait_drained(client, url)
+        for tree, url in zip(args.trees, urls, strict=True):
+            got = times[url]
+            print(
+                f"{tree}: {len(got)} memory chats, p50 {percentile(got, 50) * 1000:.1f} ms, "
+                f"p90 {percentile(got, 90) * 1000:.1f} ms, p99 {percentile(got, 99) * 1000:.1f} ms"
+            )
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        for child in reversed(children):
+            stop_child(child)
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
