@@ -30,11 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from memory.records import from_rfc3339, to_rfc3339
+from memory.records import (
+    MAX_CONTENT,
+    created_problem,
+    from_rfc3339,
+    metadata_problem,
+    role_problem,
+    to_rfc3339,
+)
 
 IMPORT_KEY = "import_key"
-MAX_CONTENT = 100_000  # the memory API's limit, in characters
-MAX_ROLE = 64
 IGNORED_ROLES = frozenset({"system", "developer", "tool", "function"})
 CHAT_ROLES = ("user", "assistant")
 Metadata = dict[str, str | int | float | bool]
@@ -204,13 +209,11 @@ def _read_item(history: History, where: str, item: Any) -> None:
 
 def _read_record(history: History, where: str, item: Mapping[str, Any]) -> None:
     role = item.get("role", "user")
-    if not isinstance(role, str) or not role.strip() or len(role) > MAX_ROLE:
-        history.problem(
-            where, f'"role" must be a non-empty string of at most {MAX_ROLE} characters'
-        )
-        return
-    if role in IGNORED_ROLES:
+    if isinstance(role, str) and role in IGNORED_ROLES:
         history.ignored += 1
+        return
+    if problem := role_problem(role):
+        history.problem(where, problem)
         return
     content = item.get("content")
     if content is None:  # e.g. an assistant message that only calls tools
@@ -231,7 +234,7 @@ def _read_record(history: History, where: str, item: Mapping[str, Any]) -> None:
         )
         return
     metadata = item.get("metadata", {})
-    problem = _metadata_problem(metadata)
+    problem = metadata_problem(metadata)
     if problem:
         history.problem(where, problem)
         return
@@ -262,39 +265,24 @@ def content_text(content: Any) -> str | None:
     return None
 
 
-def _metadata_problem(metadata: Any) -> str | None:
-    if not isinstance(metadata, dict):
-        return f'"metadata" must be an object, got {_kind(metadata)}'
-    for key, value in metadata.items():
-        if not key or len(key) > 128 or key[0] in "#$":
-            return (
-                f"metadata key {key!r} is not allowed: 1-128 characters, not starting with # or $"
-            )
-        if not isinstance(value, str | int | float | bool) or (
-            isinstance(value, float) and not math.isfinite(value)
-        ):
-            return (
-                f"metadata {key!r} must be a string, number or boolean, got {_kind(value)} "
-                "(the memory store keeps flat metadata only)"
-            )
-    return None
-
-
 def normalize_time(value: Any) -> str:
     """An RFC 3339 string or epoch seconds as the gateway's RFC 3339 form (UTC, microseconds)."""
     if isinstance(value, bool):
         raise ValueError(f"created_at {value!r} is not an RFC 3339 timestamp")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or not 0 <= value < 253402300800:
+        if not math.isfinite(value) or created_problem(float(value)):
             raise ValueError(f"created_at {value!r} is not a plausible time in epoch seconds")
         return to_rfc3339(float(value))
     if isinstance(value, str):
         try:
-            return to_rfc3339(from_rfc3339(value))
+            seconds = from_rfc3339(value)
         except (ValueError, OverflowError, OSError) as exc:
             raise ValueError(
                 f"created_at {value!r} is not an RFC 3339 timestamp (like 2024-05-01T12:00:00Z)"
             ) from exc
+        if problem := created_problem(seconds):
+            raise ValueError(f"created_at {value!r}: {problem}")
+        return to_rfc3339(seconds)
     raise ValueError(f"created_at must be an RFC 3339 string or epoch seconds, got {_kind(value)}")
 
 

@@ -10,10 +10,15 @@ from typing import Any
 import httpx
 import msgspec
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, UpstreamError
 from gateway.upstream import ErrorHook, upstream_errors
 
 log = logging.getLogger("memgate.streaming")
+
+NOT_REMEMBERED = (
+    "the answer is complete, but this exchange was not remembered: the gateway could not "
+    "queue it (see its log for this request id)"
+)
 
 
 class ToolCall(msgspec.Struct, kw_only=True):
@@ -108,6 +113,15 @@ class StreamAccumulator:
             acc.arguments += str(function["arguments"])
 
 
+class NotRemembered(GatewayError):
+    """A complete answer whose exchange could not be queued: said in the stream, since its
+    headers are gone."""
+
+    status = 503
+    type = "service_unavailable"
+    default_code = "memory_not_remembered"
+
+
 def sse_error_event(error: GatewayError) -> bytes:
     """An SSE event carrying an OpenAI-shaped error, for a stream cut after it started."""
     return b"data: " + msgspec.json.encode(error.body()) + b"\n\n"
@@ -116,14 +130,15 @@ def sse_error_event(error: GatewayError) -> bytes:
 async def relay(
     response: httpx.Response,
     accumulator: StreamAccumulator,
-    on_complete: Callable[[StreamAccumulator], Awaitable[None]],
+    on_complete: Callable[[StreamAccumulator], Awaitable[bool]],
     *,
     upstream_name: str,
     on_error: ErrorHook | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's bytes as they arrive. ``on_complete`` runs only if the upstream
     finished the answer and every byte was handed on (a client that went away stops the
-    iteration before that); the upstream response is always closed."""
+    iteration before that); when it says the exchange could not be remembered, an error event
+    goes out before ``[DONE]``. The upstream response is always closed."""
     remembered = False
     try:
         try:
@@ -134,7 +149,8 @@ async def relay(
                         # The answer is whole: commit it before the client sees its end, as
                         # the SDKs close the connection right after [DONE].
                         remembered = True
-                        await on_complete(accumulator)
+                        if not await on_complete(accumulator):
+                            yield sse_error_event(NotRemembered(NOT_REMEMBERED))
                     yield chunk
         except GatewayError as exc:
             log.warning("upstream stream cut: %s", exc.message)
@@ -143,5 +159,19 @@ async def relay(
     finally:
         await response.aclose()
     accumulator.feed(b"\n\n")  # flush a last event the upstream did not terminate
-    if accumulator.completed and not remembered:
-        await on_complete(accumulator)
+    if not accumulator.completed:
+        # The upstream closed the stream cleanly but never finished the answer (no finish
+        # reason, no [DONE]): to the client that is a cut stream, and nothing is remembered.
+        if accumulator.error is None:
+            if on_error:
+                on_error(upstream_name, "incomplete")
+            log.warning("upstream %s ended a stream without finishing it", upstream_name)
+            yield sse_error_event(
+                UpstreamError(
+                    f"upstream {upstream_name} ended the stream before finishing the answer",
+                    code="upstream_incomplete",
+                )
+            )
+        return
+    if not remembered and not await on_complete(accumulator):
+        yield sse_error_event(NotRemembered(NOT_REMEMBERED))

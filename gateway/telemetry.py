@@ -111,6 +111,10 @@ class Metrics:
         self.recalls = Counter("memgate_recalls_total", "Memory recalls by outcome", ("outcome",))
         self.injected = Counter("memgate_memories_injected_total", "Memories injected")
         self.remembered = Counter("memgate_exchanges_remembered_total", "Exchanges queued")
+        self.remember_failures = Counter(
+            "memgate_remember_failures_total",
+            "Exchanges answered that could not be queued (the client was told)",
+        )
         self.upstream_errors = Counter(
             "memgate_upstream_errors_total",
             "Upstream answers >= 400 and failures (timeout, unreachable, cut)",
@@ -129,6 +133,7 @@ class Metrics:
             self.recalls,
             self.injected,
             self.remembered,
+            self.remember_failures,
             self.upstream_errors,
         ):
             lines += metric.render()

@@ -35,7 +35,23 @@ CREATE TABLE IF NOT EXISTS outbox (
     enqueued_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_namespace ON outbox(namespace);
+CREATE TABLE IF NOT EXISTS probe (at REAL NOT NULL);
 """
+
+
+class QueueFailing(Exception):
+    """The queue could not commit a write (the disk is full, or the file cannot be written):
+    what was being queued is not durable."""
+
+
+def describe(exc: BaseException) -> str:
+    """A short reason for an operator, without the file's path or SQL."""
+    text = str(exc).lower()
+    if "full" in text:
+        return "the disk is full"
+    if "readonly" in text or "read-only" in text or "permission" in text:
+        return "the queue file cannot be written"
+    return "the queue file cannot be written (" + type(exc).__name__ + ")"
 
 
 class Queued(NamedTuple):
@@ -66,6 +82,7 @@ class Outbox:
         self.recent = recent
         self._queued: dict[str, OrderedDict[str, Memory]] = {}
         self._queued_lock = threading.Lock()
+        self.failing: str | None = None  # why the last write failed, until one succeeds
         for (payload,) in self._db.execute("SELECT payload FROM outbox ORDER BY seq"):
             self._remember([self._decoder.decode(payload)])
 
@@ -79,18 +96,43 @@ class Outbox:
             for m, t in zip(memories, at, strict=True)
         ]
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.executemany(
+            self._write(
+                lambda: self._db.executemany(
                     "INSERT OR IGNORE INTO outbox(id, namespace, payload, enqueued_at) "
                     "VALUES (?, ?, ?, ?)",
                     rows,
                 )
+            )
+            self._remember(memories)  # under the lock: no ``ack`` of these can come first
+
+    def _write(self, work: Callable[[], object]) -> None:
+        """``work`` in one committed transaction (the caller holds ``_lock``). A failure is
+        ``QueueFailing`` from the original error (a ROLLBACK that fails too, as on a full
+        disk, does not hide it), and the queue is ``failing`` until a write succeeds."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                work()
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
                 raise
-            self._remember(memories)  # under the lock: no ``ack`` of these can come first
+        except sqlite3.Error as exc:
+            self.failing = describe(exc)
+            log.error("the write queue failed: %s (%s)", self.failing, exc)
+            raise QueueFailing(self.failing) from exc
+        self.failing = None
+
+    def probe(self) -> str | None:
+        """When the queue is failing, try a small write again (the disk may have room now);
+        None when the queue works, else why not."""
+        if self.failing is None:
+            return None
+        with self._lock, contextlib.suppress(QueueFailing):
+            self._write(lambda: self._db.execute("INSERT INTO probe(at) VALUES (?)", (0.0,)))
+            self._write(lambda: self._db.execute("DELETE FROM probe"))
+        return self.failing
 
     def _remember(self, memories: Sequence[Memory]) -> None:
         with self._queued_lock:

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 
 MetadataValue = str | int | float | bool
 Metadata = dict[str, MetadataValue]
+
+# What a memory may hold: checked where memories come in (the memory API, chat, import), so
+# that every part of the system can store, render and send back whatever was accepted.
+MAX_CONTENT = 100_000  # characters of a memory's text (longer chat turns are cut, marked)
+ROLE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # a word: no spaces, newlines or brackets
+MAX_META_KEYS = 64
+MAX_META_TEXT = 4096  # characters of a metadata string value
+MAX_SAFE_INT = 2**53  # integers JSON readers (and Chroma's float path) keep exactly
+MIN_CREATED = datetime(1, 1, 2, tzinfo=UTC).timestamp()  # a day inside datetime's range,
+MAX_CREATED = datetime(9999, 12, 30, tzinfo=UTC).timestamp()  # whatever the time zone
 
 
 class Memory(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,6 +73,7 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
             meta["model"] = self.model
         out: list[Memory] = []
         for offset, (role, text) in enumerate((("user", self.user), ("assistant", self.assistant))):
+            text = cut(text)  # noqa: PLW2901 - a turn longer than a memory may be is cut
             if text.strip():
                 # The reply is stamped a millisecond later, so that ordering by time (and an
                 # RFC 3339 timestamp with microseconds) keeps the pair in order.
@@ -90,6 +104,67 @@ def micros(created_at: float) -> int:
     return round(created_at * 1_000_000)
 
 
+def role_problem(role: Any) -> str | None:
+    """Why ``role`` cannot be a memory's role, or None."""
+    if not isinstance(role, str) or not ROLE.fullmatch(role):
+        return (
+            f"role {role!r} is not allowed: 1-64 letters, digits, '_' or '-', starting with a "
+            "letter (user, assistant, fact, ...)"
+        )
+    return None
+
+
+def metadata_problem(metadata: Any) -> str | None:
+    """Why ``metadata`` cannot be a memory's metadata, or None: flat, at most 64 keys of 1-128
+    characters not starting with # or $, values strings (<= 4,096 characters), booleans,
+    finite numbers, integers within +-2**53."""
+    if not isinstance(metadata, dict):
+        return f"metadata must be an object, got {type(metadata).__name__}"
+    if len(metadata) > MAX_META_KEYS:
+        return f"metadata has {len(metadata)} keys; the most is {MAX_META_KEYS}"
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key or len(key) > 128 or key[0] in "#$":
+            return (
+                f"metadata key {key!r} is not allowed: 1-128 characters, not starting with # or $"
+            )
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if abs(value) > MAX_SAFE_INT:
+                return (
+                    f"metadata {key!r}: {value} is beyond +-2**53, which JSON readers and the "
+                    "store cannot keep exactly: send it as a string"
+                )
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                return f"metadata {key!r} must be a finite number"
+        elif isinstance(value, str):
+            if len(value) > MAX_META_TEXT:
+                return f"metadata {key!r} is longer than {MAX_META_TEXT:,} characters"
+        else:
+            return (
+                f"metadata {key!r} must be a string, number or boolean, got "
+                f"{type(value).__name__} (the memory store keeps flat metadata only)"
+            )
+    return None
+
+
+def created_problem(created_at: float) -> str | None:
+    """Why ``created_at`` (seconds since the epoch) cannot be a memory's time, or None."""
+    if not math.isfinite(created_at) or not MIN_CREATED <= created_at <= MAX_CREATED:
+        return "created_at must be between 0001-01-02 and 9999-12-30 (UTC)"
+    return None
+
+
+def cut(text: str, limit: int = MAX_CONTENT) -> str:
+    """``text`` made to fit ``limit`` characters: the start kept, and a marker saying how
+    much was left out (for chat turns, whose length the gateway does not choose)."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 80  # the marker takes fewer
+    return text[:keep] + f"\n[... {len(text) - keep:,} more characters not remembered]"
+
+
 def new_id(created_at: float | None = None) -> str:
     """A fresh memory id for a memory created at ``created_at`` (default: now)."""
     stamp = micros(time.time() if created_at is None else created_at) + _EPOCH_US
@@ -117,7 +192,11 @@ def now() -> float:
 
 
 def to_rfc3339(ts: float) -> str:
-    """Seconds since the epoch as an RFC 3339 UTC timestamp with microseconds."""
+    """Seconds since the epoch as an RFC 3339 UTC timestamp with microseconds. A time outside
+    what a memory may hold (one stored before that was checked) is shown at the nearest end
+    of that range, so that reading it never fails."""
+    if not math.isfinite(ts) or not MIN_CREATED <= ts <= MAX_CREATED:
+        ts = MIN_CREATED if not ts > MIN_CREATED else MAX_CREATED
     return (
         datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     )

@@ -332,6 +332,10 @@ class MemoryService:
             stored = await asyncio.to_thread(self.store.delete_namespace, namespace)
         return queued + stored
 
+    def queue_problem(self) -> str | None:
+        """Why the write queue is failing (its last write failed), or None."""
+        return self.outbox.failing
+
     async def count(self, namespace: str) -> int:
         return await asyncio.to_thread(self.store.count, namespace)
 

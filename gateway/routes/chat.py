@@ -100,6 +100,12 @@ def reply_text(message: Mapping[str, Any]) -> str:
     return text
 
 
+NOT_REMEMBERED = (
+    "this exchange was not remembered: the gateway could not queue it (see its log for this "
+    "request id)"
+)
+
+
 def _header_safe(text: str) -> str:
     return " ".join(text.encode("ascii", "replace").decode().split())[:300]
 
@@ -136,9 +142,11 @@ class MemoryChat:
         self.gw.metrics.injected.inc(amount=len(kept))
         return kept
 
-    async def remember(self, user: str, assistant: str, model: str) -> None:
+    async def remember(self, user: str, assistant: str, model: str) -> bool:
+        """Queue the exchange durably; False (and ``x-memory-error`` set, the failure counted
+        and logged) when it could not be."""
         if not user and not assistant:
-            return
+            return True
         exchange = Exchange(
             namespace=self.namespace,
             user=user,
@@ -148,11 +156,15 @@ class MemoryChat:
         )
         try:
             await self.gw.service.remember(exchange)
-            self.gw.metrics.remembered.inc()
-        except Exception:
-            log.exception("could not queue the exchange of %s", self.namespace)
+        except Exception as exc:
+            self.gw.metrics.remember_failures.inc()
+            log.error("the exchange of %s was not remembered: %s", self.namespace, exc)
+            self.headers["x-memory-error"] = NOT_REMEMBERED
+            return False
+        self.gw.metrics.remembered.inc()
+        return True
 
-    async def remember_stream(self, acc: StreamAccumulator) -> None:
+    async def remember_stream(self, acc: StreamAccumulator) -> bool:
         calls = [
             {"function": {"name": c.name, "arguments": c.arguments}}
             for _, c in sorted(acc.tool_calls.items())
@@ -161,7 +173,7 @@ class MemoryChat:
         if calls:
             assistant = f"{assistant}\n{describe_tool_calls(calls)}".strip()
         user = new_user_text(self.body["messages"])
-        await self.remember(user, assistant, str(self.body.get("model") or acc.model))
+        return await self.remember(user, assistant, str(self.body.get("model") or acc.model))
 
     async def remember_json(self, content: bytes) -> None:
         try:
@@ -200,9 +212,13 @@ async def forward(
     response = await upstream.send(
         "POST", "chat/completions", client_headers=client_headers, content=content
     )
-    out_headers = {**relayed_headers(response), **headers}
     is_sse = "text/event-stream" in response.headers.get("content-type", "")
     if streaming and response.is_success and is_sse:
+        if chat is not None and (problem := chat.gw.service.queue_problem()):
+            headers["x-memory-error"] = (
+                f"memory writes are failing ({problem}): this exchange may not be remembered"
+            )
+        out_headers = {**relayed_headers(response), **headers}
         acc = StreamAccumulator()
         on_complete = chat.remember_stream if chat is not None else _nothing
         out_headers.setdefault("cache-control", "no-cache")
@@ -222,6 +238,7 @@ async def forward(
         await response.aclose()
     if chat is not None and response.is_success:
         await chat.remember_json(data)
+    out_headers = {**relayed_headers(response), **headers}
     return Response(
         content=data,
         status_code=response.status_code,
@@ -230,8 +247,8 @@ async def forward(
     )
 
 
-async def _nothing(_: StreamAccumulator) -> None:
-    return None
+async def _nothing(_: StreamAccumulator) -> bool:
+    return True
 
 
 async def _memory_chat(

@@ -30,6 +30,8 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
         checks["store"] = f"unavailable: {exc}"
     # The state exists only once the model has loaded; ready turns off at shutdown.
     checks["embedder"] = "ok" if gw.ready else "stopping"
+    problem = await asyncio.to_thread(service.outbox.probe)  # the disk may have room again
+    checks["queue"] = "ok" if problem is None else f"failing: {problem}"
     writer = service.writer
     if not writer.running:
         checks["writer"] = "stopped"

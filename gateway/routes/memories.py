@@ -12,10 +12,19 @@ from gateway.auth import Principal
 from gateway.errors import BadRequest, NotFound
 from gateway.namespaces import check_namespace
 from gateway.state import GatewayState
-from memory.records import Memory, MetadataValue, from_rfc3339, new_id, now, to_rfc3339
+from memory.records import (
+    MAX_CONTENT,
+    Memory,
+    MetadataValue,
+    created_problem,
+    from_rfc3339,
+    metadata_problem,
+    new_id,
+    now,
+    role_problem,
+    to_rfc3339,
+)
 from memory.store import CursorNotFound
-
-MAX_CONTENT = 100_000
 
 
 class NewMemory(msgspec.Struct, forbid_unknown_fields=True):
@@ -91,23 +100,28 @@ def memory_out(memory: Memory) -> MemoryOut:
 
 
 def _new_memory(namespace: str, index: int, item: NewMemory, stamp: float) -> Memory:
-    for key in item.metadata:
-        if not key or len(key) > 128 or key[0] in "#$":
-            raise BadRequest(
-                f"metadata key {key!r} is not allowed: 1-128 characters, not starting with # or $",
-                param=f"memories[{index}].metadata",
-                code="invalid_value",
-            )
+    for field, problem in (
+        ("role", role_problem(item.role)),
+        ("metadata", metadata_problem(item.metadata)),
+    ):
+        if problem:
+            raise BadRequest(problem, param=f"memories[{index}].{field}", code="invalid_value")
     created = stamp
     if item.created_at is not None:
         try:
             created = from_rfc3339(item.created_at)
-        except ValueError as exc:
+        except (ValueError, OverflowError) as exc:
             raise BadRequest(
                 f"created_at {item.created_at!r} is not an RFC 3339 timestamp",
                 param=f"memories[{index}].created_at",
                 code="invalid_value",
             ) from exc
+        if problem := created_problem(created):
+            raise BadRequest(
+                f"created_at {item.created_at!r}: {problem}",
+                param=f"memories[{index}].created_at",
+                code="invalid_value",
+            )
     if not item.content.strip():
         raise BadRequest(
             "content must not be blank", param=f"memories[{index}].content", code="invalid_value"

@@ -78,8 +78,9 @@ def test_accumulator_error_event_is_not_complete() -> None:
 async def _collect(response: httpx.Response) -> tuple[bytes, list[StreamAccumulator]]:
     completed: list[StreamAccumulator] = []
 
-    async def on_complete(acc: StreamAccumulator) -> None:
+    async def on_complete(acc: StreamAccumulator) -> bool:
         completed.append(acc)
+        return True
 
     out = b""
     async for part in relay(response, StreamAccumulator(), on_complete, upstream_name="u"):
@@ -149,8 +150,9 @@ async def _close_after_first_part(parts: list[bytes]) -> tuple[list[StreamAccumu
             response = await client.send(client.build_request("GET", "http://up/s"), stream=True)
             completed: list[StreamAccumulator] = []
 
-            async def on_complete(acc: StreamAccumulator) -> None:
+            async def on_complete(acc: StreamAccumulator) -> bool:
                 completed.append(acc)
+                return True
 
             gen = relay(response, StreamAccumulator(), on_complete, upstream_name="u")
             await gen.__anext__()
