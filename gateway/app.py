@@ -34,7 +34,7 @@ from gateway.routes.memories import (
 )
 from gateway.routes.models import list_models
 from gateway.routes.ui import ui
-from gateway.state import GatewayState, get_gateway, get_principal
+from gateway.state import GatewayState, authenticate, get_gateway, get_principal
 from gateway.telemetry import Metrics, telemetry_middleware
 from gateway.upstream import Router, Upstream
 from memory.datadir import HOSTNAME, DataDir, orphans
@@ -275,8 +275,9 @@ def create_app(
         ],
         dependencies={
             "gw": Provide(get_gateway, sync_to_thread=False),
-            "principal": Provide(get_principal),
+            "principal": Provide(get_principal, sync_to_thread=False),
         },
+        guards=[authenticate],
         exception_handlers={Exception: error_response},
         middleware=[telemetry_middleware(metrics)],
         lifespan=[lifespan],

@@ -10,6 +10,7 @@ loopback unless told otherwise).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -80,6 +81,16 @@ class RateLimiter:
 
     async def acheck(self, who: str, per_minute: int) -> None:
         self.check(who, per_minute)
+
+    def wait(self, who: str, per_minute: int, now: float | None = None) -> int:
+        """Seconds until ``who`` has a request left (0: now), without using one."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if who not in self._buckets:
+                return 0
+            tokens, last = self._buckets[who]
+        tokens = min(float(per_minute), tokens + (now - last) * per_minute / 60.0)
+        return 0 if tokens >= 1.0 else math.ceil((1.0 - tokens) * 60.0 / per_minute)
 
     def check(self, who: str, per_minute: int, now: float | None = None) -> None:
         if per_minute <= 0:
@@ -160,6 +171,10 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self._by_hash: dict[str, KeySettings] = {k.key_sha256: k for k in settings.keys}
         self._default_rpm = settings.auth.requests_per_minute
+        # Wrong keys, counted a client address at a time in this process (a guess at keys is
+        # slowed down; the right key from that address waits too, until the minute passes).
+        self._failed = RateLimiter()
+        self._failed_rpm = settings.auth.failed_keys_per_minute
         uri = settings.auth.rate_limit_storage
         self.limiter: RateLimiter | SharedRateLimiter = (
             SharedRateLimiter(uri) if uri else RateLimiter()
@@ -173,13 +188,25 @@ class Authenticator:
         if not self.enabled:
             await self.limiter.acheck(f"addr:{client}", self._default_rpm)
             return OPEN
-        key, via_authorization = presented_key(headers)
-        if key is None:
-            raise Unauthorized(
-                "missing API key: send it as 'Authorization: Bearer KEY' or 'x-memgate-key: KEY'"
+        failed = f"failed:{client}"
+        if self._failed_rpm > 0 and (wait := self._failed.wait(failed, self._failed_rpm)):
+            raise RateLimited(
+                f"too many wrong API keys from this address; retry in {wait} s",
+                headers={"retry-after": str(wait)},
             )
-        found = self._by_hash.get(hashlib.sha256(key.encode()).hexdigest())
+        key, via_authorization = presented_key(headers)
+        found = (
+            self._by_hash.get(hashlib.sha256(key.encode()).hexdigest()) if key is not None else None
+        )
         if found is None:
+            if self._failed_rpm > 0:
+                with contextlib.suppress(RateLimited):
+                    self._failed.check(failed, self._failed_rpm)
+            if key is None:
+                raise Unauthorized(
+                    "missing API key: send it as 'Authorization: Bearer KEY' or "
+                    "'x-memgate-key: KEY'"
+                )
             raise Unauthorized("incorrect API key provided")
         rpm = found.requests_per_minute if found.requests_per_minute >= 0 else self._default_rpm
         await self.limiter.acheck(f"key:{found.name}", rpm)

@@ -28,6 +28,10 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     log_level: str = "info"
     log_format: str = "json"
     shutdown_flush_seconds: float = 30.0
+    # A connection whose request head has not come in this long is closed (slowloris), and
+    # one whose request body has not come in body_timeout_seconds after its head.
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -87,6 +91,10 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     # Where rate limits are counted: empty, in each gateway process; "redis://host:6379/0",
     # in Redis, for every gateway that uses the same one.
     rate_limit_storage: str = ""
+    # Wrong or missing keys a minute from one client address before it gets 429s (0: no limit).
+    failed_keys_per_minute: int = 20
+    # With keys configured, /readyz, /metrics and /docs need a valid key too.
+    protect_operations: bool = False
 
 
 class KeySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

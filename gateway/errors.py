@@ -166,7 +166,16 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         status, body, headers = exc.status, exc.body(), exc.headers
     elif isinstance(exc, StoreDown):
         log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
-        status, body = 503, StoreUnavailable(f"memory store unavailable: {exc}").body()
+        status = 503
+        body = StoreUnavailable(
+            "the memory store is unavailable; try again shortly (the gateway's log has the "
+            "cause for this request id)"
+        ).body()
+    elif isinstance(exc, RecursionError):  # JSON nested deeper than the decoder goes
+        status = 400
+        body = error_body(
+            "the request body is nested too deeply", "invalid_request_error", None, "invalid_json"
+        )
     elif isinstance(exc, ValidationException):
         message, param = _validation_message(exc)
         status, body = 400, error_body(message, "invalid_request_error", param, "invalid_value")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import sys
+from typing import Any
 
 from gateway.config import ConfigError, Settings
 from gateway.telemetry import JsonFormatter
@@ -60,6 +62,59 @@ def check_data_dir(settings: Settings) -> None:
     probe.release()
 
 
+def guarded_http(header_timeout: float, body_timeout: float) -> Any:
+    """uvicorn's httptools protocol, cutting a connection whose request head has not arrived
+    ``header_timeout`` seconds after the connection or the request's first byte, or whose body
+    has not arrived ``body_timeout`` seconds after its head (slowloris: uvicorn itself only
+    times out idle keep-alive connections)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # pragma: no cover - httptools is installed with uvicorn here
+        log.warning("httptools is missing: slow clients are not cut off")
+        return "auto"
+
+    class GuardedHttpTools(HttpToolsProtocol):
+        _timer: asyncio.TimerHandle | None = None
+
+        def _arm(self, seconds: float) -> None:
+            self._disarm()
+            self._timer = self.loop.call_later(seconds, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _too_slow(self) -> None:
+            self._timer = None
+            if not self.transport.is_closing():
+                log.info("closing a connection from %s: the request came too slowly", self.client)
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm(header_timeout)
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._timer is None:
+                self._arm(header_timeout)
+
+        def on_headers_complete(self) -> None:
+            self._arm(body_timeout)
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            super().on_message_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return GuardedHttpTools
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -82,4 +137,7 @@ def serve(settings: Settings) -> None:
         log_config=None,
         timeout_graceful_shutdown=int(settings.server.shutdown_flush_seconds),
         access_log=False,
+        http=guarded_http(
+            settings.server.header_timeout_seconds, settings.server.body_timeout_seconds
+        ),
     )

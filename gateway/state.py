@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass
 
 from litestar import Request
+from litestar.connection import ASGIConnection
 from litestar.datastructures import State
+from litestar.handlers import BaseRouteHandler
 
 from gateway.auth import Authenticator, Principal
 from gateway.config import Settings
@@ -43,14 +45,36 @@ class GatewayState:
         return result
 
 
-def get_gateway(request: Request) -> GatewayState:  # type: ignore[type-arg]
+def get_gateway(request: ASGIConnection) -> GatewayState:  # type: ignore[type-arg]
     state: State = request.app.state
     gw: GatewayState = state["gateway"]
     return gw
 
 
-async def get_principal(request: Request) -> Principal:  # type: ignore[type-arg]
-    """Authenticate the caller (401 without a valid key, 429 over its rate limit)."""
-    gw = get_gateway(request)
-    client = request.client.host if request.client else ""
-    return await gw.auth.authenticate(request.headers, client)
+# Open to anyone: liveness, and the inspector page (it asks for a key before it calls the API).
+_PUBLIC = ("/healthz", "/ui")
+# Operational endpoints: open unless auth.protect_operations, then any valid key.
+_OPERATIONS = ("/readyz", "/metrics", "/docs")
+
+
+def _under(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in prefixes)
+
+
+async def authenticate(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+    """The app's guard: authenticate the caller before anything of the request is read (401
+    without a valid key, 429 over its rate limit or after too many wrong keys)."""
+    path = connection.url.path
+    gw = get_gateway(connection)
+    if _under(path, _PUBLIC) or (
+        _under(path, _OPERATIONS) and not gw.settings.auth.protect_operations
+    ):
+        return
+    client = connection.client.host if connection.client else ""
+    connection.state.principal = await gw.auth.authenticate(connection.headers, client)
+
+
+def get_principal(request: Request) -> Principal:  # type: ignore[type-arg]
+    """Who the guard found the caller to be."""
+    principal: Principal = request.state.principal
+    return principal

@@ -3,14 +3,16 @@ accumulator reads the same bytes to rebuild choice 0's text and tool calls."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import msgspec
 
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.upstream import ErrorHook, upstream_errors
 
 log = logging.getLogger("memgate.streaming")
@@ -122,6 +124,20 @@ class NotRemembered(GatewayError):
     default_code = "memory_not_remembered"
 
 
+_DONE = re.compile(rb"(?:^|\n)(data: ?\[DONE\])")
+
+
+def _split_at_done(chunk: bytes) -> tuple[bytes, bytes]:
+    """``chunk`` cut where its ``[DONE]`` event starts (all of it after, when the event
+    started in an earlier chunk and is already on its way)."""
+    found = None
+    for found in _DONE.finditer(chunk):  # noqa: B007 - the last one
+        pass
+    if found is None:
+        return b"", chunk
+    return chunk[: found.start(1)], chunk[found.start(1) :]
+
+
 def sse_error_event(error: GatewayError) -> bytes:
     """An SSE event carrying an OpenAI-shaped error, for a stream cut after it started."""
     return b"data: " + msgspec.json.encode(error.body()) + b"\n\n"
@@ -134,6 +150,7 @@ async def relay(
     *,
     upstream_name: str,
     on_error: ErrorHook | None = None,
+    deadline: float | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's bytes as they arrive. ``on_complete`` runs only if the upstream
     finished the answer and every byte was handed on (a client that went away stops the
@@ -143,13 +160,28 @@ async def relay(
     try:
         try:
             with upstream_errors(upstream_name, on_error):
-                async for chunk in response.aiter_bytes():
+                chunks = response.aiter_bytes()
+                while True:
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            chunk = await anext(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError as exc:
+                        if on_error:
+                            on_error(upstream_name, "timeout")
+                        raise UpstreamTimeout(
+                            f"upstream {upstream_name} did not finish the stream in time"
+                        ) from exc
                     accumulator.feed(chunk)
                     if accumulator.done and accumulator.completed and not remembered:
                         # The answer is whole: commit it before the client sees its end, as
                         # the SDKs close the connection right after [DONE].
                         remembered = True
                         if not await on_complete(accumulator):
+                            # said before [DONE], after the answer's last event
+                            before, chunk = _split_at_done(chunk)
+                            yield before
                             yield sse_error_event(NotRemembered(NOT_REMEMBERED))
                     yield chunk
         except GatewayError as exc:

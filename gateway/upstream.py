@@ -3,15 +3,21 @@ ONE place that maps httpx exceptions to gateway errors (``upstream_errors``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
-from collections.abc import Callable, Iterator, Mapping
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import TypeVar
 
 import httpx
 
 from gateway.config import UpstreamSettings
 from gateway.errors import BadRequest, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from gateway.telemetry import current_request_id
+
+log = logging.getLogger("memgate.upstream")
+T = TypeVar("T")
 
 # Response headers worth relaying to the client; hop-by-hop and framing headers are not.
 _RELAYED = frozenset({"content-type", "retry-after"})
@@ -34,11 +40,15 @@ def upstream_errors(name: str, on_error: ErrorHook | None = None) -> Iterator[No
     except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as exc:
         if on_error:
             on_error(name, "unreachable")
-        raise UpstreamUnreachable(f"upstream {name} is unreachable: {exc}") from exc
+        log.warning("upstream %s unreachable: %r", name, exc)
+        raise UpstreamUnreachable(
+            f"upstream {name} is unreachable ({type(exc).__name__})"
+        ) from exc
     except httpx.HTTPError as exc:
         if on_error:
             on_error(name, "error")
-        raise UpstreamError(f"upstream {name} failed: {exc}") from exc
+        log.warning("upstream %s failed: %r", name, exc)
+        raise UpstreamError(f"upstream {name} failed ({type(exc).__name__})") from exc
 
 
 class Upstream:
@@ -102,6 +112,19 @@ class Upstream:
         if response.status_code >= 400 and self.on_error:
             self.on_error(self.name, str(response.status_code))
         return response
+
+    async def within(self, deadline: float, work: Awaitable[T]) -> T:
+        """``work``, given until ``deadline`` (the event loop's clock): ``upstream.timeout``
+        is the whole request's limit, not one read's."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await work
+        except TimeoutError as exc:
+            if self.on_error:
+                self.on_error(self.name, "timeout")
+            raise UpstreamTimeout(
+                f"upstream {self.name} did not answer within {self.settings.timeout:g} s"
+            ) from exc
 
     async def probe(self, timeout: float = 3.0) -> str:  # noqa: ASYNC109
         """``ok`` if the upstream answers HTTP (any status), else why not."""

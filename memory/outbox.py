@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     enqueued_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_namespace ON outbox(namespace);
-CREATE TABLE IF NOT EXISTS probe (at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS probe (pad BLOB NOT NULL);
 """
 
 
@@ -130,7 +130,8 @@ class Outbox:
         if self.failing is None:
             return None
         with self._lock, contextlib.suppress(QueueFailing):
-            self._write(lambda: self._db.execute("INSERT INTO probe(at) VALUES (?)", (0.0,)))
+            # as much as a few exchanges: a write that needs room, not one that fits a page
+            self._write(lambda: self._db.execute("INSERT INTO probe(pad) VALUES (zeroblob(65536))"))
             self._write(lambda: self._db.execute("DELETE FROM probe"))
         return self.failing
 

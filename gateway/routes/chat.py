@@ -3,6 +3,7 @@ pass-through."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,8 @@ def parse_chat_body(raw: bytes) -> ChatBody:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadRequest(TOO_DEEP, code="invalid_json") from exc
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     model = body.get("model")
@@ -66,6 +69,9 @@ def parse_chat_body(raw: bytes) -> ChatBody:
     if "stream" in body and not isinstance(body["stream"], bool | None):
         raise BadRequest("stream must be a boolean", param="stream", code="invalid_type")
     return body
+
+
+TOO_DEEP = "the request body is nested too deeply"
 
 
 def new_user_text(messages: Sequence[Mapping[str, Any]]) -> str:
@@ -106,8 +112,10 @@ NOT_REMEMBERED = (
 )
 
 
-def _header_safe(text: str) -> str:
-    return " ".join(text.encode("ascii", "replace").decode().split())[:300]
+RECALL_FAILED = (
+    "recall failed: the memory store could not be searched, so this answer has no memories "
+    "(see the gateway's log for this request id)"
+)
 
 
 class MemoryChat:
@@ -134,7 +142,7 @@ class MemoryChat:
             )
         except Exception as exc:  # fail open: answer without memories, and say why
             log.warning("recall failed in %s, answering without memories: %s", self.namespace, exc)
-            self.headers["x-memory-error"] = _header_safe(f"recall failed: {exc}")
+            self.headers["x-memory-error"] = RECALL_FAILED
             self.gw.metrics.recalls.inc("error")
             return []
         kept = budget(hits, settings.token_budget)
@@ -198,8 +206,19 @@ def upstream_client_headers(
     }
 
 
+async def client_gone(request: Request[Any, Any, Any]) -> bool:
+    """Whether the client closed its connection (its body was read: the next message it can
+    send is the disconnect)."""
+    try:
+        message = await asyncio.wait_for(request.receive(), 0.0001)
+    except TimeoutError:
+        return False
+    return bool(message["type"] == "http.disconnect")
+
+
 async def forward(
     upstream: Upstream,
+    request: Request[Any, Any, Any],
     client_headers: Mapping[str, str],
     content: bytes,
     *,
@@ -209,8 +228,10 @@ async def forward(
 ) -> Response[Any]:
     """Send the body upstream and relay the answer unchanged, streamed or whole; with
     ``chat``, the exchange is remembered once the answer completed."""
-    response = await upstream.send(
-        "POST", "chat/completions", client_headers=client_headers, content=content
+    deadline = asyncio.get_running_loop().time() + upstream.settings.timeout
+    response = await upstream.within(
+        deadline,
+        upstream.send("POST", "chat/completions", client_headers=client_headers, content=content),
     )
     is_sse = "text/event-stream" in response.headers.get("content-type", "")
     if streaming and response.is_success and is_sse:
@@ -225,7 +246,12 @@ async def forward(
         out_headers["x-accel-buffering"] = "no"
         return Stream(
             relay(
-                response, acc, on_complete, upstream_name=upstream.name, on_error=upstream.on_error
+                response,
+                acc,
+                on_complete,
+                upstream_name=upstream.name,
+                on_error=upstream.on_error,
+                deadline=deadline,
             ),
             status_code=response.status_code,
             headers=out_headers,
@@ -233,11 +259,15 @@ async def forward(
         )
     try:
         with upstream_errors(upstream.name, upstream.on_error):
-            data = await response.aread()
+            data = await upstream.within(deadline, response.aread())
     finally:
         await response.aclose()
     if chat is not None and response.is_success:
-        await chat.remember_json(data)
+        if await client_gone(request):
+            # The answer cannot reach the client: it is not remembered either.
+            log.warning("the client left before the answer; the exchange is not remembered")
+        else:
+            await chat.remember_json(data)
     out_headers = {**relayed_headers(response), **headers}
     return Response(
         content=data,
@@ -268,6 +298,7 @@ async def _memory_chat(
     chat.headers["x-memory-recalled"] = str(len(hits))
     return await forward(
         gw.router.route(body["model"]),
+        request,
         upstream_client_headers(request, principal),
         msgspec.json.encode(body),
         streaming=body.get("stream") is True,
@@ -307,6 +338,7 @@ async def chat_passthrough(
     body = parse_chat_body(raw)
     return await forward(
         gw.router.route(body["model"]),
+        request,
         upstream_client_headers(request, principal),
         raw,
         streaming=body.get("stream") is True,

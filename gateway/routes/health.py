@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from litestar import Response, get
 
 from gateway.state import GatewayState
+
+log = logging.getLogger("memgate")
 
 
 @get("/healthz", summary="Liveness")
@@ -27,7 +30,8 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
         await asyncio.wait_for(asyncio.to_thread(service.store.ping), 5.0)
         checks["store"] = "ok"
     except Exception as exc:
-        checks["store"] = f"unavailable: {exc}"
+        log.warning("readiness: the store is unavailable: %s", exc)
+        checks["store"] = "unavailable"
     # The state exists only once the model has loaded; ready turns off at shutdown.
     checks["embedder"] = "ok" if gw.ready else "stopping"
     problem = await asyncio.to_thread(service.outbox.probe)  # the disk may have room again
@@ -36,7 +40,7 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
     if not writer.running:
         checks["writer"] = "stopped"
     elif writer.last_error:
-        checks["writer"] = f"retrying: {writer.last_error}"
+        checks["writer"] = "retrying: the store refuses writes"
     else:
         checks["writer"] = "ok"
     ready = all(v == "ok" for v in checks.values())
