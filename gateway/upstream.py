@@ -41,9 +41,7 @@ def upstream_errors(name: str, on_error: ErrorHook | None = None) -> Iterator[No
         if on_error:
             on_error(name, "unreachable")
         log.warning("upstream %s unreachable: %r", name, exc)
-        raise UpstreamUnreachable(
-            f"upstream {name} is unreachable ({type(exc).__name__})"
-        ) from exc
+        raise UpstreamUnreachable(f"upstream {name} is unreachable ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         if on_error:
             on_error(name, "error")
