@@ -1,0 +1,160 @@
+"""Exhausted resources and hostile clients against ``memgate serve`` on loopback (bounded):
+a full disk, slow clients, a slow upstream, a client that leaves before its answer."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import wait_until
+from tests.e2e.conftest import GatewayProcess, start_gateway
+from tests.fake_upstream import FakeUpstream
+
+pytestmark = pytest.mark.slow
+
+
+def chat(gw: GatewayProcess, ns: str, text: str, model: str = "fake-model", **kw: Any) -> Any:
+    return httpx.post(
+        f"{gw.url}/v1/memory/chat/completions",
+        params={"namespace": ns},
+        json={"model": model, "messages": [{"role": "user", "content": text}]},
+        **{"timeout": 30, **kw},
+    )
+
+
+def listed(gw: GatewayProcess, ns: str) -> list[str]:
+    page = httpx.get(f"{gw.url}/v1/memory/memories", params={"namespace": ns, "limit": 100})
+    return [m["content"] for m in page.json()["data"]]
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, megabytes: int) -> Iterator[Path]:
+    """A tmpfs of ``megabytes`` mounted at ``path`` (skips the test where mounting is not
+    allowed)."""
+    path.mkdir(parents=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={megabytes}m", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Fill the file system of ``path`` to the last byte; returns the filler file."""
+    filler = path / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for size in (1 << 20, 4096, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * size)
+    return filler
+
+
+def test_a_full_disk_is_said_and_writes_resume_when_space_returns(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str]
+) -> None:
+    with small_disk(tmp_path / "disk", 64) as disk:
+        gw = start_gateway(disk / "data", upstream[1])
+        try:
+            ns = "disk-" + uuid.uuid4().hex[:6]
+            filler = fill(disk)
+            answers = [chat(gw, ns, f"fact number {i} to keep") for i in range(10)]
+            assert all(r.status_code == 200 for r in answers)  # the answers go out
+            assert all("was not remembered" in r.headers["x-memory-error"] for r in answers)
+            ready = httpx.get(gw.url + "/readyz", timeout=10)
+            assert ready.status_code == 503
+            assert ready.json()["checks"]["queue"] == "failing: the disk is full"
+            metrics = httpx.get(gw.url + "/metrics").text
+            assert "memgate_remember_failures_total 10" in metrics
+            filler.unlink()  # space comes back
+            wait_until(lambda: httpx.get(gw.url + "/readyz").status_code == 200, timeout=30)
+            r = chat(gw, ns, "a fact after the disk had room again")
+            assert "x-memory-error" not in r.headers
+            wait_until(lambda: "a fact after the disk had room again" in listed(gw, ns), 30)
+            assert not any("fact number" in text for text in listed(gw, ns))
+        finally:
+            assert gw.stop() == 0, gw.log()
+
+
+@pytest.fixture(scope="module")
+def strict(
+    tmp_path_factory: pytest.TempPathFactory, upstream: tuple[FakeUpstream, str]
+) -> Iterator[GatewayProcess]:
+    """A gateway with short limits: 1 s for the upstream's whole answer and for a request's
+    head."""
+    gw = start_gateway(
+        tmp_path_factory.mktemp("strict") / "data",
+        upstream[1],
+        env={"MEMGATE_UPSTREAM_TIMEOUT": "1", "MEMGATE_SERVER_HEADER_TIMEOUT_SECONDS": "1"},
+    )
+    yield gw
+    gw.stop()
+
+
+def test_slow_clients_are_cut_and_others_still_served(strict: GatewayProcess) -> None:
+    port = int(strict.url.rsplit(":", 1)[1])
+    slow = []
+    for _ in range(50):
+        conn = socket.create_connection(("127.0.0.1", port))
+        conn.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")  # never finished
+        slow.append(conn)
+    assert httpx.get(strict.url + "/healthz").status_code == 200
+    time.sleep(2.5)
+    closed = 0
+    for conn in slow:
+        conn.settimeout(2)
+        try:
+            closed += conn.recv(1) == b""
+        except OSError:
+            closed += 1
+        conn.close()
+    assert closed == len(slow)
+
+
+def test_the_upstream_timeout_is_the_whole_answers(
+    strict: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    started = time.monotonic()
+    r = chat(strict, "slow", "hello", model="slow")  # the upstream takes 3 s
+    assert r.status_code == 504
+    assert time.monotonic() - started < 2.5
+    # a stream whose chunks come every 0.3 s, 1.5 s in all: cut at 1 s, with an error event
+    with httpx.stream(
+        "POST",
+        f"{strict.url}/v1/memory/chat/completions",
+        params={"namespace": "drip"},
+        json={"model": "drip", "stream": True, "messages": [{"role": "user", "content": "a b"}]},
+        timeout=30,
+    ) as response:
+        text = response.read().decode()
+    assert '"upstream_timeout"' in text
+    assert "[DONE]" not in text
+    assert listed(strict, "drip") == []
+
+
+def test_an_answer_whose_client_left_is_not_remembered(
+    tmp_path: Path, upstream: tuple[FakeUpstream, str]
+) -> None:
+    gw = start_gateway(tmp_path / "data", upstream[1])
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            chat(gw, "gone", "remember this though I leave", model="slow", timeout=0.5)
+        time.sleep(upstream[0].slow_seconds + 1.0)  # the upstream has answered by now
+        assert listed(gw, "gone") == []
+    finally:
+        gw.stop()
