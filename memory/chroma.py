@@ -82,12 +82,17 @@ def _from_row(namespace: str, mid: str, doc: str | None, meta: Any) -> Memory:
         for key, value in meta.items()
         if key.startswith(_USER_META) and isinstance(value, str | int | float | bool)
     }
+    try:
+        created_at = float(meta.get("created_at", 0.0))
+    except (TypeError, ValueError):  # written by hand, or by something else than memgate
+        log.warning("memory %s of %s has no readable created_at", mid, namespace)
+        created_at = 0.0
     return Memory(
         id=mid,
         namespace=namespace,
         content=doc or "",
         role=str(meta.get("role", "user")),
-        created_at=float(meta.get("created_at", 0.0)),
+        created_at=created_at,
         metadata=user,
     )
 
