@@ -14,7 +14,7 @@ import httpx
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from gateway import __version__
 from gateway.auth import Authenticator
@@ -33,7 +33,7 @@ from gateway.routes.memories import (
     search_memories,
 )
 from gateway.routes.models import list_models
-from gateway.routes.ui import ui
+from gateway.routes.ui import docs_asset, ui
 from gateway.state import GatewayState, authenticate, get_gateway, get_principal
 from gateway.telemetry import Metrics, telemetry_middleware
 from gateway.upstream import Router, Upstream
@@ -272,6 +272,7 @@ def create_app(
             metrics_route,
             readyz,
             ui,
+            docs_asset,
         ],
         dependencies={
             "gw": Provide(get_gateway, sync_to_thread=False),
@@ -287,7 +288,16 @@ def create_app(
             version=__version__,
             description="An OpenAI-compatible chat gateway with long-term memory.",
             path="/docs",
-            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+            # Swagger UI from the package's own files: /docs works without a network
+            render_plugins=[
+                SwaggerRenderPlugin(
+                    path=["/", "/swagger"],
+                    js_url="/docs/assets/swagger-ui-bundle.js",
+                    css_url="/docs/assets/swagger-ui.css",
+                    standalone_preset_js_url="/docs/assets/swagger-ui-standalone-preset.js",
+                    favicon="",
+                )
+            ],
         ),
         # Logging is the host program's business (``memgate serve`` sets it up): Litestar's
         # default queue handler would lose the last records when the process exits on SIGTERM.

@@ -26,7 +26,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_body_bytes: int = 4 * 1024 * 1024
     default_namespace: str = "default"
     log_level: str = "info"
-    log_format: str = "json"
+    log_format: str = "auto"
     shutdown_flush_seconds: float = 30.0
     # A connection whose request head has not come in this long is closed (slowloris), and
     # one whose request body has not come in body_timeout_seconds after its head.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -15,12 +17,18 @@ log = logging.getLogger("memgate")
 
 
 def setup_logging(settings: Settings) -> None:
-    """JSON lines (``server.log_format = "json"``) or plain text, on stderr."""
+    """Plain text lines for a person at a terminal, JSON lines for anything else (a log
+    collector, a file); ``server.log_format`` = ``auto`` (that choice), ``text`` or ``json``."""
     handler = logging.StreamHandler(sys.stderr)
-    if settings.server.log_format == "json":
+    form = settings.server.log_format
+    if form == "auto":
+        form = "text" if sys.stderr.isatty() else "json"
+    if form == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
     logging.basicConfig(level=settings.server.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
@@ -115,6 +123,30 @@ def guarded_http(header_timeout: float, body_timeout: float) -> Any:
     return GuardedHttpTools
 
 
+def listen(settings: Settings) -> socket.socket:
+    """The server's socket, bound now: a port in use is one clear line before anything
+    starts, and "memgate ready" is logged only once the socket is bound."""
+    host, port = settings.server.host, settings.server.port
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        reason = "the address is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {reason} (another memgate? --port sets another)"
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -123,13 +155,14 @@ def serve(settings: Settings) -> None:
     setup_logging(settings)
     check_bind(settings)
     check_data_dir(settings)
+    sock = listen(settings)
     if not settings.keys:
         log.warning(
             "no API keys configured: anyone who can reach %s:%d may use every namespace",
             settings.server.host,
             settings.server.port,
         )
-    uvicorn.run(
+    config = uvicorn.Config(
         create_app(settings),
         host=settings.server.host,
         port=settings.server.port,
@@ -141,3 +174,4 @@ def serve(settings: Settings) -> None:
             settings.server.header_timeout_seconds, settings.server.body_timeout_seconds
         ),
     )
+    uvicorn.Server(config).run(sockets=[sock])

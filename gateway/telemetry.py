@@ -163,7 +163,8 @@ class JsonFormatter(logging.Formatter):
         if rid:
             out["request_id"] = rid
         for key, value in vars(record).items():
-            if key not in self._STANDARD and not key.startswith("_"):
+            # uvicorn's color_message is the message again, with terminal escapes
+            if key not in self._STANDARD and not key.startswith("_") and key != "color_message":
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)

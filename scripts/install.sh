@@ -1,26 +1,44 @@
 #!/usr/bin/env bash
-# Install memgate into ./.venv: the pinned CPU build of torch first (an open requirement could
-# pull a multi-GB CUDA build), then the project. Pass "test" to add the test tools: the Python
-# test extras, Debian's chromium (for the inspector page test; never a browser download) and
-# redis-server (the fleet rate-limit test starts its own on loopback), and the Node SDK
-# test's pinned packages.
+# Install memgate into ./.venv, once: again only when pyproject.toml or this script changes
+# (a stamp in .venv records what was installed). PyTorch's CPU build first, from PyTorch's CPU
+# index (PyPI's Linux x86-64 torch is the CUDA build, with GBs of dependencies), from the
+# default index when that one cannot be reached; then the project. Pass "test" to add the
+# test tools: the Python test extras, Debian's chromium (the inspector page test; never a
+# browser download) and redis-server (the fleet rate-limit test starts its own on loopback),
+# each only if missing, and the Node SDK test's pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
+MODE="${1:-serve}"
+TORCH="torch==2.13.0"
+STAMP=".venv/.memgate-installed-$MODE"
+WANT="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)"
+
+if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
+    && { [ "$MODE" != test ] || { command -v chromium && command -v redis-server \
+         && [ -d tests/node/node_modules ]; } >/dev/null 2>&1; }; then
+    exit 0  # installed, and nothing changed since
+fi
+echo "memgate: installing into .venv ($MODE; once, until pyproject.toml changes)..." >&2
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
-if [ "${1:-}" = "test" ]; then
-    .venv/bin/python -m pip install --quiet -e ".[test]"
+PIP=(.venv/bin/python -m pip -qq --disable-pip-version-check)
+"${PIP[@]}" install --upgrade pip
+if ! "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu --timeout 20 \
+        --retries 1 "$TORCH" 2>/dev/null; then
+    echo "memgate: PyTorch's CPU index cannot be reached: $TORCH from the default index" >&2
+    "${PIP[@]}" install "$TORCH"
+fi
+if [ "$MODE" = "test" ]; then
+    "${PIP[@]}" install --config-settings editable_mode=compat -e ".[test]"
     # Only what is missing, each on its own: Debian's nodejs already bundles npm, and asking
     # apt for both at once is refused ("nodejs : Conflicts: npm").
     missing=()
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
-    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # fleet rate limits
+    command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "$(id -u)" != 0 ]; then
             echo "install Debian's ${missing[*]} (apt-get install ${missing[*]})" >&2
@@ -35,5 +53,7 @@ if [ "${1:-}" = "test" ]; then
     fi
     npm ci --prefix tests/node --no-audit --no-fund --silent
 else
-    .venv/bin/python -m pip install --quiet -e .
+    "${PIP[@]}" install --config-settings editable_mode=compat -e .
 fi
+echo "$WANT" > "$STAMP"
+echo "memgate: installed" >&2

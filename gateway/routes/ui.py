@@ -46,3 +46,20 @@ def ui_asset(name: str) -> Response[bytes]:
 
 
 ui = Router(path="/ui", route_handlers=[ui_page, ui_asset])
+
+# Swagger UI's own files (gateway/ui/docs/), for /docs without a CDN.
+DOCS_ASSETS = {
+    "swagger-ui-bundle.js": "text/javascript",
+    "swagger-ui-standalone-preset.js": "text/javascript",
+    "swagger-ui.css": "text/css",
+}
+
+
+@get("/docs/assets/{name:str}", include_in_schema=False, sync_to_thread=False)
+def docs_asset(name: str) -> Response[bytes]:
+    if name not in DOCS_ASSETS:
+        raise NotFound(f"no file {name!r} in the API docs' assets", param="path")
+    content = resources.files("gateway").joinpath("ui", "docs", name).read_bytes()
+    return Response(
+        content, media_type=DOCS_ASSETS[name], headers={"cache-control": "public, max-age=86400"}
+    )

@@ -193,3 +193,21 @@ def test_inspector_sends_the_key_and_explains_refusals(
     )
     assert len(api(keyed_gateway, "GET", "/v1/memory/memories", params={"namespace": name},
                    headers={"x-memgate-key": TEAM_KEY}).json()["data"]) == 1  # fmt: skip
+
+
+def test_api_docs_render_offline(gateway: GatewayProcess, page: Page) -> None:
+    """``/docs`` is Swagger UI from the package's own files: with every other origin
+    refused, it renders the gateway's operations."""
+    urls, errors = watch(page, gateway.url)
+    page.route(
+        "**/*",
+        lambda route: (
+            route.continue_() if route.request.url.startswith(gateway.url + "/") else route.abort()
+        ),
+    )
+    page.goto(gateway.url + "/docs")
+    operations = page.locator(".swagger-ui .opblock")
+    expect(operations.first).to_be_visible()
+    expect(page.locator(".swagger-ui")).to_contain_text("/v1/memory/chat/completions")
+    assert all(u.startswith(gateway.url + "/") for u in urls), urls
+    assert errors == []
