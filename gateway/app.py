@@ -20,6 +20,7 @@ from gateway import __version__
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, Settings
 from gateway.errors import error_response
+from gateway.namespaces import NamespaceResolver
 from gateway.routes.chat import chat_passthrough, memory_chat_path, memory_chat_query
 from gateway.routes.health import healthz, readyz
 from gateway.routes.health import metrics as metrics_route
@@ -221,6 +222,11 @@ def create_app(
             router=router,
             auth=Authenticator(settings),
             metrics=metrics,
+            namespaces=NamespaceResolver(
+                settings.server.namespace_sources,
+                settings.server.default_namespace,
+                keys=bool(settings.keys),
+            ),
             ready=True,
         )
         app.state["gateway"] = gw

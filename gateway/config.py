@@ -25,6 +25,17 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     port: int = 11435
     max_body_bytes: int = 4 * 1024 * 1024
     default_namespace: str = "default"
+    # Where a request names its namespace, first found first: "path" (/v1/memory/ns/NS/...),
+    # "query" (?namespace=), "header" (x-memory-namespace), "user" (the chat body's user).
+    namespace_sources: tuple[str, ...] = ("path", "query", "header")
+
+    def __post_init__(self) -> None:
+        known = ("path", "query", "header", "user")
+        unknown = [s for s in self.namespace_sources if s not in known]
+        if unknown or not self.namespace_sources:
+            raise ValueError(
+                f"server.namespace_sources: {unknown or 'none'}; choose from {', '.join(known)}"
+            )
     log_level: str = "info"
     log_format: str = "auto"
     shutdown_flush_seconds: float = 30.0

@@ -14,6 +14,7 @@ from litestar.handlers import BaseRouteHandler
 
 from gateway.auth import Authenticator, Principal
 from gateway.config import Settings
+from gateway.namespaces import NamespaceResolver
 from gateway.telemetry import Metrics
 from gateway.upstream import Router
 from memory.service import MemoryService
@@ -26,6 +27,7 @@ class GatewayState:
     router: Router
     auth: Authenticator
     metrics: Metrics
+    namespaces: NamespaceResolver
     ready: bool = False
     _upstream_health: tuple[float, dict[str, str]] = (0.0, {})
 

@@ -17,7 +17,6 @@ from litestar.response import Stream
 from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.inject import inject
-from gateway.namespaces import check_namespace
 from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator, relay
 from gateway.upstream import Upstream, relayed_headers, upstream_errors
@@ -285,12 +284,16 @@ async def _memory_chat(
     gw: GatewayState,
     principal: Principal,
     request: Request[Any, Any, Any],
-    namespace: str | None,
+    *,
+    path_namespace: str | None = None,
+    query_namespace: str | None = None,
 ) -> Response[Any]:
     started = time.time()
-    ns = check_namespace(namespace, gw.settings.server.default_namespace)
-    principal.require_namespace(ns)
     body = parse_chat_body(await request.body())
+    ns = gw.namespaces.resolve(
+        path=path_namespace, query=query_namespace, headers=request.headers, body=body
+    )
+    principal.require_namespace(ns)
     chat = MemoryChat(gw, ns, body, started)
     hits = await chat.recall()
     if hits:
@@ -316,16 +319,22 @@ async def memory_chat_query(
 ) -> Response[Any]:
     """An OpenAI chat completion with the namespace's memories recalled and injected, and the
     new exchange remembered. The body is an ordinary chat completions request."""
-    return await _memory_chat(gw, principal, request, namespace)
+    return await _memory_chat(gw, principal, request, query_namespace=namespace)
 
 
 @post("/v1/memory/ns/{namespace:str}/chat/completions", status_code=200, summary="Chat with memory")
 async def memory_chat_path(
-    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], namespace: str
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    namespace: str,
+    query_namespace: str | None = Parameter(query="namespace", default=None, required=False),
 ) -> Response[Any]:
     """The memory chat with the namespace in the path, for clients that can only change
     their base URL (``base_url=".../v1/memory/ns/NS"``)."""
-    return await _memory_chat(gw, principal, request, namespace)
+    return await _memory_chat(
+        gw, principal, request, path_namespace=namespace, query_namespace=query_namespace
+    )
 
 
 @post("/v1/chat/completions", status_code=200, summary="Chat (pass-through)")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import delete, get, post
+from litestar import Request, delete, get, post
 from litestar.params import Parameter
 
 from gateway.auth import Principal
@@ -141,9 +141,13 @@ NamespaceQuery = Annotated[
 ]
 
 
-def _ns(gw: GatewayState, principal: Principal, namespace: str | None) -> str:
-    """The checked namespace of a memory API call, which the key must be allowed to use."""
-    ns = check_namespace(namespace, gw.settings.server.default_namespace)
+def _ns(
+    gw: GatewayState, principal: Principal, namespace: str | None, request: Request[Any, Any, Any]
+) -> str:
+    """The checked namespace of a memory API call (``?namespace=``, or the
+    ``x-memory-namespace`` header where that source is on), which the key must be allowed to
+    use."""
+    ns = gw.namespaces.resolve(query=namespace, headers=request.headers)
     principal.require_memory_api(ns)
     return ns
 
@@ -152,11 +156,12 @@ def _ns(gw: GatewayState, principal: Principal, namespace: str | None) -> str:
 async def add_memories(
     gw: GatewayState,
     principal: Principal,
+    request: Request[Any, Any, Any],
     data: AddMemoriesRequest,
     namespace: NamespaceQuery = None,
 ) -> AddMemoriesResponse:
     """Store up to 1,000 memories in the namespace; they are searchable when this returns."""
-    ns = _ns(gw, principal, namespace)
+    ns = _ns(gw, principal, namespace, request)
     stamp = now()
     memories = [_new_memory(ns, i, item, stamp) for i, item in enumerate(data.memories)]
     await gw.service.add(memories)
@@ -167,6 +172,8 @@ async def add_memories(
 async def list_memories(
     gw: GatewayState,
     principal: Principal,
+    request: Request[Any, Any, Any],
+    *,
     namespace: NamespaceQuery = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
     after: Annotated[str | None, Parameter(max_length=200)] = None,
@@ -175,7 +182,7 @@ async def list_memories(
     (still valid when that memory was deleted since)."""
     try:
         memories, has_more = await gw.service.list(
-            _ns(gw, principal, namespace), limit=limit, after=after
+            _ns(gw, principal, namespace, request), limit=limit, after=after
         )
     except CursorNotFound as exc:
         raise BadRequest(
@@ -189,9 +196,13 @@ async def list_memories(
 
 @get("/v1/memory/memories/{memory_id:str}", summary="Get a memory")
 async def get_memory(
-    gw: GatewayState, principal: Principal, memory_id: str, namespace: NamespaceQuery = None
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    memory_id: str,
+    namespace: NamespaceQuery = None,
 ) -> MemoryOut:
-    memory = await gw.service.get(_ns(gw, principal, namespace), memory_id)
+    memory = await gw.service.get(_ns(gw, principal, namespace, request), memory_id)
     if memory is None:
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     return memory_out(memory)
@@ -199,22 +210,30 @@ async def get_memory(
 
 @delete("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Delete a memory")
 async def delete_memory(
-    gw: GatewayState, principal: Principal, memory_id: str, namespace: NamespaceQuery = None
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    memory_id: str,
+    namespace: NamespaceQuery = None,
 ) -> Deleted:
-    if not await gw.service.delete(_ns(gw, principal, namespace), memory_id):
+    if not await gw.service.delete(_ns(gw, principal, namespace, request), memory_id):
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     return Deleted(id=memory_id, deleted=True)
 
 
 @post("/v1/memory/search", status_code=200, summary="Search memories")
 async def search_memories(
-    gw: GatewayState, principal: Principal, data: SearchRequest, namespace: NamespaceQuery = None
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    data: SearchRequest,
+    namespace: NamespaceQuery = None,
 ) -> SearchResult:
     """Exactly the recall the memory chat uses (before its token budget), best first: up to
     ``k`` memories, fewer when fewer pass the similarity floor."""
     if not data.query.strip():
         raise BadRequest("query must not be blank", param="query", code="invalid_value")
-    hits = await gw.service.recall(_ns(gw, principal, namespace), data.query, k=data.k)
+    hits = await gw.service.recall(_ns(gw, principal, namespace, request), data.query, k=data.k)
     return SearchResult(
         data=[
             SearchHit(

@@ -305,3 +305,50 @@ def test_models_are_relayed(harness: AppHarness, client: TestClient[Any]) -> Non
         r = client.get(path)
         assert r.status_code == 200
         assert r.json() == models
+
+
+def test_apps_can_name_users_by_header_or_by_the_user_field(
+    tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = AppHarness(
+        tmp_path, server={"namespace_sources": ["path", "query", "header", "user"]}
+    )
+    harness.upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion("ok"))
+    )
+
+    def say(text: str, **extra: Any) -> httpx.Response:
+        headers = extra.pop("headers", {})
+        body = {"model": "m", "messages": [{"role": "user", "content": text}], **extra}
+        return client.post("/v1/memory/chat/completions", json=body, headers=headers)
+
+    with harness.client() as client:
+        assert (
+            say("My bank PIN hint is the walrus", user="dave").headers["x-memory-namespace"]
+            == "dave"
+        )
+        wait_until(lambda: harness.store.count("dave") == 2)
+        r = say("What is my bank PIN hint?", user="erin")
+        assert r.headers["x-memory-namespace"] == "erin"
+        assert r.headers["x-memory-recalled"] == "0"  # erin never gets dave's memories
+        assert "walrus" not in json.dumps(upstream_bodies(harness)[-1]["messages"])
+        assert upstream_bodies(harness)[-1]["user"] == "erin"  # the field still goes upstream
+        r = say("What is my bank PIN hint?", user="dave")
+        assert r.headers["x-memory-recalled"] != "0"
+        r = say("hi", headers={"x-memory-namespace": "via-header"}, user="dave")
+        assert r.headers["x-memory-namespace"] == "via-header"  # the header comes first
+        listed = client.get("/v1/memory/memories", headers={"x-memory-namespace": "dave"})
+        assert len(listed.json()["data"]) >= 2
+        assert assert_openai_error(say("x", user="not a namespace"), 400)["param"] == "user"
+    # without keys and without a namespace: the global one, said once in the log
+    plain = AppHarness(tmp_path / "plain")
+    plain.upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion("ok"))
+    )
+    with plain.client() as client:
+        body = {"model": "m", "messages": [{"role": "user", "content": "x"}], "user": "dave"}
+        for _ in range(2):
+            r = client.post("/v1/memory/chat/completions", json=body)
+            assert r.headers["x-memory-namespace"] == "default"  # "user" is not a source
+    warned = [r for r in caplog.records if "named no namespace" in r.getMessage()]
+    assert len(warned) == 1
