@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from memory.embedder import Vectors
-from memory.records import Hit, Memory, Metadata
+from memory.records import Filter, Hit, Memory, Metadata
 from memory.store import Changes, NamespaceCount, StoreUnavailable, page_of
 
 log = logging.getLogger("memgate.store")
@@ -276,10 +276,12 @@ class ChromaStore:
 
             self._run(namespace, upsert, create=True)
 
-    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
+    def search(
+        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+    ) -> builtins.list[Hit]:
         """The ``k`` nearest memories by cosine (``text`` is not used: Chroma's local modes
         have no lexical ranking; ``HybridStore`` adds one)."""
-        res = self._query(namespace, vector, k, ["documents", "metadatas", "distances"])
+        res = self._query(namespace, vector, k, ["documents", "metadatas", "distances"], where)
         if res is None:
             return []
         ids, docs = res["ids"][0], res["documents"][0]
@@ -289,28 +291,43 @@ class ChromaStore:
             for mid, doc, meta, dist in zip(ids, docs, metas, dists, strict=True)
         ]
 
-    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
-        res = self._query(namespace, vector, k, ["distances"])
+    def nearest(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[str, float]]:
+        res = self._query(namespace, vector, k, ["distances"], where)
         if res is None:
             return []
         ids, dists = res["ids"][0], res["distances"][0]
         return [(mid, 1.0 - float(dist)) for mid, dist in zip(ids, dists, strict=True)]
 
-    def _query(self, namespace: str, vector: Vectors, k: int, include: builtins.list[str]) -> Any:
-        """Chroma's answer to a k-nearest query, or None when there is nothing to return."""
+    def _query(
+        self,
+        namespace: str,
+        vector: Vectors,
+        k: int,
+        include: builtins.list[str],
+        where: Filter | None = None,
+    ) -> Any:
+        """Chroma's answer to a k-nearest query, or None when there is nothing to return. A
+        filter makes Chroma's query slower (it filters through the metadata index first)."""
         if k <= 0:
             return None
         res = self._run(
             namespace,
             lambda col: col.query(
-                query_embeddings=vector.reshape(1, -1), n_results=k, include=include
+                query_embeddings=vector.reshape(1, -1),
+                n_results=k,
+                include=include,
+                where=chroma_where(where),
             ),
         )
         if not res or not res["ids"] or not res["ids"][0]:
             return None
         return res
 
-    def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
+    def search_text(
+        self, namespace: str, text: str, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[Memory, float]]:
         return []  # no lexical index here: ``HybridStore`` adds one
 
     def _read(self, namespace: str, col: Any, **kwargs: Any) -> builtins.list[Memory]:
@@ -330,12 +347,17 @@ class ChromaStore:
             offset += _PAGE
 
     def list(
-        self, namespace: str, *, limit: int, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        where: Filter | None = None,
     ) -> tuple[builtins.list[Memory], bool]:
         """A page, cut from the whole namespace (Chroma has no ordered reads): the gateway
         pages from its local index (``HybridStore``) instead."""
         everything = self._run(namespace, lambda col: self._read(namespace, col)) or []
-        return page_of(everything, limit=limit, after=after)
+        return page_of(everything, limit=limit, after=after, where=where)
 
     def get_many(self, namespace: str, memory_ids: Sequence[str]) -> builtins.list[Memory]:
         if not memory_ids:
@@ -498,6 +520,16 @@ def _add_indexes(db_path: Path) -> None:
             db.commit()
     except sqlite3.Error as exc:
         log.warning("could not add indexes to Chroma's %s: %s", db_path, exc)
+
+
+def chroma_where(where: Filter | None) -> dict[str, Any] | None:
+    """A memory filter as Chroma's ``where``: metadata keys carry our prefix."""
+    if not where:
+        return None
+    conditions = [
+        {("role" if key == "role" else _USER_META + key): cond} for key, cond in where.items()
+    ]
+    return conditions[0] if len(conditions) == 1 else {"$and": conditions}
 
 
 def _erasure_id(namespace: str) -> str:

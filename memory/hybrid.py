@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from memory.embedder import Vectors
 from memory.lexical import LexicalIndex, NamespaceIndex
 from memory.recall import hybrid
-from memory.records import Hit, Memory, id_micros, sort_key
+from memory.records import Filter, Hit, Memory, id_micros, matches, sort_key
 from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount
 
 log = logging.getLogger("memgate.store")
@@ -238,11 +238,13 @@ class HybridStore:
             with self._lock(namespace):
                 self.lexical.add(items)
 
-    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
+    def search(
+        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+    ) -> builtins.list[Hit]:
         """The dense ranking, its memories read from the local copy (the store is asked only
         for ids and cosines, which is cheaper; it is asked for the ones the copy lacks), fused
         with the lexical one when ``text`` is given."""
-        ranked = self.store.nearest(namespace, vector, k)
+        ranked = self.store.nearest(namespace, vector, k, where)
         found = self.lexical.memories(namespace, [mid for mid, _ in ranked])
         missing = [mid for mid, _ in ranked if mid not in found]
         if missing:
@@ -251,25 +253,39 @@ class HybridStore:
         dense = [Hit(found[mid], cos, cos) for mid, cos in ranked if mid in found]
         if not dense or not text.strip():
             return dense
-        return hybrid(dense, self.search_text(namespace, text, k), k=k, fusion_k=self.fusion_k)
+        lexical = self.search_text(namespace, text, k, where)
+        return hybrid(dense, lexical, k=k, fusion_k=self.fusion_k)
 
-    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
-        return self.store.nearest(namespace, vector, k)
+    def nearest(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[str, float]]:
+        return self.store.nearest(namespace, vector, k, where)
 
-    def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
-        """The copy's BM25 matches, each confirmed in the store."""
+    def search_text(
+        self, namespace: str, text: str, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[Memory, float]]:
+        """The copy's BM25 matches (with a filter: among the best 4k, those that pass it),
+        each confirmed in the store."""
         if k <= 0 or not text.strip() or not self.lexical_recall:
             return []
         self.catch_up(namespace)
-        matched = self.lexical.search(namespace, text, k)
+        matched = self.lexical.search(namespace, text, k * 4 if where else k)
+        if where:
+            matched = [(m, s) for m, s in matched if matches(m, where)][:k]
         present = self._confirmed(namespace, [m for m, _ in matched])
         return [(m, score) for m, score in matched if m.id in present]
 
     def list(
-        self, namespace: str, *, limit: int, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        where: Filter | None = None,
     ) -> tuple[builtins.list[Memory], bool]:
         """A page from the local copy (caught up first), each memory confirmed in the store:
-        the cost of the page, whatever the namespace's size."""
+        the cost of the page, whatever the namespace's size (with a filter, the cost of the
+        rows read to fill it)."""
         self.catch_up(namespace)
         before: tuple[int, str] | None = None
         if after is not None:
@@ -280,12 +296,13 @@ class HybridStore:
         out: builtins.list[Memory] = []
         while len(out) <= limit:
             want = limit + 1 - len(out)
-            rows = self.lexical.page(namespace, before, want)
+            rows = self.lexical.page(namespace, before, max(want, 100) if where else want)
             if not rows:
                 break
-            present = self._confirmed(namespace, rows)
-            out += [m for m in rows if m.id in present]
             before = sort_key(rows[-1])
+            wanted = [m for m in rows if matches(m, where)]
+            present = self._confirmed(namespace, wanted)
+            out += [m for m in wanted if m.id in present]
         return out[:limit], len(out) > limit
 
     def get(self, namespace: str, memory_id: str) -> Memory | None:

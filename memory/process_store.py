@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from memory.embedder import Vectors
-from memory.records import Hit, Memory
+from memory.records import Filter, Hit, Memory
 from memory.store import Changes, MemoryStore, NamespaceCount, StoreUnavailable
 
 log = logging.getLogger("memgate.store")
@@ -309,23 +309,38 @@ class ProcessStore:
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         self._call("add", builtins.list(memories), vectors)
 
-    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
-        result: builtins.list[Hit] = self._call("search", namespace, vector, k, text)
+    def search(
+        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+    ) -> builtins.list[Hit]:
+        result: builtins.list[Hit] = self._call("search", namespace, vector, k, text, where)
         return result
 
-    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
-        result: builtins.list[tuple[str, float]] = self._call("nearest", namespace, vector, k)
+    def nearest(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[str, float]]:
+        result: builtins.list[tuple[str, float]] = self._call(
+            "nearest", namespace, vector, k, where
+        )
         return result
 
-    def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
-        result: builtins.list[tuple[Memory, float]] = self._call("search_text", namespace, text, k)
+    def search_text(
+        self, namespace: str, text: str, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[Memory, float]]:
+        result: builtins.list[tuple[Memory, float]] = self._call(
+            "search_text", namespace, text, k, where
+        )
         return result
 
     def list(
-        self, namespace: str, *, limit: int, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        where: Filter | None = None,
     ) -> tuple[builtins.list[Memory], bool]:
         result: tuple[builtins.list[Memory], bool] = self._call(
-            "list", namespace, limit=limit, after=after
+            "list", namespace, limit=limit, after=after, where=where
         )
         return result
 

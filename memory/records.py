@@ -65,10 +65,11 @@ class Exchange(msgspec.Struct, frozen=True, kw_only=True):
     assistant: str
     model: str = ""
     created_at: float = 0.0
+    metadata: Metadata = msgspec.field(default_factory=dict)
 
     def memories(self) -> list[Memory]:
         """The memories this exchange is stored as: the user turn, then the reply."""
-        meta: Metadata = {"source": "chat"}
+        meta: Metadata = {"source": "chat", **self.metadata}
         if self.model:
             meta["model"] = self.model
         out: list[Memory] = []
@@ -154,6 +155,57 @@ def created_problem(created_at: float) -> str | None:
     if not math.isfinite(created_at) or not MIN_CREATED <= created_at <= MAX_CREATED:
         return "created_at must be between 0001-01-02 and 9999-12-30 (UTC)"
     return None
+
+
+# A filter on memories: {key: value} (equal) or {key: {"$in": [values]}} (one of them), all
+# keys to hold at once; a key is a metadata key, or "role".
+Filter = dict[str, Any]
+MAX_FILTER_KEYS = 16
+MAX_IN = 100
+
+
+def filter_problem(where: Any) -> str | None:
+    """Why ``where`` is not a filter, or None."""
+    if not isinstance(where, dict) or not where:
+        return 'a filter is a non-empty object like {"conversation_id": "c1"}'
+    if len(where) > MAX_FILTER_KEYS:
+        return f"a filter has at most {MAX_FILTER_KEYS} keys"
+    for key, cond in where.items():
+        if isinstance(cond, dict):
+            values = cond.get("$in")
+            if set(cond) != {"$in"} or not isinstance(values, list) or not values:
+                return f'filter {key!r}: a value, or {{"$in": [values]}} with 1-{MAX_IN} values'
+            if len(values) > MAX_IN:
+                return f"filter {key!r}: at most {MAX_IN} values"
+        else:
+            values = [cond]
+        for value in values:
+            problem = role_problem(value) if key == "role" else metadata_problem({key: value})
+            if problem:
+                return f"filter: {problem}"
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as metadata values: 1 is not True, and 1 is 1.0."""
+    return isinstance(a, bool) == isinstance(b, bool) and a == b
+
+
+def matches(memory: Memory, where: Filter | None) -> bool:
+    """Whether ``memory`` passes the filter ``where`` (None: every memory does)."""
+    if not where:
+        return True
+    for key, cond in where.items():
+        if key == "role":
+            value: Any = memory.role
+        elif key in memory.metadata:
+            value = memory.metadata[key]
+        else:
+            return False
+        wanted = cond["$in"] if isinstance(cond, dict) else [cond]
+        if not any(_same(value, w) for w in wanted):
+            return False
+    return True
 
 
 def cut(text: str, limit: int = MAX_CONTENT) -> str:

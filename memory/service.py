@@ -20,7 +20,7 @@ import numpy as np
 from memory.embedder import BatchingEmbedder, Embedder, Vectors
 from memory.outbox import Outbox, Queued, Writer
 from memory.recall import hybrid, rank
-from memory.records import Exchange, Hit, Memory
+from memory.records import Exchange, Filter, Hit, Memory, matches
 from memory.store import MemoryStore, NamespaceCount
 
 
@@ -258,10 +258,16 @@ class MemoryService:
     # -- reading -----------------------------------------------------------------------------
 
     async def recall(
-        self, namespace: str, query: str, *, k: int | None = None, carried: Iterable[str] = ()
+        self,
+        namespace: str,
+        query: str,
+        *,
+        k: int | None = None,
+        carried: Iterable[str] = (),
+        where: Filter | None = None,
     ) -> builtins.list[Hit]:
-        """The memories of ``namespace`` relevant to ``query``, ranked, best first (before any
-        token budget). Memories still queued for writing are included."""
+        """The memories of ``namespace`` (passing ``where``) relevant to ``query``, ranked, best
+        first (before any token budget). Memories still queued for writing are included."""
         k = k or self.settings.k
         if not query.strip():
             return []
@@ -271,20 +277,22 @@ class MemoryService:
         # when they were queued, so their vectors are cached or on their way.
         query_at = self._request([query])  # the model call starts now: first in line
         lexical = asyncio.ensure_future(
-            asyncio.to_thread(self.store.search_text, namespace, query, candidates)
+            asyncio.to_thread(self.store.search_text, namespace, query, candidates, where)
         )
         embedding = asyncio.ensure_future(self._collect([query], query_at))
         queued: asyncio.Future[Vectors] | None = None
         erasure: asyncio.Future[builtins.list[Memory]] | None = None
         try:
-            pending = self.outbox.pending(namespace)
+            pending = [m for m in self.outbox.pending(namespace) if matches(m, where)]
             if pending:
                 queued = asyncio.ensure_future(self._embed_texts([m.content for m in pending]))
                 if self.shared:  # erased through another gateway since they were queued?
                     erasure = asyncio.ensure_future(self._unerased(namespace, pending))
             query_vec = (await embedding)[0]
             with self._searches.searching():
-                dense = await asyncio.to_thread(self.store.search, namespace, query_vec, candidates)
+                dense = await asyncio.to_thread(
+                    self.store.search, namespace, query_vec, candidates, "", where
+                )
             matched = await lexical if dense else []
             hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
             if queued is not None:
@@ -308,9 +316,16 @@ class MemoryService:
         )
 
     async def list(
-        self, namespace: str, *, limit: int, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        where: Filter | None = None,
     ) -> tuple[builtins.list[Memory], bool]:
-        return await asyncio.to_thread(self.store.list, namespace, limit=limit, after=after)
+        return await asyncio.to_thread(
+            self.store.list, namespace, limit=limit, after=after, where=where
+        )
 
     async def get(self, namespace: str, memory_id: str) -> Memory | None:
         found = await asyncio.to_thread(self.store.get, namespace, memory_id)

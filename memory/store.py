@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 import msgspec
 
 from memory.embedder import Vectors
-from memory.records import Hit, Memory, id_micros, sort_key
+from memory.records import Filter, Hit, Memory, id_micros, matches, sort_key
 
 
 class StoreUnavailable(Exception):
@@ -48,25 +48,37 @@ class MemoryStore(Protocol):
         """Insert or replace (by id) memories with their vectors; idempotent. Each write is
         stamped with the time it was made, which ``changes`` reads back."""
 
-    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> builtins.list[Hit]:
-        """The ``k`` best memories of ``namespace`` for a query: nearest to ``vector`` (one
-        row), and where the store has a lexical index, matching ``text``; best first."""
+    def search(
+        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+    ) -> builtins.list[Hit]:
+        """The ``k`` best memories of ``namespace`` (passing ``where``) for a query: nearest to
+        ``vector`` (one row), and where the store has a lexical index, matching ``text``; best
+        first."""
 
-    def nearest(self, namespace: str, vector: Vectors, k: int) -> builtins.list[tuple[str, float]]:
+    def nearest(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[str, float]]:
         """The ids of the ``k`` memories nearest to ``vector`` with their cosines, best first:
         ``search`` without fetching the memories (for callers that hold them already)."""
 
-    def search_text(self, namespace: str, text: str, k: int) -> builtins.list[tuple[Memory, float]]:
+    def search_text(
+        self, namespace: str, text: str, k: int, where: Filter | None = None
+    ) -> builtins.list[tuple[Memory, float]]:
         """The ``k`` best lexical matches of ``text`` with their scores, best first; empty
         where the store has no lexical index. ``search`` without ``text`` plus this, fused by
         ``recall.hybrid``, is ``search`` with ``text``: callers may run the two at once."""
 
     def list(
-        self, namespace: str, *, limit: int, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        where: Filter | None = None,
     ) -> tuple[builtins.list[Memory], bool]:
-        """A page of memories, newest first (by ``records.sort_key``), starting after the
-        memory ``after`` (which may have been deleted since: its id still says where it stood;
-        ``CursorNotFound`` when it does not); and has_more."""
+        """A page of memories (passing ``where``), newest first (by ``records.sort_key``),
+        starting after the memory ``after`` (which may have been deleted since: its id still
+        says where it stood; ``CursorNotFound`` when it does not); and has_more."""
 
     def get(self, namespace: str, memory_id: str) -> Memory | None: ...
 
@@ -124,7 +136,7 @@ def cursor_key(after: str, find: Callable[[str], Memory | None]) -> tuple[int, s
 
 
 def page_of(
-    memories: Iterable[Memory], *, limit: int, after: str | None
+    memories: Iterable[Memory], *, limit: int, after: str | None, where: Filter | None = None
 ) -> tuple[builtins.list[Memory], bool]:
     """A page of ``memories`` (all of a namespace) for ``MemoryStore.list``: newest first,
     after the cursor ``after``. Costs the namespace: for stores without an ordered index."""
@@ -133,4 +145,5 @@ def page_of(
         by_id = {m.id: m for m in everything}
         key = cursor_key(after, by_id.get)
         everything = [m for m in everything if sort_key(m) < key]
+    everything = [m for m in everything if matches(m, where)]
     return everything[:limit], len(everything) > limit

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 import numpy as np
 
 from memory.embedder import Vectors
-from memory.records import Hit, Memory
+from memory.records import Filter, Hit, Memory, matches
 from memory.store import Changes, NamespaceCount, StoreUnavailable, page_of
 
 _WORD = re.compile(r"\w+")
@@ -76,25 +76,36 @@ class MemStore:
                 self.stamps[memory.id] = stamp
             self.adds += len(memories)
 
-    def search(self, namespace: str, vector: Vectors, k: int, text: str = "") -> list[Hit]:
+    def search(
+        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+    ) -> list[Hit]:
         self._check("search")
-        rows = list(self.rows.get(namespace, {}).values())
+        rows = [(m, v) for m, v in self.rows.get(namespace, {}).values() if matches(m, where)]
         hits = [Hit(m, float(v @ vector), float(v @ vector)) for m, v in rows]
         return sorted(hits, key=lambda h: h.score, reverse=True)[:k]
 
-    def nearest(self, namespace: str, vector: Vectors, k: int) -> list[tuple[str, float]]:
-        return [(h.memory.id, h.score) for h in self.search(namespace, vector, k)]
+    def nearest(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
+    ) -> list[tuple[str, float]]:
+        return [(h.memory.id, h.score) for h in self.search(namespace, vector, k, where=where)]
 
-    def search_text(self, namespace: str, text: str, k: int) -> list[tuple[Memory, float]]:
+    def search_text(
+        self, namespace: str, text: str, k: int, where: Filter | None = None
+    ) -> list[tuple[Memory, float]]:
         self._check("search_text")  # no lexical index
         return []
 
     def list(
-        self, namespace: str, *, limit: int, after: str | None = None
+        self,
+        namespace: str,
+        *,
+        limit: int,
+        after: str | None = None,
+        where: Filter | None = None,
     ) -> tuple[list[Memory], bool]:
         self._check("list")
         rows = self.rows.get(namespace, {}).values()
-        return page_of([m for m, _ in rows], limit=limit, after=after)
+        return page_of([m for m, _ in rows], limit=limit, after=after, where=where)
 
     def get_many(self, namespace: str, memory_ids: Sequence[str]) -> list[Memory]:
         self._check("get_many")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator, relay
 from gateway.upstream import Upstream, relayed_headers, upstream_errors
 from memory.recall import budget, content_text, query_text
-from memory.records import Exchange, Hit
+from memory.records import Exchange, Hit, Metadata
 
 log = logging.getLogger("memgate.chat")
 
@@ -120,11 +121,19 @@ RECALL_FAILED = (
 class MemoryChat:
     """One memory chat request, from recall to remember."""
 
-    def __init__(self, gw: GatewayState, namespace: str, body: ChatBody, started: float) -> None:
+    def __init__(
+        self,
+        gw: GatewayState,
+        namespace: str,
+        body: ChatBody,
+        started: float,
+        metadata: Metadata | None = None,
+    ) -> None:
         self.gw = gw
         self.namespace = namespace
         self.body = body
         self.started = started
+        self.metadata = metadata or {}
         self.headers: dict[str, str] = {"x-memory-namespace": namespace, "x-memory-recalled": "0"}
 
     async def recall(self) -> list[Hit]:
@@ -160,6 +169,7 @@ class MemoryChat:
             assistant=assistant,
             model=model,
             created_at=self.started,
+            metadata=self.metadata,
         )
         try:
             await self.gw.service.remember(exchange)
@@ -203,6 +213,25 @@ def upstream_client_headers(
         for k, v in request.headers.items()
         if not (k == "authorization" and principal.via_authorization)
     }
+
+
+CONVERSATION = "x-memory-conversation"
+_CONVERSATION_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def conversation(headers: Mapping[str, str]) -> Metadata:
+    """The exchange's metadata from the request: the conversation id an app may send in
+    ``x-memory-conversation``, kept as ``conversation_id`` (a filter for search and list)."""
+    value = headers.get(CONVERSATION)
+    if value is None:
+        return {}
+    if not _CONVERSATION_ID.fullmatch(value):
+        raise BadRequest(
+            f"{CONVERSATION} must be 1-128 characters of A-Z a-z 0-9 . _ : @ / + = -",
+            param=CONVERSATION,
+            code="invalid_value",
+        )
+    return {"conversation_id": value}
 
 
 async def client_gone(request: Request[Any, Any, Any]) -> bool:
@@ -294,7 +323,7 @@ async def _memory_chat(
         path=path_namespace, query=query_namespace, headers=request.headers, body=body
     )
     principal.require_namespace(ns)
-    chat = MemoryChat(gw, ns, body, started)
+    chat = MemoryChat(gw, ns, body, started, conversation(request.headers))
     hits = await chat.recall()
     if hits:
         body["messages"] = inject(body["messages"], hits)

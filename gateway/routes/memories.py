@@ -14,9 +14,11 @@ from gateway.namespaces import check_namespace
 from gateway.state import GatewayState
 from memory.records import (
     MAX_CONTENT,
+    Filter,
     Memory,
     MetadataValue,
     created_problem,
+    filter_problem,
     from_rfc3339,
     metadata_problem,
     new_id,
@@ -45,6 +47,24 @@ class AddMemoriesResponse(msgspec.Struct):
 class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
     query: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)]
     k: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    filter: dict[str, Any] | None = None
+
+
+def checked_filter(value: Any, param: str) -> Filter | None:
+    """A request's memory filter, checked (400 naming ``param`` when it is not one)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = msgspec.json.decode(value)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise BadRequest(
+                f"{param} must be a JSON object: {exc}", param=param, code="invalid_value"
+            ) from exc
+    if problem := filter_problem(value):
+        raise BadRequest(problem, param=param, code="invalid_value")
+    result: Filter = value
+    return result
 
 
 class MemoryOut(msgspec.Struct):
@@ -177,12 +197,22 @@ async def list_memories(
     namespace: NamespaceQuery = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
     after: Annotated[str | None, Parameter(max_length=200)] = None,
+    filter_: Annotated[
+        str | None,
+        Parameter(
+            query="filter",
+            max_length=8000,
+            description='a JSON object: {"key": value} or {"key": {"$in": [values]}}',
+        ),
+    ] = None,
 ) -> MemoryList:
     """Memories of the namespace, newest first; ``after`` is the last id of the previous page
-    (still valid when that memory was deleted since)."""
+    (still valid when that memory was deleted since); ``filter`` keeps those whose metadata
+    (or ``role``) match."""
+    where = checked_filter(filter_, "filter")
     try:
         memories, has_more = await gw.service.list(
-            _ns(gw, principal, namespace, request), limit=limit, after=after
+            _ns(gw, principal, namespace, request), limit=limit, after=after, where=where
         )
     except CursorNotFound as exc:
         raise BadRequest(
@@ -233,7 +263,10 @@ async def search_memories(
     ``k`` memories, fewer when fewer pass the similarity floor."""
     if not data.query.strip():
         raise BadRequest("query must not be blank", param="query", code="invalid_value")
-    hits = await gw.service.recall(_ns(gw, principal, namespace, request), data.query, k=data.k)
+    where = checked_filter(data.filter, "filter")
+    hits = await gw.service.recall(
+        _ns(gw, principal, namespace, request), data.query, k=data.k, where=where
+    )
     return SearchResult(
         data=[
             SearchHit(

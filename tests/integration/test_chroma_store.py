@@ -79,6 +79,13 @@ def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder)
     assert hits[0].score > hits[1].score
     assert all(h.memory.namespace == "ns:a@x" for h in hits)
     assert store.search("nobody", minilm.embed(["x"])[0], 3) == []
+    query = minilm.embed(["which city do I live in?"])[0]
+    picked = store.search("ns:a@x", query, 5, where={"i": {"$in": [1, 3]}})
+    assert sorted(h.memory.id for h in picked) == ["ns:a@x-1", "ns:a@x-3"]
+    replies = store.nearest("ns:a@x", query, 5, where={"role": "assistant", "ok": True})
+    assert sorted(mid for mid, _ in replies) == ["ns:a@x-0", "ns:a@x-2", "ns:a@x-4"]
+    page, _ = store.list("ns:a@x", limit=10, where={"tag": "t2"})
+    assert [m.id for m in page] == ["ns:a@x-2"]
 
     page, more = store.list("ns:a@x", limit=2)
     assert [m.id for m in page] == ["ns:a@x-4", "ns:a@x-3"]
