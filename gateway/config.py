@@ -36,6 +36,7 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"server.namespace_sources: {unknown or 'none'}; choose from {', '.join(known)}"
             )
+
     log_level: str = "info"
     log_format: str = "auto"
     shutdown_flush_seconds: float = 30.0
