@@ -31,7 +31,9 @@ from gateway.routes.memories import (
     get_memory,
     list_memories,
     list_namespaces,
+    memory_history,
     search_memories,
+    update_memory,
 )
 from gateway.routes.models import list_models
 from gateway.routes.ui import docs_asset, ui
@@ -271,6 +273,8 @@ def create_app(
             list_memories,
             list_namespaces,
             get_memory,
+            update_memory,
+            memory_history,
             delete_memory,
             search_memories,
             erase_namespace,

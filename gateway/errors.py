@@ -9,6 +9,7 @@ Every error a client can see has the body
     ├── Unauthorized                 401 invalid_request_error, code invalid_api_key
     ├── Forbidden                    403 permission_error
     ├── NotFound                     404 not_found_error
+    ├── Conflict                     409 invalid_request_error, code conflict
     ├── PayloadTooLarge              413 invalid_request_error, code payload_too_large
     ├── RateLimited                  429 rate_limit_error
     ├── UpstreamError                502 upstream_error (base of the upstream failures)
@@ -84,6 +85,12 @@ class NotFound(GatewayError):
     status = 404
     type = "not_found_error"
     default_code = "not_found"
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    default_code = "conflict"
 
 
 class PayloadTooLarge(GatewayError):

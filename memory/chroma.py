@@ -44,9 +44,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
+import msgspec
+
 from memory.embedder import Vectors
 from memory.records import Filter, Hit, Memory, Metadata
-from memory.store import Changes, NamespaceCount, StoreUnavailable, page_of
+from memory.store import Changes, NamespaceCount, StoreUnavailable, Version, page_of
 
 log = logging.getLogger("memgate.store")
 
@@ -143,7 +145,7 @@ class ChromaStore:
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self._cache_size = cache_size
         self._vector_cache = vector_cache
-        self._registry: Any = None
+        self._registry_col: Any = None
         self._lock = threading.Lock()
         self._connect_lock = threading.Lock()
         if self.mode == "embedded":
@@ -246,16 +248,16 @@ class ChromaStore:
         return None
 
     def _registry_collection(self) -> Any:
-        if self._registry is None:
+        if self._registry_col is None:
             try:
-                self._registry = self._client.get_or_create_collection(
+                self._registry_col = self._client.get_or_create_collection(
                     f"{self._prefix}{_REGISTRY}",
                     configuration={"hnsw": {**_HNSW, "space": "l2"}},
                     embedding_function=None,
                 )
             except Exception as exc:
                 raise StoreUnavailable(f"Chroma registry failed: {exc}") from exc
-        return self._registry
+        return self._registry_col
 
     # -- MemoryStore -------------------------------------------------------------------------
 
@@ -408,6 +410,15 @@ class ChromaStore:
 
         return self._run(namespace, work) or Changes(None, [])
 
+    def _registry(self, work: Callable[[Any], T]) -> T:
+        """``work`` on the registry collection (erasures and earlier versions)."""
+        try:
+            return work(self._registry_collection())
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            raise StoreUnavailable(f"Chroma registry failed: {exc}") from exc
+
     def delete(self, namespace: str, memory_id: str) -> bool:
         def work(col: Any) -> bool:
             if not col.get(ids=[memory_id], include=[])["ids"]:
@@ -415,21 +426,52 @@ class ChromaStore:
             col.delete(ids=[memory_id])
             return True
 
-        return bool(self._run(namespace, work))
+        found = bool(self._run(namespace, work))
+        if found:  # its earlier versions go with it
+            self._registry(
+                lambda reg: reg.delete(
+                    where={"$and": [{"ns": _digest(namespace)}, {"memory_id": memory_id}]}
+                )
+            )
+        return found
+
+    def keep_version(self, memory: Memory, changed_at: float) -> None:
+        """Record ``memory`` as it was before a change made at ``changed_at``."""
+        self._registry(
+            lambda reg: reg.upsert(
+                ids=[f"version:{memory.id}:{changed_at:.6f}"],
+                embeddings=[[changed_at]],
+                documents=[msgspec.json.encode(memory).decode()],
+                metadatas=[
+                    {"ns": _digest(memory.namespace), "memory_id": memory.id, "at": changed_at}
+                ],
+            )
+        )
+
+    def versions(self, namespace: str, memory_id: str) -> builtins.list[Version]:
+        res = self._registry(
+            lambda reg: reg.get(
+                where={"$and": [{"ns": _digest(namespace)}, {"memory_id": memory_id}]},
+                include=["documents", "metadatas"],
+            )
+        )
+        out = [
+            Version(msgspec.json.decode(doc, type=Memory), float((meta or {}).get("at", 0.0)))
+            for doc, meta in zip(res["documents"], res["metadatas"], strict=True)
+        ]
+        return sorted(out, key=lambda v: v.replaced_at)
 
     def delete_namespace(self, namespace: str) -> int:
         count = self.count(namespace)
         erased_at = time.time()
-        try:
-            self._registry_collection().upsert(
+        self._registry(
+            lambda reg: reg.upsert(
                 ids=[_erasure_id(namespace)],
                 embeddings=[[erased_at]],
                 metadatas=[{_NS_KEY: namespace, "erased_at": erased_at}],
             )
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            raise StoreUnavailable(f"Chroma registry write failed: {exc}") from exc
+        )
+        self._registry(lambda reg: reg.delete(where={"ns": _digest(namespace)}))
         self._forget(namespace)
         from chromadb.errors import NotFoundError
 
@@ -447,12 +489,7 @@ class ChromaStore:
         wanted = {_erasure_id(ns): ns for ns in namespaces}
         if not wanted:
             return {}
-        try:
-            res = self._registry_collection().get(ids=builtins.list(wanted), include=["metadatas"])
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            raise StoreUnavailable(f"Chroma registry read failed: {exc}") from exc
+        res = self._registry(lambda reg: reg.get(ids=builtins.list(wanted), include=["metadatas"]))
         return {
             wanted[rid]: float((meta or {}).get("erased_at", 0.0))
             for rid, meta in zip(res["ids"], res["metadatas"], strict=True)
@@ -532,8 +569,12 @@ def chroma_where(where: Filter | None) -> dict[str, Any] | None:
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
 
 
+def _digest(namespace: str) -> str:
+    return hashlib.sha256(namespace.encode()).hexdigest()[:40]
+
+
 def _erasure_id(namespace: str) -> str:
-    return "erased:" + hashlib.sha256(namespace.encode()).hexdigest()[:40]
+    return "erased:" + _digest(namespace)
 
 
 def _save_at_each_write(col: Any) -> None:

@@ -44,7 +44,7 @@ from memory.embedder import Vectors
 from memory.lexical import LexicalIndex, NamespaceIndex
 from memory.recall import hybrid
 from memory.records import Filter, Hit, Memory, id_micros, matches, sort_key
-from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount
+from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount, Version
 
 log = logging.getLogger("memgate.store")
 
@@ -319,6 +319,12 @@ class HybridStore:
 
     def changes(self, namespace: str, since: float | None) -> Changes:
         return self.store.changes(namespace, since)
+
+    def keep_version(self, memory: Memory, changed_at: float) -> None:
+        self.store.keep_version(memory, changed_at)
+
+    def versions(self, namespace: str, memory_id: str) -> builtins.list[Version]:
+        return self.store.versions(namespace, memory_id)
 
     def delete(self, namespace: str, memory_id: str) -> bool:
         with self._lock(namespace):

@@ -35,7 +35,7 @@ from typing import Any
 
 from memory.embedder import Vectors
 from memory.records import Filter, Hit, Memory
-from memory.store import Changes, MemoryStore, NamespaceCount, StoreUnavailable
+from memory.store import Changes, MemoryStore, NamespaceCount, StoreUnavailable, Version
 
 log = logging.getLogger("memgate.store")
 
@@ -54,6 +54,8 @@ _CALLS = frozenset(
         "existing",
         "ids",
         "changes",
+        "keep_version",
+        "versions",
         "delete",
         "delete_namespace",
         "erasures",
@@ -362,6 +364,13 @@ class ProcessStore:
 
     def changes(self, namespace: str, since: float | None) -> Changes:
         result: Changes = self._call("changes", namespace, since)
+        return result
+
+    def keep_version(self, memory: Memory, changed_at: float) -> None:
+        self._call("keep_version", memory, changed_at)
+
+    def versions(self, namespace: str, memory_id: str) -> builtins.list[Version]:
+        result: builtins.list[Version] = self._call("versions", namespace, memory_id)
         return result
 
     def delete(self, namespace: str, memory_id: str) -> bool:

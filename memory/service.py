@@ -15,13 +15,18 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from memory.embedder import BatchingEmbedder, Embedder, Vectors
 from memory.outbox import Outbox, Queued, Writer
 from memory.recall import hybrid, rank
 from memory.records import Exchange, Filter, Hit, Memory, matches
-from memory.store import MemoryStore, NamespaceCount
+from memory.store import MemoryStore, NamespaceCount, Version
+
+
+class StillQueued(Exception):
+    """The memory is in the write queue, not in the store yet."""
 
 
 class RecallSettings:
@@ -334,6 +339,26 @@ class MemoryService:
                 if memory.id == memory_id:
                     return memory
         return found
+
+    async def update(self, namespace: str, memory_id: str, **changes: Any) -> Memory | None:
+        """Change a stored memory's ``content``, ``role`` or ``metadata`` (re-embedded when its
+        content changes); the version it replaces is kept (``versions``). None when the store
+        holds no such memory; ``StillQueued`` when it is waiting in the write queue."""
+        current = await asyncio.to_thread(self.store.get, namespace, memory_id)
+        if current is None:
+            if any(m.id == memory_id for m in self.outbox.pending(namespace)):
+                raise StillQueued(memory_id)
+            return None
+        changed = msgspec.structs.replace(current, **changes)
+        if changed == current:
+            return current
+        vectors = await self.embedder.embed_bulk([changed.content])
+        await asyncio.to_thread(self.store.keep_version, current, time.time())
+        await asyncio.to_thread(self.store.add, [changed], vectors)
+        return changed
+
+    async def versions(self, namespace: str, memory_id: str) -> builtins.list[Version]:
+        return await asyncio.to_thread(self.store.versions, namespace, memory_id)
 
     async def delete(self, namespace: str, memory_id: str) -> bool:
         async with self.writer.lock:

@@ -37,6 +37,13 @@ class Changes(msgspec.Struct, frozen=True):
     memories: list[Memory]
 
 
+class Version(msgspec.Struct, frozen=True):
+    """A memory as it was, until it was changed at ``replaced_at``."""
+
+    memory: Memory
+    replaced_at: float
+
+
 class NamespaceCount(msgspec.Struct, frozen=True):
     namespace: str
     count: int
@@ -95,8 +102,16 @@ class MemoryStore(Protocol):
         """The namespace's generation, and its memories written at or after ``since`` (a
         write stamp, seconds since the epoch; None: all of them)."""
 
+    def keep_version(self, memory: Memory, changed_at: float) -> None:
+        """Record ``memory`` as it was before a change made at ``changed_at`` (seconds since
+        the epoch), for ``versions``."""
+
+    def versions(self, namespace: str, memory_id: str) -> builtins.list[Version]:
+        """The earlier versions of a memory, oldest first."""
+
     def delete(self, namespace: str, memory_id: str) -> bool:
-        """Delete one memory; False when the namespace holds no such id."""
+        """Delete one memory (and its earlier versions); False when the namespace holds no
+        such id."""
 
     def delete_namespace(self, namespace: str) -> int:
         """Erase every memory of the namespace; returns how many there were. The erasure is

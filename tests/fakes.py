@@ -13,7 +13,7 @@ import numpy as np
 
 from memory.embedder import Vectors
 from memory.records import Filter, Hit, Memory, matches
-from memory.store import Changes, NamespaceCount, StoreUnavailable, page_of
+from memory.store import Changes, NamespaceCount, StoreUnavailable, Version, page_of
 
 _WORD = re.compile(r"\w+")
 
@@ -52,6 +52,7 @@ class MemStore:
         self.stamps: dict[str, float] = {}  # memory id -> when it was last written
         self.generations: dict[str, str] = {}
         self.erased: dict[str, float] = {}
+        self.history: dict[tuple[str, str], list[Version]] = {}
         self.down = False
         self.adds = 0
         self.calls: list[str] = []
@@ -134,14 +135,27 @@ class MemStore:
             found = [m for m, _ in rows.values() if since is None or self.stamps[m.id] >= since]
             return Changes(self.generations[namespace], found)
 
+    def keep_version(self, memory: Memory, changed_at: float) -> None:
+        self._check("keep_version")
+        self.history.setdefault((memory.namespace, memory.id), []).append(
+            Version(memory, changed_at)
+        )
+
+    def versions(self, namespace: str, memory_id: str) -> list[Version]:
+        self._check("versions")
+        return list(self.history.get((namespace, memory_id), []))
+
     def delete(self, namespace: str, memory_id: str) -> bool:
         self._check("delete")
+        self.history.pop((namespace, memory_id), None)
         return self.rows.get(namespace, {}).pop(memory_id, None) is not None
 
     def delete_namespace(self, namespace: str) -> int:
         self._check("delete_namespace")
         with self._lock:
             self.erased[namespace] = time.time()
+            for key in [k for k in self.history if k[0] == namespace]:
+                del self.history[key]
             self.generations.pop(namespace, None)
             return len(self.rows.pop(namespace, {}))
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, delete, get, post
+from litestar import Request, delete, get, patch, post
 from litestar.params import Parameter
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.namespaces import check_namespace
 from gateway.state import GatewayState
 from memory.records import (
@@ -26,6 +26,7 @@ from memory.records import (
     role_problem,
     to_rfc3339,
 )
+from memory.service import StillQueued
 from memory.store import CursorNotFound
 
 
@@ -67,6 +68,12 @@ def checked_filter(value: Any, param: str) -> Filter | None:
     return result
 
 
+class MemoryPatch(msgspec.Struct, forbid_unknown_fields=True):
+    content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)] | None = None
+    role: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    metadata: dict[str, MetadataValue] | None = None
+
+
 class MemoryOut(msgspec.Struct):
     id: str
     namespace: str
@@ -93,6 +100,19 @@ class SearchHit(msgspec.Struct):
 
 class SearchResult(msgspec.Struct):
     data: list[SearchHit]
+    object: str = "list"
+
+
+class VersionOut(msgspec.Struct):
+    content: str
+    role: str
+    created_at: str
+    metadata: dict[str, MetadataValue]
+    replaced_at: str
+
+
+class VersionList(msgspec.Struct):
+    data: list[VersionOut]
     object: str = "list"
 
 
@@ -236,6 +256,74 @@ async def get_memory(
     if memory is None:
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     return memory_out(memory)
+
+
+@patch("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Change a memory")
+async def update_memory(
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    memory_id: str,
+    *,
+    data: MemoryPatch,
+    namespace: NamespaceQuery = None,
+) -> MemoryOut:
+    """Change a memory's content, role or metadata (each given replaces the old one; content
+    is embedded again); the version it replaces is kept (``.../history``). Its id and time
+    stay."""
+    changes: dict[str, Any] = {}
+    if data.content is not None:
+        if not data.content.strip():
+            raise BadRequest("content must not be blank", param="content", code="invalid_value")
+        changes["content"] = data.content
+    if data.role is not None:
+        if problem := role_problem(data.role):
+            raise BadRequest(problem, param="role", code="invalid_value")
+        changes["role"] = data.role
+    if data.metadata is not None:
+        if problem := metadata_problem(data.metadata):
+            raise BadRequest(problem, param="metadata", code="invalid_value")
+        changes["metadata"] = dict(data.metadata)
+    if not changes:
+        raise BadRequest("give content, role or metadata to change", code="invalid_value")
+    ns = _ns(gw, principal, namespace, request)
+    try:
+        memory = await gw.service.update(ns, memory_id, **changes)
+    except StillQueued as exc:
+        raise Conflict(
+            f"memory {memory_id!r} is still being written; try again in a moment",
+            param="memory_id",
+        ) from exc
+    if memory is None:
+        raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
+    return memory_out(memory)
+
+
+@get("/v1/memory/memories/{memory_id:str}/history", summary="Earlier versions of a memory")
+async def memory_history(
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    memory_id: str,
+    namespace: NamespaceQuery = None,
+) -> VersionList:
+    """The versions a memory had before its changes, oldest first (empty if never changed)."""
+    ns = _ns(gw, principal, namespace, request)
+    if await gw.service.get(ns, memory_id) is None:
+        raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
+    versions = await gw.service.versions(ns, memory_id)
+    return VersionList(
+        data=[
+            VersionOut(
+                content=v.memory.content,
+                role=v.memory.role,
+                created_at=to_rfc3339(v.memory.created_at),
+                metadata=v.memory.metadata,
+                replaced_at=to_rfc3339(v.replaced_at),
+            )
+            for v in versions
+        ]
+    )
 
 
 @delete("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Delete a memory")

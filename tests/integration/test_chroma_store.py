@@ -97,6 +97,17 @@ def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder)
     assert more is False
 
     assert store.get("ns:a@x", "ns:a@x-1") == a[1]
+    store.keep_version(a[2], 1_700_000_100.0)
+    store.keep_version(a[2], 1_700_000_050.0)
+    versions = store.versions("ns:a@x", "ns:a@x-2")
+    assert [(v.memory, v.replaced_at) for v in versions] == [
+        (a[2], 1_700_000_050.0),
+        (a[2], 1_700_000_100.0),
+    ]
+    assert store.versions("ns-b", "ns:a@x-2") == []
+    assert store.delete("ns:a@x", "ns:a@x-2") is True
+    assert store.versions("ns:a@x", "ns:a@x-2") == []
+    store.add(a[2:3], minilm.embed([a[2].content]))
     assert store.get("ns-b", "ns:a@x-1") is None  # an id of A asked for in B
     assert store.delete("ns-b", "ns:a@x-1") is False
     assert store.delete("ns:a@x", "ns:a@x-1") is True

@@ -283,3 +283,20 @@ def test_alone_on_its_store_a_gateway_checks_counts_once_and_repairs_a_gap(
     again.search_text("a", "walrus", 5)
     assert inner.calls[calls:] == ["existing"]  # later: only the check of what it proposes
     again.close()
+
+
+def test_a_change_through_another_gateway_reaches_the_copy(tmp_path: Path) -> None:
+    import msgspec
+
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    other.add(memories(), embedder.embed(TEXTS))
+    assert [m.id for m, _ in mine.search_text("a", "Porto", 5)] == ["m2"]
+    changed = msgspec.structs.replace(memories()[2], content="My sister lives in Braga")
+    time.sleep(0.01)
+    other.add([changed], embedder.embed([changed.content]))
+    assert [m.id for m, _ in mine.search_text("a", "Braga", 5)] == ["m2"]
+    assert mine.search_text("a", "Porto", 5) == []
+    mine.close()
+    other.close()

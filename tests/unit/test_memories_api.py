@@ -49,3 +49,38 @@ def test_created_at_offsets_are_normalised_to_utc(client: TestClient[Any]) -> No
     (mid,) = client.post("/v1/memory/memories?namespace=t", json=body).json()["ids"]
     got = client.get(f"/v1/memory/memories/{mid}?namespace=t").json()
     assert got["created_at"] == "2024-05-01T08:00:00.000000Z"
+
+
+def test_a_memory_changed_keeps_its_earlier_version(harness: Any, client: Any) -> None:
+    added = client.post(
+        "/v1/memory/memories?namespace=p",
+        json={"memories": [{"content": "I live in Lisbon", "metadata": {"v": 1}}]},
+    ).json()["ids"][0]
+    r = client.patch(
+        f"/v1/memory/memories/{added}?namespace=p",
+        json={"content": "I live in Porto", "metadata": {"v": 2}},
+    )
+    assert r.status_code == 200, r.text
+    changed = r.json()
+    assert (changed["id"], changed["content"], changed["metadata"]) == (
+        added,
+        "I live in Porto",
+        {"v": 2},
+    )
+    assert client.get(f"/v1/memory/memories/{added}?namespace=p").json()["content"] == (
+        "I live in Porto"
+    )
+    hits = client.post("/v1/memory/search?namespace=p", json={"query": "Porto"}).json()["data"]
+    assert hits[0]["content"] == "I live in Porto"  # re-embedded
+    history = client.get(f"/v1/memory/memories/{added}/history?namespace=p").json()["data"]
+    assert [(v["content"], v["metadata"]) for v in history] == [("I live in Lisbon", {"v": 1})]
+    assert history[0]["replaced_at"] >= history[0]["created_at"]
+    assert_openai_error(client.patch(f"/v1/memory/memories/{added}?namespace=p", json={}), 400)
+    assert_openai_error(
+        client.patch(f"/v1/memory/memories/{added}?namespace=p", json={"role": "a b"}), 400
+    )
+    assert_openai_error(
+        client.patch("/v1/memory/memories/mem_nope?namespace=p", json={"content": "x"}), 404
+    )
+    assert client.delete(f"/v1/memory/memories/{added}?namespace=p").status_code == 200
+    assert harness.store.versions("p", added) == []  # its history went with it
