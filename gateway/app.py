@@ -36,6 +36,11 @@ from gateway.routes.memories import (
     update_memory,
 )
 from gateway.routes.models import list_models
+from gateway.routes.passthrough import (
+    passthrough,
+    passthrough_memory_base,
+    passthrough_namespace_base,
+)
 from gateway.routes.ui import docs_asset, ui
 from gateway.state import GatewayState, authenticate, get_gateway, get_principal
 from gateway.telemetry import Metrics, telemetry_middleware
@@ -269,6 +274,9 @@ def create_app(
             memory_chat_path,
             chat_passthrough,
             list_models,
+            passthrough,
+            passthrough_memory_base,
+            passthrough_namespace_base,
             add_memories,
             list_memories,
             list_namespaces,

@@ -19,6 +19,8 @@ from gateway.telemetry import current_request_id
 log = logging.getLogger("memgate.upstream")
 T = TypeVar("T")
 
+# Request headers the upstream gets from the client (besides the body's own type).
+_FORWARDED = ("accept", "openai-beta", "openai-organization", "openai-project")
 # Response headers worth relaying to the client; hop-by-hop and framing headers are not.
 _RELAYED = frozenset({"content-type", "retry-after"})
 _RELAYED_PREFIXES = ("x-ratelimit-", "openai-")
@@ -74,14 +76,17 @@ class Upstream:
             trust_env=False,
         )
 
-    def _headers(self, client_headers: Mapping[str, str]) -> dict[str, str]:
+    def _headers(
+        self, client_headers: Mapping[str, str], content_type: str | None = None
+    ) -> dict[str, str]:
         headers = {
-            "content-type": "application/json",
+            "content-type": content_type or "application/json",
             "accept-encoding": "identity",
         }
-        accept = client_headers.get("accept")
-        if accept:
-            headers["accept"] = accept
+        for name in _FORWARDED:
+            value = client_headers.get(name)
+            if value:
+                headers[name] = value
         auth = client_headers.get("authorization")
         if self.settings.forward_client_authorization and auth:
             headers["authorization"] = auth
@@ -99,11 +104,15 @@ class Upstream:
         *,
         client_headers: Mapping[str, str],
         content: bytes | None = None,
+        content_type: str | None = None,
     ) -> httpx.Response:
         """Send a request and return the response with its body not yet read (the caller
         reads or streams it and must close it)."""
         request = self.client.build_request(
-            method, path.lstrip("/"), content=content, headers=self._headers(client_headers)
+            method,
+            path.lstrip("/"),
+            content=content,
+            headers=self._headers(client_headers, content_type),
         )
         with upstream_errors(self.name, self.on_error):
             response = await self.client.send(request, stream=True)
@@ -136,12 +145,12 @@ class Upstream:
         await self.client.aclose()
 
 
-def relayed_headers(response: httpx.Response) -> dict[str, str]:
+def relayed_headers(response: httpx.Response, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """The upstream response headers the client gets too."""
     out: dict[str, str] = {}
     for key, value in response.headers.items():
         lower = key.lower()
-        if lower in _RELAYED or lower.startswith(_RELAYED_PREFIXES):
+        if lower in _RELAYED or lower in extra or lower.startswith(_RELAYED_PREFIXES):
             out[lower] = value
         elif lower == "x-request-id":  # ours goes out as x-request-id
             out["x-upstream-request-id"] = value
@@ -156,6 +165,11 @@ class Router:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.upstreams = upstreams
+
+    @property
+    def default(self) -> Upstream:
+        """The upstream of requests that name no model: ``[upstream]``, configured last."""
+        return self.upstreams[-1]
 
     def route(self, model: str) -> Upstream:
         for upstream in self.upstreams:

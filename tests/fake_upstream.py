@@ -9,6 +9,8 @@ Behaviour is chosen by the request's ``model``:
   result, answers ``"tool said: <its content>"`` instead (JSON, or SSE word by word);
 - ``drip``: streams 5 chunks ``drip_interval`` seconds apart.
 
+``/embeddings`` answers ``[len(text), 1.0]`` for each input; any other path is a 404.
+
 Serve it on loopback with ``serve_in_thread`` (uvicorn in a thread) or run this module.
 """
 
@@ -74,6 +76,23 @@ class FakeUpstream:
                 {
                     "object": "list",
                     "data": [{"id": "fake-model", "object": "model", "owned_by": "tests"}],
+                },
+            )
+            return
+        if path.endswith("/embeddings"):
+            inputs = body.get("input") if isinstance(body, dict) else None
+            texts = inputs if isinstance(inputs, list) else [inputs]
+            await _json(
+                send,
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": [float(len(str(t))), 1.0]}
+                        for i, t in enumerate(texts)
+                    ],
+                    "model": body.get("model", ""),
+                    "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)},
                 },
             )
             return

@@ -185,3 +185,17 @@ def test_sigterm_flushes_the_queue(tmp_path: Path, upstream: tuple[FakeUpstream,
 
     assert Outbox(tmp_path / "data" / "outbox.sqlite3").depth() == 0
     assert ChromaStore(path=tmp_path / "data" / "chroma").count("flush") == 10
+
+
+def test_the_rest_of_v1_goes_through_with_the_sdk(
+    gateway: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    """An app that set OPENAI_BASE_URL to the gateway (plain or memory base URL) keeps
+    working past its first call that is not a chat."""
+    for base in ("/v1", "/v1/memory", "/v1/memory/ns/alice"):
+        client = openai.OpenAI(base_url=gateway.url + base, api_key="sk-client", max_retries=0)
+        got = client.embeddings.create(model="text-embedding-3-small", input=["ab", "abcd"])
+        assert [d.embedding for d in got.data] == [[2.0, 1.0], [4.0, 1.0]]
+        assert upstream[0].requests[-1].path == "/v1/embeddings"
+        with pytest.raises(openai.NotFoundError):  # the upstream's own answer
+            client.moderations.create(model="omni-moderation-latest", input="x")

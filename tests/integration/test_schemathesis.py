@@ -30,6 +30,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     harness.upstream.get("/models").mock(
         return_value=httpx.Response(200, json={"object": "list", "data": []})
     )
+    # any other path: what an OpenAI-compatible upstream answers to one it does not know
+    harness.upstream.route().mock(
+        return_value=httpx.Response(
+            404,
+            json={
+                "error": {
+                    "message": "no such path",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        )
+    )
     with serve_in_thread(harness.app) as url:
         yield url
 
@@ -57,6 +71,7 @@ def test_api_never_fails_and_errors_are_openai_shaped(served: str) -> None:
             where = f"{case.method} {case.formatted_path} {case.query} -> {response.status_code}"
             assert response.status_code < 500, (where, response.text)
             if response.status_code >= 400:
+                assert "json" in str(response.headers.get("content-type")), (where, response.text)
                 body = response.json()
                 assert set(body) == {"error"}, (where, body)
                 assert set(body["error"]) == ERROR_KEYS, (where, body)

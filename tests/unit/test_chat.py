@@ -207,9 +207,26 @@ def test_body_over_the_limit_is_413(tmp_path: Any) -> None:
         assert error["code"] == "payload_too_large"
 
 
-def test_unknown_route_and_method_are_openai_shaped(client: TestClient[Any]) -> None:
-    assert_openai_error(client.get("/v1/nope"), 404)
+def test_unknown_route_and_method_are_openai_shaped(
+    harness: AppHarness, client: TestClient[Any]
+) -> None:
+    assert_openai_error(client.get("/nope"), 404)
     assert_openai_error(client.get("/v1/chat/completions"), 405)
+    # an unknown /v1 path is the upstream's to answer (it may be an endpoint newer than us)
+    harness.upstream.get("/nope").mock(
+        return_value=httpx.Response(
+            404,
+            json={
+                "error": {
+                    "message": "Unknown",
+                    "type": "invalid_request_error",
+                    "param": None,
+                    "code": None,
+                }
+            },
+        )
+    )
+    assert assert_openai_error(client.get("/v1/nope"), 404)["message"] == "Unknown"
 
 
 def test_store_outage_fails_open(harness: AppHarness, client: TestClient[Any]) -> None:

@@ -1,0 +1,152 @@
+"""Every other ``/v1/*`` path (embeddings, responses, moderations, audio, images, files, ...):
+passed through to the upstream unchanged, with the same keys, rate limits and model routing as
+the chat, so that an app pointing ``OPENAI_BASE_URL`` at the gateway keeps working past its
+first call that is not a chat. Only the ``/v1/memory/*`` endpoints read or write memory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import msgspec
+from litestar import HttpMethod, Request, Response, route
+from litestar.response import Stream
+
+from gateway.auth import Principal
+from gateway.errors import GatewayError, NotFound
+from gateway.routes.chat import upstream_client_headers
+from gateway.state import GatewayState
+from gateway.upstream import Upstream, relayed_headers, upstream_errors
+
+log = logging.getLogger("memgate.passthrough")
+
+
+class _Model(msgspec.Struct):
+    model: str | None = None
+
+
+_decode_model = msgspec.json.Decoder(_Model).decode
+
+
+def model_of(raw: bytes, content_type: str) -> str | None:
+    """The ``model`` a JSON body names (what routes it), or None (then the default upstream
+    serves it: a multipart upload, a GET, a body without one)."""
+    if not raw or "json" not in content_type:
+        return None
+    try:
+        return _decode_model(raw).model
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None  # the upstream says what is wrong with it
+
+
+METHODS = [HttpMethod.GET, HttpMethod.POST, HttpMethod.PUT, HttpMethod.PATCH, HttpMethod.DELETE]
+# The memory API's own names under /v1/memory: an unknown path below them is a 404 of ours.
+MEMORY_ENDPOINTS = frozenset({"memories", "search", "namespaces", "ns", "usage", "recall"})
+
+
+@route(
+    "/v1/{path:path}",
+    http_method=METHODS,
+    summary="Any other OpenAI endpoint (pass-through)",
+    status_code=200,
+)
+async def passthrough(
+    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
+) -> Response[Any]:
+    """Any other ``/v1`` endpoint of the OpenAI API, relayed to the upstream as it is (a
+    stream as it arrives); a JSON body's ``model`` chooses the upstream."""
+    path = path.lstrip("/")
+    if path == "memory" or path.startswith("memory/"):
+        raise NotFound(f"no memory endpoint /v1/{path}", param="path")
+    return await relay_other(gw, principal, request, path)
+
+
+@route(
+    "/v1/memory/{path:path}",
+    http_method=METHODS,
+    summary="Any other OpenAI endpoint under the memory base URL (pass-through, no memory)",
+    status_code=200,
+)
+async def passthrough_memory_base(
+    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
+) -> Response[Any]:
+    """An app whose base URL is ``.../v1/memory`` makes its other calls (embeddings, files,
+    ...) under it: they are passed through like ``/v1/...``, without memory."""
+    path = path.lstrip("/")
+    if path.split("/", 1)[0] in MEMORY_ENDPOINTS:
+        raise NotFound(f"no memory endpoint /v1/memory/{path}", param="path")
+    return await relay_other(gw, principal, request, path)
+
+
+@route(
+    "/v1/memory/ns/{namespace:str}/{path:path}",
+    http_method=METHODS,
+    summary="Any other OpenAI endpoint under a namespace's base URL (pass-through, no memory)",
+    status_code=200,
+)
+async def passthrough_namespace_base(
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    namespace: str,
+    path: str,
+) -> Response[Any]:
+    """Likewise under ``.../v1/memory/ns/NS`` (the namespace plays no part)."""
+    path = path.lstrip("/")
+    if path.split("/", 1)[0] in MEMORY_ENDPOINTS:
+        raise NotFound(f"no memory endpoint {path!r} under a namespace", param="path")
+    return await relay_other(gw, principal, request, path)
+
+
+async def relay_other(
+    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
+) -> Response[Any]:
+    """Send the request to the upstream its body's model chooses, and stream the answer."""
+    raw = await request.body()
+    content_type = request.headers.get("content-type", "")
+    model = model_of(raw, content_type)
+    upstream = gw.router.route(model) if model else gw.router.default
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    path = quote(path, safe="/:@!$&'()*+,;=-._~")  # as it was sent: percent-encoded
+    deadline = asyncio.get_running_loop().time() + upstream.settings.timeout
+    response = await upstream.within(
+        deadline,
+        upstream.send(
+            request.method,
+            path + (f"?{query}" if query else ""),
+            client_headers=upstream_client_headers(request, principal),
+            content=raw or None,
+            content_type=content_type or None,
+        ),
+    )
+    headers = relayed_headers(response, extra=("content-disposition",))
+    return Stream(
+        _body(response, upstream, deadline),
+        status_code=response.status_code,
+        headers=headers,
+        media_type=headers.pop("content-type", "application/octet-stream"),
+    )
+
+
+async def _body(
+    response: httpx.Response, upstream: Upstream, deadline: float
+) -> AsyncIterator[bytes]:
+    """The upstream's answer as it arrives, within the request's deadline; a failure half-way
+    ends it (what was relayed cannot be taken back)."""
+    try:
+        with upstream_errors(upstream.name, upstream.on_error):
+            chunks = response.aiter_bytes()
+            while True:
+                try:
+                    chunk = await upstream.within(deadline, anext(chunks))
+                except StopAsyncIteration:
+                    return
+                yield chunk
+    except GatewayError as exc:
+        log.warning("pass-through answer cut: %s", exc.message)
+    finally:
+        await response.aclose()
