@@ -118,6 +118,17 @@ RECALL_FAILED = (
 )
 
 
+async def recall_for(gw: GatewayState, namespace: str, messages: Sequence[Any]) -> list[Hit]:
+    """What a memory chat with these messages injects: the namespace's recall for them, cut
+    to the token budget (the memories ``inject`` puts in the request, best first)."""
+    settings = gw.settings.recall
+    query = query_text(messages, settings.query_context_messages)
+    hits = await gw.service.recall(
+        namespace, query, carried=[content_text(m.get("content")) for m in messages]
+    )
+    return budget(hits, settings.token_budget)
+
+
 class MemoryChat:
     """One memory chat request, from recall to remember."""
 
@@ -137,23 +148,15 @@ class MemoryChat:
         self.headers: dict[str, str] = {"x-memory-namespace": namespace, "x-memory-recalled": "0"}
 
     async def recall(self) -> list[Hit]:
-        settings = self.gw.settings.recall
-        if not settings.enabled:
+        if not self.gw.settings.recall.enabled:
             return []
-        messages: list[Any] = self.body["messages"]
-        query = query_text(messages, settings.query_context_messages)
         try:
-            hits = await self.gw.service.recall(
-                self.namespace,
-                query,
-                carried=[content_text(m.get("content")) for m in messages],
-            )
+            kept = await recall_for(self.gw, self.namespace, self.body["messages"])
         except Exception as exc:  # fail open: answer without memories, and say why
             log.warning("recall failed in %s, answering without memories: %s", self.namespace, exc)
             self.headers["x-memory-error"] = RECALL_FAILED
             self.gw.metrics.recalls.inc("error")
             return []
-        kept = budget(hits, settings.token_budget)
         self.gw.metrics.recalls.inc("hit" if kept else "empty")
         self.gw.metrics.injected.inc(amount=len(kept))
         return kept
