@@ -29,9 +29,11 @@ from gateway.routes.memories import (
     delete_memory,
     erase_namespace,
     get_memory,
+    get_namespace,
     list_memories,
     list_namespaces,
     memory_history,
+    recall_preview,
     search_memories,
     update_memory,
 )
@@ -217,7 +219,7 @@ def create_app(
             ]
         )
         metrics.gauge("memgate_queue_depth", "Memories waiting in the write queue", outbox.depth)
-        metrics.gauge(
+        metrics.counter_function(
             "memgate_memories_written",
             "Memories the writer stored since start",
             lambda: float(service.writer.written),
@@ -285,7 +287,9 @@ def create_app(
             memory_history,
             delete_memory,
             search_memories,
+            recall_preview,
             erase_namespace,
+            get_namespace,
             healthz,
             metrics_route,
             readyz,

@@ -11,15 +11,19 @@ import contextvars
 import json
 import logging
 import re
-import threading
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import prometheus_client
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+# one sample a series: no *_created timestamps beside every counter
+prometheus_client.disable_created_metrics()
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "memgate_request_id", default=None
@@ -35,115 +39,115 @@ def current_request_id() -> str | None:
 
 
 class Counter:
-    def __init__(self, name: str, help_: str, labels: Sequence[str] = ()) -> None:
-        self.name, self.help, self.labels = name, help_, tuple(labels)
-        self._values: dict[tuple[str, ...], float] = defaultdict(float)
-        self._lock = threading.Lock()
+    """A labelled Prometheus counter (``prometheus_client``), incremented by label values."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help_: str, labels: Sequence[str] = ()
+    ) -> None:
+        self._counter = prometheus_client.Counter(name, help_, labels, registry=registry)
+        self._labelled = bool(labels)
 
     def inc(self, *label_values: str, amount: float = 1.0) -> None:
-        with self._lock:
-            self._values[tuple(label_values)] += amount
+        if self._labelled:
+            self._counter.labels(*label_values).inc(amount)
+        else:
+            self._counter.inc(amount)
 
     def value(self, *label_values: str) -> float:
-        return self._values.get(tuple(label_values), 0.0)
-
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} counter"]
-        with self._lock:
-            items = sorted(self._values.items())
-        out += [f"{self.name}{_labels(self.labels, k)} {v:g}" for k, v in items]
-        return out
+        child = self._counter.labels(*label_values) if self._labelled else self._counter
+        return float(child._value.get())
 
 
-class Histogram:
-    def __init__(self, name: str, help_: str, labels: Sequence[str] = ()) -> None:
-        self.name, self.help, self.labels = name, help_, tuple(labels)
-        self._counts: dict[tuple[str, ...], list[int]] = {}
-        self._sums: dict[tuple[str, ...], float] = defaultdict(float)
-        self._lock = threading.Lock()
+class _Readings(Collector):
+    """Values read at scrape time (queue depth, readiness, the writer's running total)."""
 
-    def observe(self, value: float, *label_values: str) -> None:
-        key = tuple(label_values)
-        with self._lock:
-            counts = self._counts.setdefault(key, [0] * (len(BUCKETS) + 1))
-            for i, bound in enumerate(BUCKETS):
-                if value <= bound:
-                    counts[i] += 1
-            counts[-1] += 1
-            self._sums[key] += value
+    def __init__(self) -> None:
+        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.counters: dict[str, tuple[str, Callable[[], float]]] = {}
 
-    def render(self) -> list[str]:
-        out = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
-        with self._lock:
-            items = sorted((k, list(v), self._sums[k]) for k, v in self._counts.items())
-        for key, counts, total in items:
-            for bound, count in zip((*BUCKETS, float("inf")), counts, strict=True):
-                le = "+Inf" if bound == float("inf") else f"{bound:g}"
-                labels = _labels((*self.labels, "le"), (*key, le))
-                out.append(f"{self.name}_bucket{labels} {count}")
-            out.append(f"{self.name}_sum{_labels(self.labels, key)} {total:.6f}")
-            out.append(f"{self.name}_count{_labels(self.labels, key)} {counts[-1]}")
-        return out
+    def collect(self) -> Iterator[Metric]:
+        for name, (help_, read) in sorted(self.gauges.items()):
+            value = _read(read)
+            if value is not None:
+                yield GaugeMetricFamily(name, help_, value=value)
+        for name, (help_, read) in sorted(self.counters.items()):
+            value = _read(read)
+            if value is not None:
+                yield CounterMetricFamily(name, help_, value=value)
 
 
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    pairs = ",".join(
-        f'{n}="{v.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
-        for n, v in zip(names, values, strict=True)
-    )
-    return "{" + pairs + "}"
+def _read(read: Callable[[], float]) -> float | None:
+    try:
+        return float(read())
+    except Exception:  # an unreadable value is left out of this scrape
+        return None
 
 
 class Metrics:
-    """The gateway's metrics; gauges are read at scrape time through ``gauges``."""
+    """The gateway's metrics, in a registry of its own (so that several apps in one process,
+    as in the tests, do not share them), with the process and GC collectors."""
 
     def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        prometheus_client.ProcessCollector(registry=self.registry)
+        prometheus_client.PlatformCollector(registry=self.registry)
+        prometheus_client.GCCollector(registry=self.registry)
+        self._readings = _Readings()
+        self.registry.register(self._readings)
+        r = self.registry
         self.requests = Counter(
-            "memgate_http_requests_total", "HTTP requests handled", ("route", "method", "status")
+            r, "memgate_http_requests", "HTTP requests handled", ("route", "method", "status")
         )
-        self.latency = Histogram(
+        self.latency = prometheus_client.Histogram(
             "memgate_http_request_duration_seconds",
             "Time from the request to the response's last byte, by route",
             ("route",),
+            buckets=BUCKETS,
+            registry=r,
         )
-        self.recalls = Counter("memgate_recalls_total", "Memory recalls by outcome", ("outcome",))
-        self.injected = Counter("memgate_memories_injected_total", "Memories injected")
-        self.remembered = Counter("memgate_exchanges_remembered_total", "Exchanges queued")
+        self.recalls = Counter(r, "memgate_recalls", "Memory recalls by outcome", ("outcome",))
+        self.injected = Counter(r, "memgate_memories_injected", "Memories injected")
+        self.remembered = Counter(r, "memgate_exchanges_remembered", "Exchanges queued")
         self.remember_failures = Counter(
-            "memgate_remember_failures_total",
+            r,
+            "memgate_remember_failures",
             "Exchanges answered that could not be queued (the client was told)",
         )
         self.upstream_errors = Counter(
-            "memgate_upstream_errors_total",
-            "Upstream answers >= 400 and failures (timeout, unreachable, cut)",
+            r,
+            "memgate_upstream_errors",
+            "Upstream answers >= 400 and failures (timeout, unreachable, cut), every attempt",
             ("upstream", "status"),
         )
-        self.gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+        self.upstream_retries = Counter(
+            r,
+            "memgate_upstream_retries",
+            "Requests sent to an upstream again, by why (connect, timeout, or the status)",
+            ("upstream", "reason"),
+        )
+        self.upstream_fallbacks = Counter(
+            r,
+            "memgate_upstream_fallbacks",
+            "Requests sent to a fallback upstream after their upstream failed",
+            ("upstream", "fallback"),
+        )
+        self.tokens = Counter(
+            r,
+            "memgate_tokens",
+            "Tokens the upstreams reported (usage), by key, model and kind (prompt, completion)",
+            ("key", "model", "kind"),
+        )
 
     def gauge(self, name: str, help_: str, read: Callable[[], float]) -> None:
-        self.gauges[name] = (help_, read)
+        """A gauge read at scrape time."""
+        self._readings.gauges[name] = (help_, read)
 
-    def render(self) -> str:
-        lines: list[str] = []
-        for metric in (
-            self.requests,
-            self.latency,
-            self.recalls,
-            self.injected,
-            self.remembered,
-            self.remember_failures,
-            self.upstream_errors,
-        ):
-            lines += metric.render()
-        for name, (help_, read) in sorted(self.gauges.items()):
-            try:
-                value = float(read())
-            except Exception:  # noqa: S112 - an unreadable gauge is left out of this scrape
-                continue
-            lines += [f"# HELP {name} {help_}", f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(lines) + "\n"
+    def counter_function(self, name: str, help_: str, read: Callable[[], float]) -> None:
+        """A counter whose running total is read at scrape time (``name`` without _total)."""
+        self._readings.counters[name] = (help_, read)
+
+    def render(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
 
 
 class JsonFormatter(logging.Formatter):
@@ -203,7 +207,7 @@ def telemetry_middleware(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
                 elapsed = time.perf_counter() - started
                 route = str(scope.get("path_template") or "unmatched")
                 metrics.requests.inc(route, method, str(status))
-                metrics.latency.observe(elapsed, route)
+                metrics.latency.labels(route).observe(elapsed)
                 access_log.info(
                     "%s %s %d",
                     method,

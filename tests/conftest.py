@@ -31,6 +31,17 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: fl
         time.sleep(interval)
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of sample ``name`` with exactly ``labels`` in a Prometheus exposition."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
 def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
     overrides: dict[str, dict[str, Any]] = {
         "store": {"data_dir": str(data_dir)},

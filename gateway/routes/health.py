@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from litestar import Response, get
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.state import GatewayState
 
@@ -57,7 +58,7 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if ready else 503)
 
 
-@get("/metrics", summary="Prometheus metrics", media_type="text/plain; version=0.0.4")
-async def metrics(gw: GatewayState) -> str:
+@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+async def metrics(gw: GatewayState) -> bytes:
     """Requests, latency, recalls, injected memories, queue depth, upstream errors."""
     return gw.metrics.render()

@@ -80,7 +80,7 @@ def test_a_full_disk_is_said_and_writes_resume_when_space_returns(
             assert ready.status_code == 503
             assert ready.json()["checks"]["queue"] == "failing: the disk is full"
             metrics = httpx.get(gw.url + "/metrics").text
-            assert "memgate_remember_failures_total 10" in metrics
+            assert "memgate_remember_failures_total 10.0" in metrics
             filler.unlink()  # space comes back
             wait_until(lambda: httpx.get(gw.url + "/readyz").status_code == 200, timeout=30)
             r = chat(gw, ns, "a fact after the disk had room again")

@@ -42,7 +42,7 @@ def test_a_full_disk_is_never_acknowledged(harness: AppHarness, client: TestClie
     ready = client.get("/readyz")
     assert ready.status_code == 503
     assert ready.json()["checks"]["queue"] == "failing: the disk is full"
-    assert "memgate_remember_failures_total 1" in client.get("/metrics").text
+    assert "memgate_remember_failures_total 1.0" in client.get("/metrics").text
     assert harness.store.count("disk") == 0
     assert outbox.depth() == 0
     # space comes back: readiness and writes come back by themselves
