@@ -23,7 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 # one sample a series: no *_created timestamps beside every counter
-prometheus_client.disable_created_metrics()
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "memgate_request_id", default=None
