@@ -234,6 +234,13 @@ def id_micros(memory_id: str) -> int | None:
         return None
 
 
+def cursor_at(stamp: int) -> str:
+    """A page cursor (an id no memory has) standing where the memories created at ``stamp``
+    (``micros``) begin: a listing after it starts with those created before ``stamp`` (and
+    only ids made before ids carried their time could come next at ``stamp`` itself)."""
+    return f"mem_{max(stamp + _EPOCH_US, 0):016x}{0:016x}"
+
+
 def sort_key(memory: Memory) -> tuple[int, str]:
     """Where a memory stands in a listing: by ``(micros(created_at), id)``, newest last."""
     return micros(memory.created_at), memory.id

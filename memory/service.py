@@ -21,7 +21,16 @@ import numpy as np
 from memory.embedder import BatchingEmbedder, Embedder, Vectors
 from memory.outbox import Outbox, Queued, Writer
 from memory.recall import hybrid, rank
-from memory.records import Exchange, Filter, Hit, Memory, matches
+from memory.records import (
+    Exchange,
+    Filter,
+    Hit,
+    Memory,
+    cursor_at,
+    id_micros,
+    matches,
+    micros,
+)
 from memory.store import MemoryStore, NamespaceCount, Version
 
 
@@ -327,9 +336,25 @@ class MemoryService:
         limit: int,
         after: str | None = None,
         where: Filter | None = None,
+        created_after: float | None = None,
+        created_before: float | None = None,
     ) -> tuple[builtins.list[Memory], bool]:
+        """A page of the namespace's stored memories (passing ``where``), newest first, after
+        the cursor ``after``; with ``created_after`` / ``created_before`` (seconds since the
+        epoch), only those created at or after the one and strictly before the other."""
+        if created_after is None and created_before is None:
+            return await asyncio.to_thread(
+                self.store.list, namespace, limit=limit, after=after, where=where
+            )
         return await asyncio.to_thread(
-            self.store.list, namespace, limit=limit, after=after, where=where
+            page_between,
+            self.store,
+            namespace,
+            limit=limit,
+            after=after,
+            where=where,
+            since=None if created_after is None else micros(created_after),
+            until=None if created_before is None else micros(created_before),
         )
 
     async def get(self, namespace: str, memory_id: str) -> Memory | None:
@@ -383,6 +408,45 @@ class MemoryService:
         self, *, limit: int, offset: int = 0
     ) -> tuple[builtins.list[NamespaceCount], bool]:
         return await asyncio.to_thread(self.store.namespaces, limit=limit, offset=offset)
+
+
+def page_between(
+    store: MemoryStore,
+    namespace: str,
+    *,
+    limit: int,
+    after: str | None,
+    where: Filter | None,
+    since: int | None,
+    until: int | None,
+) -> tuple[builtins.list[Memory], bool]:
+    """A page of ``store.list`` (newest first) keeping the memories created in ``[since,
+    until)`` (``records.micros``; None: unbounded). The listing is ordered by time, so the
+    bounds cost nothing extra: ``until`` becomes the page cursor when it stands before
+    ``after`` (a listing starts below it), and the first memory older than ``since`` ends the
+    listing. One memory beyond the page is read to tell whether there are more."""
+    cursor = after
+    if until is not None:
+        start = cursor_at(until)
+        stamp = None if after is None else id_micros(after)
+        if after is None or (stamp is not None and (until, start) < (stamp, after)):
+            cursor = start
+        # (a cursor id that carries no time is kept; the memories at or after ``until`` it
+        # lists are dropped below)
+    want = limit + 1
+    out: builtins.list[Memory] = []
+    while len(out) < want:
+        rows, more = store.list(namespace, limit=want - len(out), after=cursor, where=where)
+        for memory in rows:
+            created = micros(memory.created_at)
+            if since is not None and created < since:
+                return out[:limit], len(out) > limit
+            if until is None or created < until:
+                out.append(memory)
+        if not more or not rows:
+            break
+        cursor = rows[-1].id
+    return out[:limit], len(out) > limit
 
 
 def _discard(*futures: asyncio.Future[Any] | None) -> None:

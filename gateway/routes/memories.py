@@ -1,7 +1,9 @@
-"""The memory API: add, list, get, delete, search, and erase a namespace."""
+"""The memory API: add, list, get, delete, search, preview a chat's recall, count and erase a
+namespace."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -10,11 +12,14 @@ from litestar.params import Parameter
 
 from gateway.auth import Principal
 from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.inject import memory_message
 from gateway.namespaces import check_namespace
+from gateway.routes.chat import recall_for
 from gateway.state import GatewayState
 from memory.records import (
     MAX_CONTENT,
     Filter,
+    Hit,
     Memory,
     MetadataValue,
     created_problem,
@@ -68,6 +73,21 @@ def checked_filter(value: Any, param: str) -> Filter | None:
     return result
 
 
+def checked_time(value: str | None, param: str) -> float | None:
+    """A time bound given as RFC 3339 (a date alone is its midnight, a time without offset
+    UTC), in seconds since the epoch; a 400 naming ``param`` when it is not one."""
+    if value is None:
+        return None
+    try:
+        return from_rfc3339(value)
+    except (ValueError, OverflowError) as exc:
+        raise BadRequest(
+            f"{param} {value!r} is not an RFC 3339 timestamp (like 2024-05-01T00:00:00Z)",
+            param=param,
+            code="invalid_value",
+        ) from exc
+
+
 class MemoryPatch(msgspec.Struct, forbid_unknown_fields=True):
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)] | None = None
     role: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
@@ -101,6 +121,33 @@ class SearchHit(msgspec.Struct):
 class SearchResult(msgspec.Struct):
     data: list[SearchHit]
     object: str = "list"
+
+
+def search_hit(hit: Hit) -> SearchHit:
+    return SearchHit(
+        id=hit.memory.id,
+        content=hit.memory.content,
+        role=hit.memory.role,
+        score=round(hit.score, 6),
+        created_at=to_rfc3339(hit.memory.created_at),
+        metadata=hit.memory.metadata,
+    )
+
+
+class RecallRequest(msgspec.Struct):
+    """A chat's messages (a whole chat completions body may be sent: its other fields are
+    ignored), or ``query`` for one user message."""
+
+    messages: Annotated[list[Any], msgspec.Meta(min_length=1)] | None = None
+    query: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)] | None = None
+    user: Any = None  # a namespace source (server.namespace_sources "user"), as in the chat
+
+
+class RecallResult(msgspec.Struct):
+    namespace: str
+    data: list[SearchHit]
+    message: dict[str, Any] | None
+    object: str = "memory.recall"
 
 
 class VersionOut(msgspec.Struct):
@@ -182,12 +229,16 @@ NamespaceQuery = Annotated[
 
 
 def _ns(
-    gw: GatewayState, principal: Principal, namespace: str | None, request: Request[Any, Any, Any]
+    gw: GatewayState,
+    principal: Principal,
+    namespace: str | None,
+    request: Request[Any, Any, Any],
+    body: Mapping[str, Any] | None = None,
 ) -> str:
     """The checked namespace of a memory API call (``?namespace=``, or the
-    ``x-memory-namespace`` header where that source is on), which the key must be allowed to
-    use."""
-    ns = gw.namespaces.resolve(query=namespace, headers=request.headers)
+    ``x-memory-namespace`` header where that source is on; for a chat's ``body``, its ``user``
+    where that source is on), which the key must be allowed to use."""
+    ns = gw.namespaces.resolve(query=namespace, headers=request.headers, body=body)
     principal.require_memory_api(ns)
     return ns
 
@@ -225,14 +276,30 @@ async def list_memories(
             description='a JSON object: {"key": value} or {"key": {"$in": [values]}}',
         ),
     ] = None,
+    created_after: Annotated[
+        str | None,
+        Parameter(max_length=64, description="RFC 3339: memories created at or after it"),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        Parameter(max_length=64, description="RFC 3339: memories created strictly before it"),
+    ] = None,
 ) -> MemoryList:
     """Memories of the namespace, newest first; ``after`` is the last id of the previous page
     (still valid when that memory was deleted since); ``filter`` keeps those whose metadata
-    (or ``role``) match."""
+    (or ``role``) match; ``created_after`` / ``created_before`` keep those created in that
+    half-open range (at or after the one, before the other)."""
     where = checked_filter(filter_, "filter")
+    since = checked_time(created_after, "created_after")
+    until = checked_time(created_before, "created_before")
     try:
         memories, has_more = await gw.service.list(
-            _ns(gw, principal, namespace, request), limit=limit, after=after, where=where
+            _ns(gw, principal, namespace, request),
+            limit=limit,
+            after=after,
+            where=where,
+            created_after=since,
+            created_before=until,
         )
     except CursorNotFound as exc:
         raise BadRequest(
@@ -355,18 +422,52 @@ async def search_memories(
     hits = await gw.service.recall(
         _ns(gw, principal, namespace, request), data.query, k=data.k, where=where
     )
-    return SearchResult(
-        data=[
-            SearchHit(
-                id=h.memory.id,
-                content=h.memory.content,
-                role=h.memory.role,
-                score=round(h.score, 6),
-                created_at=to_rfc3339(h.memory.created_at),
-                metadata=h.memory.metadata,
+    return SearchResult(data=[search_hit(h) for h in hits])
+
+
+def checked_messages(messages: list[Any]) -> list[dict[str, Any]]:
+    """A chat's messages, checked as the memory chat checks them."""
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise BadRequest(
+                f"messages[{i}] must be an object with a string role",
+                param=f"messages[{i}]",
+                code="invalid_type",
             )
-            for h in hits
-        ]
+    return messages
+
+
+@post("/v1/memory/recall", status_code=200, summary="Preview a memory chat's injection")
+async def recall_preview(
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    data: RecallRequest,
+    namespace: NamespaceQuery = None,
+) -> RecallResult:
+    """Exactly what a memory chat with these messages would inject, after its token budget:
+    the memories kept, best first, and the system message holding them (null when none
+    would be injected). Nothing is remembered."""
+    if data.messages is not None and data.query is not None:
+        raise BadRequest("give messages or query, not both", param="query", code="invalid_value")
+    if data.query is not None:
+        if not data.query.strip():
+            raise BadRequest("query must not be blank", param="query", code="invalid_value")
+        messages: list[dict[str, Any]] = [{"role": "user", "content": data.query}]
+    elif data.messages is not None:
+        messages = checked_messages(data.messages)
+    else:
+        raise BadRequest(
+            "you must provide messages (or query)",
+            param="messages",
+            code="missing_required_parameter",
+        )
+    ns = _ns(gw, principal, namespace, request, body={"user": data.user})
+    hits = await recall_for(gw, ns, messages) if gw.settings.recall.enabled else []
+    return RecallResult(
+        namespace=ns,
+        data=[search_hit(h) for h in hits],
+        message=memory_message(hits) if hits else None,
     )
 
 
@@ -385,6 +486,21 @@ async def erase_namespace(
 class NamespaceInfo(msgspec.Struct):
     namespace: str
     count: int
+
+
+class NamespaceOut(msgspec.Struct):
+    namespace: str
+    count: int
+    object: str = "namespace"
+
+
+@get("/v1/memory/namespaces/{namespace:str}", summary="Count a namespace's memories")
+async def get_namespace(gw: GatewayState, principal: Principal, namespace: str) -> NamespaceOut:
+    """How many memories the namespace holds (those still in the write queue not yet): any
+    key that may use the namespace's memory API."""
+    ns = check_namespace(namespace, gw.settings.server.default_namespace)
+    principal.require_memory_api(ns)
+    return NamespaceOut(namespace=ns, count=await gw.service.count(ns))
 
 
 class NamespaceList(msgspec.Struct):
