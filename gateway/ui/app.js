@@ -2,6 +2,8 @@
 "use strict";
 
 const PAGE_SIZE = 20;
+const NS_PAGE_SIZE = 20;
+const DAY_MS = 86_400_000;
 const KEY_STORE = "memgate.apiKey";
 const NS_STORE = "memgate.namespace";
 const NAMESPACE = /^[A-Za-z0-9._:@-]{1,128}$/;
@@ -14,6 +16,10 @@ const state = {
   page: 0,
   hasMore: false,
   lastQuery: null,
+  lastPreview: null, // the question of the preview shown
+  filters: { role: "", from: "", to: "" },
+  nsOffset: 0, // the offset of the next page of namespaces
+  nsLoading: null,
 };
 
 class ApiError extends Error {
@@ -159,22 +165,78 @@ function renderHits(hits, query) {
   $("hits-summary").textContent = hits.length
     ? `${hits.length} ${hits.length === 1 ? "memory" : "memories"} recalled for “${query}”.`
     : `Nothing close enough to recall for “${query}”.`;
-  for (const hit of hits) {
-    const score = el("span", {
-      class: "score",
-      title: "cosine similarity (with any recency bonus)",
-      text: Number(hit.score).toFixed(3),
-    });
-    const item = el(
-      "li",
-      { class: "hit", "data-id": hit.id },
-      el("div", { class: "hit-head" }, score, roleEl(hit.role), timeEl(hit.created_at)),
-      el("p", { class: "content", text: hit.content }),
-      metadataEl(hit.metadata),
-      el("code", { class: "id", text: hit.id }),
-    );
-    list.append(item);
+  list.append(...hits.map(hitItem));
+}
+
+function hitItem(hit) {
+  const score = el("span", {
+    class: "score",
+    title: "cosine similarity (with any recency bonus)",
+    text: Number(hit.score).toFixed(3),
+  });
+  return el(
+    "li",
+    { class: "hit", "data-id": hit.id },
+    el("div", { class: "hit-head" }, score, roleEl(hit.role), timeEl(hit.created_at)),
+    el("p", { class: "content", text: hit.content }),
+    metadataEl(hit.metadata),
+    el("code", { class: "id", text: hit.id }),
+  );
+}
+
+// Preview: exactly what the memory chat would inject (POST /v1/memory/recall)
+
+async function preview(event) {
+  event.preventDefault();
+  clearError();
+  const query = $("preview-query").value.trim();
+  if (!query) return;
+  const list = $("preview-memories");
+  list.setAttribute("aria-busy", "true");
+  try {
+    state.lastPreview = query;
+    await refreshPreview();
+  } catch (err) {
+    showError(err);
+  } finally {
+    list.removeAttribute("aria-busy");
   }
+}
+
+async function refreshPreview() {
+  // the message changes with the namespace: after a delete it is asked for again
+  const query = state.lastPreview;
+  const data = await api("POST", "/v1/memory/recall", {
+    params: { namespace: state.namespace },
+    body: { query },
+  });
+  if (query === state.lastPreview) renderPreview(data, query);
+}
+
+function clearPreview() {
+  state.lastPreview = null;
+  $("preview-memories").replaceChildren();
+  $("preview-summary").textContent = "";
+  $("preview-message").textContent = "";
+  $("preview-figure").hidden = true;
+}
+
+function renderPreview(data, query) {
+  const figure = $("preview-figure");
+  $("preview-memories").replaceChildren(...data.data.map(hitItem));
+  if (data.message === null) {
+    figure.hidden = true;
+    $("preview-message").textContent = "";
+    $("preview-summary").textContent =
+      `Nothing would be injected for “${query}”: the request would go upstream as it is.`;
+    return;
+  }
+  const n = data.data.length;
+  $("preview-summary").textContent =
+    `One ${data.message.role} message with ${n} ${n === 1 ? "memory" : "memories"} would be ` +
+    `injected for “${query}” (after the client's own system messages):`;
+  $("preview-message").textContent = data.message.content;
+  figure.hidden = false;
 }
 
 // Memories, page by page
@@ -184,7 +246,12 @@ async function loadPage() {
   $("memories").setAttribute("aria-busy", "true");
   try {
     const data = await api("GET", "/v1/memory/memories", {
-      params: { namespace: state.namespace, limit: PAGE_SIZE, after: state.pages[state.page] },
+      params: {
+        namespace: state.namespace,
+        limit: PAGE_SIZE,
+        after: state.pages[state.page],
+        ...filterParams(state.filters),
+      },
     });
     if (!data.data.length && state.page > 0) {
       // the page emptied (deleted memories): go back one
@@ -197,6 +264,9 @@ async function loadPage() {
     if (data.has_more && data.data.length) state.pages.push(data.data[data.data.length - 1].id);
     body.replaceChildren(...data.data.map(memoryRow));
     $("empty").hidden = data.data.length > 0 || state.page > 0;
+    $("empty").textContent = filtering()
+      ? "No memories match these filters."
+      : "No memories in this namespace.";
     $("page-label").textContent = `Page ${state.page + 1}`;
     $("newer").disabled = state.page === 0;
     $("older").disabled = !data.has_more;
@@ -207,13 +277,8 @@ async function loadPage() {
 }
 
 function memoryRow(memory) {
-  const button = el("button", {
-    type: "button",
-    class: "ghost small",
-    "aria-label": `Delete memory ${memory.id}`,
-    text: "Delete",
-  });
-  button.addEventListener("click", () => deleteMemory(memory.id, button));
+  const actions = el("td", { class: "actions" });
+  showDeleteButton(actions, memory.id);
   const content = el("td", { class: "content" }, el("p", { text: memory.content }));
   const meta = metadataEl(memory.metadata);
   if (meta) content.append(meta);
@@ -224,23 +289,141 @@ function memoryRow(memory) {
     el("td", { class: "nowrap" }, timeEl(memory.created_at)),
     el("td", {}, roleEl(memory.role)),
     content,
-    el("td", { class: "actions" }, button),
+    actions,
   );
 }
 
-async function deleteMemory(id, button) {
+function showDeleteButton(cell, id) {
+  const button = el("button", {
+    type: "button",
+    class: "ghost small",
+    "aria-label": `Delete memory ${id}`,
+    text: "Delete",
+  });
+  button.addEventListener("click", () => askDelete(cell, id));
+  cell.replaceChildren(button);
+  return button;
+}
+
+// Deleting a memory takes a second click: the row's button turns into Delete / Keep.
+function askDelete(cell, id) {
   clearError();
-  button.disabled = true;
+  const yes = el("button", {
+    type: "button",
+    class: "danger-button small",
+    "aria-label": `Confirm deleting memory ${id}`,
+    text: "Delete",
+  });
+  const no = el("button", {
+    type: "button",
+    class: "small",
+    "aria-label": `Keep memory ${id}`,
+    text: "Keep",
+  });
+  const keep = () => showDeleteButton(cell, id).focus();
+  yes.addEventListener("click", () => deleteMemory(id, yes, no));
+  no.addEventListener("click", keep);
+  cell.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && cell.contains(no)) keep();
+  });
+  cell.replaceChildren(el("div", { class: "confirm" }, el("span", { text: "Delete for good?" }), yes, no));
+  no.focus();
+}
+
+async function deleteMemory(id, ...buttons) {
+  clearError();
+  for (const button of buttons) button.disabled = true;
   try {
     await api("DELETE", `/v1/memory/memories/${encodeURIComponent(id)}`, {
       params: { namespace: state.namespace },
     });
-    for (const node of document.querySelectorAll(`.hit[data-id="${CSS.escape(id)}"]`)) node.remove();
-    await loadPage();
+    const shown = document.querySelectorAll(`.hit[data-id="${CSS.escape(id)}"]`);
+    const inPreview = [...shown].some((node) => $("preview-memories").contains(node));
+    for (const node of shown) node.remove();
+    const again = inPreview && state.lastPreview ? refreshPreview() : null;
+    await Promise.all([loadPage(), loadTotal(), again]);
     say(`Deleted memory ${id}.`);
   } catch (err) {
-    button.disabled = false;
+    for (const button of buttons) button.disabled = false;
     showError(err);
+  }
+}
+
+// Filters: role (one, or several separated by commas) and creation dates, applied by the
+// gateway (`filter` and `created_after` / `created_before` on the list).
+
+function filtering() {
+  const f = state.filters;
+  return Boolean(f.role || f.from || f.to);
+}
+
+function filterParams(filters) {
+  const params = {};
+  const roles = filters.role
+    .split(",")
+    .map((r) => r.trim())
+    .filter(Boolean);
+  if (roles.length === 1) params.filter = JSON.stringify({ role: roles[0] });
+  else if (roles.length > 1) params.filter = JSON.stringify({ role: { $in: roles } });
+  // dates are whole UTC days, both included: [from 00:00, the day after `to` 00:00)
+  if (filters.from) params.created_after = `${filters.from}T00:00:00Z`;
+  if (filters.to) {
+    const next = new Date(Date.parse(`${filters.to}T00:00:00Z`) + DAY_MS);
+    params.created_before = next.toISOString().replace(".000Z", "Z");
+  }
+  return params;
+}
+
+function describeFilters(filters) {
+  const parts = [];
+  if (filters.role) parts.push(`role ${filters.role}`);
+  if (filters.from && filters.to) parts.push(`created ${filters.from} to ${filters.to}`);
+  else if (filters.from) parts.push(`created on or after ${filters.from}`);
+  else if (filters.to) parts.push(`created on or before ${filters.to}`);
+  return parts.length ? `Showing only memories with ${parts.join(", ")} (UTC).` : "";
+}
+
+async function applyFilters(event) {
+  if (event) event.preventDefault();
+  clearError();
+  const filters = {
+    role: $("filter-role").value.trim(),
+    from: $("filter-from").value,
+    to: $("filter-to").value,
+  };
+  if (filters.from && filters.to && filters.from > filters.to) {
+    showError(new ApiError("The From date is after the To date.", 0));
+    return;
+  }
+  state.filters = filters;
+  state.pages = [null];
+  state.page = 0;
+  $("filter-summary").textContent = describeFilters(filters);
+  try {
+    await loadPage();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+function resetFilters() {
+  $("filter-role").value = "";
+  $("filter-from").value = "";
+  $("filter-to").value = "";
+  state.filters = { role: "", from: "", to: "" };
+  $("filter-summary").textContent = "";
+}
+
+// The namespace's total (GET /v1/memory/namespaces/{namespace})
+
+async function loadTotal() {
+  const target = $("ns-total");
+  try {
+    const data = await api("GET", `/v1/memory/namespaces/${encodeURIComponent(state.namespace)}`);
+    if (data.namespace !== state.namespace) return;
+    target.textContent = `${data.count.toLocaleString("en-US")} ${data.count === 1 ? "memory" : "memories"}`;
+  } catch {
+    target.textContent = "";
   }
 }
 
@@ -266,42 +449,118 @@ async function open(event) {
     return;
   }
   sessionStorage.setItem(NS_STORE, namespace);
-  const key = apiKey();
-  if (key) sessionStorage.setItem(KEY_STORE, key);
-  else sessionStorage.removeItem(KEY_STORE);
+  saveKey();
   state.namespace = namespace;
   state.pages = [null];
   state.page = 0;
   for (const node of document.querySelectorAll(".ns-name")) node.textContent = namespace;
   $("hits").replaceChildren();
   $("hits-summary").textContent = "";
+  clearPreview();
+  $("ns-total").textContent = "";
+  resetFilters();
   say(`Opening ${namespace}…`);
   try {
-    const rows = await loadPage();
+    const [rows] = await Promise.all([loadPage(), loadTotal()]);
     $("workspace").hidden = false;
+    $("landing").hidden = true;
     say(`Namespace ${namespace}: ${rows.length}${state.hasMore ? "+" : ""} memories on the first page.`);
     const url = new URL(window.location.href);
     url.searchParams.set("namespace", namespace);
     window.history.replaceState(null, "", url);
-    suggestNamespaces();
   } catch (err) {
     $("workspace").hidden = true;
+    $("landing").hidden = false;
     say("");
     showError(err);
   }
 }
 
-async function suggestNamespaces() {
-  // Admin keys may list namespaces; others simply get no suggestions.
+function saveKey() {
+  const key = apiKey();
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  else sessionStorage.removeItem(KEY_STORE);
+}
+
+// The landing page: the namespaces with their counts (admin keys; GET /v1/memory/namespaces)
+
+function loadNamespaces({ more = false } = {}) {
+  // one load at a time: a second click on "more" waits for the first
+  if (state.nsLoading) return state.nsLoading;
+  state.nsLoading = fetchNamespaces(more).finally(() => {
+    state.nsLoading = null;
+  });
+  return state.nsLoading;
+}
+
+async function fetchNamespaces(more) {
+  const list = $("ns-list");
+  const note = $("ns-note");
+  const offset = more ? state.nsOffset : 0;
+  list.setAttribute("aria-busy", "true");
   try {
-    const data = await api("GET", "/v1/memory/namespaces");
-    const list = $("namespaces");
-    list.replaceChildren(
-      ...data.data.map((n) => el("option", { value: n.namespace, label: `${n.count} memories` })),
+    const data = await api("GET", "/v1/memory/namespaces", {
+      params: { limit: NS_PAGE_SIZE, offset },
+    });
+    const cards = data.data.map(namespaceCard);
+    if (more) list.append(...cards);
+    else list.replaceChildren(...cards);
+    state.nsOffset = data.next_offset ?? offset + data.data.length;
+    $("ns-more").hidden = !data.has_more;
+    const shown = list.children.length;
+    $("ns-shown").textContent = shown ? `${shown} shown${data.has_more ? ", more to come" : ""}.` : "";
+    note.hidden = shown > 0;
+    note.textContent = shown ? "" : "No namespace holds memories yet.";
+    const options = [...list.querySelectorAll(".ns-card")].map((card) =>
+      el("option", { value: card.dataset.namespace, label: card.dataset.label }),
     );
-  } catch {
-    /* not allowed or not available: typing the name is enough */
+    $("namespaces").replaceChildren(...options);
+  } catch (err) {
+    if (!more) {
+      list.replaceChildren();
+      $("namespaces").replaceChildren();
+    }
+    $("ns-more").hidden = true;
+    $("ns-shown").textContent = "";
+    note.hidden = false;
+    if (err.status === 403) {
+      note.textContent =
+        "Listing namespaces needs an admin key. Type the namespace your key may use above and open it.";
+    } else if (err.status === 401) {
+      note.textContent = `No namespaces to show: ${err.message}`;
+    } else {
+      note.textContent = `The namespaces could not be listed: ${err.message}`;
+    }
+  } finally {
+    list.removeAttribute("aria-busy");
   }
+}
+
+function namespaceCard(info) {
+  const label = `${info.count.toLocaleString("en-US")} ${info.count === 1 ? "memory" : "memories"}`;
+  const button = el(
+    "button",
+    { type: "button", class: "ns-card", "data-namespace": info.namespace, "data-label": label },
+    el("span", { class: "ns-card-name", text: info.namespace }),
+    el("span", { class: "ns-card-count", text: label }),
+  );
+  button.addEventListener("click", () => {
+    $("namespace").value = info.namespace;
+    open();
+  });
+  return el("li", {}, button);
+}
+
+function showLanding() {
+  clearError();
+  say("");
+  $("workspace").hidden = true;
+  $("landing").hidden = false;
+  state.namespace = "";
+  const url = new URL(window.location.href);
+  url.searchParams.delete("namespace");
+  window.history.replaceState(null, "", url);
+  loadNamespaces();
 }
 
 // Erasing the namespace
@@ -324,7 +583,8 @@ async function erase(event) {
     state.page = 0;
     $("hits").replaceChildren();
     $("hits-summary").textContent = "";
-    await loadPage();
+    clearPreview();
+    await Promise.all([loadPage(), loadTotal()]);
     say(`Erased namespace ${data.namespace}: ${data.deleted} memories deleted.`);
   } catch (err) {
     showError(err);
@@ -333,11 +593,24 @@ async function erase(event) {
 
 function init() {
   const params = new URLSearchParams(window.location.search);
-  $("namespace").value = params.get("namespace") || sessionStorage.getItem(NS_STORE) || "";
+  const direct = params.get("namespace");
+  $("namespace").value = direct || sessionStorage.getItem(NS_STORE) || "";
   $("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
   $("page-size").textContent = String(PAGE_SIZE);
   $("connect").addEventListener("submit", open);
   $("search").addEventListener("submit", search);
+  $("preview").addEventListener("submit", preview);
+  $("filters").addEventListener("submit", applyFilters);
+  $("filter-clear").addEventListener("click", () => {
+    resetFilters();
+    applyFilters();
+  });
+  $("back").addEventListener("click", showLanding);
+  $("ns-refresh").addEventListener("click", () => {
+    saveKey();
+    loadNamespaces();
+  });
+  $("ns-more").addEventListener("click", () => loadNamespaces({ more: true }));
   $("refresh").addEventListener("click", () => turnPage(0));
   $("newer").addEventListener("click", () => turnPage(-1));
   $("older").addEventListener("click", () => turnPage(1));
@@ -347,7 +620,11 @@ function init() {
   $("erase-confirm").addEventListener("input", () => {
     $("erase-go").disabled = $("erase-confirm").value !== state.namespace;
   });
-  if ($("namespace").value) open();
+  if (direct) {
+    $("landing").hidden = true;
+    open();
+  }
+  loadNamespaces();
 }
 
 document.addEventListener("DOMContentLoaded", init);
