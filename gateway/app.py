@@ -216,7 +216,9 @@ def create_app(
             [
                 Upstream(u, transport=transport, name=u.name, on_error=metrics.upstream_errors.inc)
                 for u in settings.all_upstreams()
-            ]
+            ],
+            on_retry=metrics.upstream_retries.inc,
+            on_fallback=metrics.upstream_fallbacks.inc,
         )
         metrics.gauge("memgate_queue_depth", "Memories waiting in the write queue", outbox.depth)
         metrics.counter_function(

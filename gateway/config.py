@@ -57,6 +57,18 @@ class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     connect_timeout: float = 10.0
     forward_client_authorization: bool = False
     max_connections: int = 256
+    # Sent again after a connect error, a 429 or a 5xx (not 501/505), only before any byte of
+    # the answer was relayed: up to `retries` more times, waiting retry-after (if the upstream
+    # sends one, up to retry_max_wait_seconds) or backoff * 2**n with jitter.
+    retries: int = 2
+    retry_backoff_seconds: float = 0.5
+    retry_max_wait_seconds: float = 20.0
+    # Names of other upstreams to send the request to, in order, when this one still fails.
+    fallbacks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.retry_backoff_seconds < 0 or self.retry_max_wait_seconds < 0:
+            raise ValueError(f"upstream {self.name}: retries and waits must not be negative")
 
 
 class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -139,6 +151,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
     keys: tuple[KeySettings, ...] = ()
     upstreams: tuple[UpstreamSettings, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [u.name for u in self.all_upstreams()]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstream names must be unique: {names}")
+        for upstream in self.all_upstreams():
+            for fallback in upstream.fallbacks:
+                if fallback not in names or fallback == upstream.name:
+                    raise ValueError(
+                        f"upstream {upstream.name}: fallback {fallback!r} is not another "
+                        f"configured upstream ({', '.join(names)})"
+                    )
 
     def all_upstreams(self) -> list[UpstreamSettings]:
         """The routed upstreams in order: the ``[[upstreams]]`` entries, then ``[upstream]``."""

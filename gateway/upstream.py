@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import fnmatch
 import logging
+import random
+import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TypeVar
 
@@ -145,9 +148,14 @@ class Upstream:
         await self.client.aclose()
 
 
+RETRIES_SPENT = "memgate_retries_spent"
+
+
 def relayed_headers(response: httpx.Response, extra: tuple[str, ...] = ()) -> dict[str, str]:
     """The upstream response headers the client gets too."""
     out: dict[str, str] = {}
+    if response.extensions.get(RETRIES_SPENT):
+        out["x-should-retry"] = "false"
     for key, value in response.headers.items():
         lower = key.lower()
         if lower in _RELAYED or lower in extra or lower.startswith(_RELAYED_PREFIXES):
@@ -157,14 +165,66 @@ def relayed_headers(response: httpx.Response, extra: tuple[str, ...] = ()) -> di
     return out
 
 
-class Router:
-    """Chooses the upstream for a request's ``model``: the first whose ``models`` patterns
-    (fnmatch) match, in configuration order."""
+RetryHook = Callable[[str, str], None]
 
-    def __init__(self, upstreams: list[Upstream]) -> None:
+# Failures that happen before the request reached the upstream: safe to send it again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def retryable_status(status: int) -> bool:
+    """Answers worth asking again (or elsewhere): rate limited, or a server-side failure that
+    may pass (501 Not Implemented and 505 will not)."""
+    return status == 429 or (500 <= status < 600 and status not in {501, 505})
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the upstream asks to wait: ``retry-after-ms``, or ``retry-after`` in seconds or
+    as an HTTP date; None when it says nothing usable."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def backoff(settings: UpstreamSettings, attempt: int) -> float:
+    """The wait before retry ``attempt + 1``: exponential, with half of it random."""
+    base = settings.retry_backoff_seconds * (2**attempt)
+    return float(min(settings.retry_max_wait_seconds, base * (0.5 + random.random() / 2)))  # noqa: S311
+
+
+class Router:
+    """Chooses the upstream for a request's ``model`` (the first whose ``models`` patterns
+    match, fnmatch, in configuration order) and sends requests with retries and fallbacks."""
+
+    def __init__(
+        self,
+        upstreams: list[Upstream],
+        *,
+        on_retry: RetryHook | None = None,
+        on_fallback: RetryHook | None = None,
+    ) -> None:
         if not upstreams:
             raise ValueError("at least one upstream is needed")
         self.upstreams = upstreams
+        self.by_name = {u.name: u for u in upstreams}
+        self.on_retry = on_retry
+        self.on_fallback = on_fallback
 
     @property
     def default(self) -> Upstream:
@@ -178,6 +238,91 @@ class Router:
         raise BadRequest(
             f"no upstream serves the model {model!r}", param="model", code="model_not_found"
         )
+
+    async def send(
+        self,
+        upstream: Upstream,
+        method: str,
+        path: str,
+        *,
+        client_headers: Mapping[str, str],
+        content: bytes | None = None,
+        content_type: str | None = None,
+        deadline: float,
+        fallbacks: bool = True,
+    ) -> tuple[Upstream, httpx.Response]:
+        """Send the request to ``upstream``, again after a failure that allows it (connect
+        error, 429, 5xx), then to its fallbacks; the answer's body is not read yet (the caller
+        streams it, so nothing is retried once a byte went to the client). Returns the
+        upstream that answered and its answer: the last one, whatever its status, when every
+        attempt failed by status; the last failure is raised when none answered."""
+        chain = [upstream]
+        if fallbacks:
+            chain += [self.by_name[name] for name in upstream.settings.fallbacks]
+        loop = asyncio.get_running_loop()
+        position, attempt = 0, 0
+        while True:
+            current = chain[position]
+            response: httpx.Response | None = None
+            try:
+                response = await current.send(
+                    method,
+                    path,
+                    client_headers=client_headers,
+                    content=content,
+                    content_type=content_type,
+                )
+            except (UpstreamUnreachable, UpstreamTimeout) as exc:
+                if not isinstance(exc.__cause__, _NOT_SENT):
+                    raise  # it may have reached the upstream: never sent twice
+                failure: Exception = exc
+                reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
+                hint = None
+            else:
+                if not retryable_status(response.status_code):
+                    return current, response
+                failure = UpstreamError(f"upstream {current.name}: {response.status_code}")
+                reason = str(response.status_code)
+                hint = retry_after(response.headers)
+            wait = backoff(current.settings, attempt) if hint is None else hint
+            if (
+                attempt < current.settings.retries
+                and wait <= current.settings.retry_max_wait_seconds
+                and loop.time() + wait < deadline
+            ):
+                attempt += 1
+                if self.on_retry:
+                    self.on_retry(current.name, reason)
+                log.info(
+                    "upstream %s: %s, sending again in %.2f s (retry %d of %d)",
+                    current.name,
+                    reason,
+                    wait,
+                    attempt,
+                    current.settings.retries,
+                )
+            elif position + 1 < len(chain):
+                position, attempt, wait = position + 1, 0, 0.0
+                if self.on_fallback:
+                    self.on_fallback(current.name, chain[position].name)
+                log.warning(
+                    "upstream %s: %s, sending to fallback %s",
+                    current.name,
+                    reason,
+                    chain[position].name,
+                )
+            elif response is not None:
+                # The client gets the last answer as it is; if it was already asked again,
+                # the SDKs are told not to multiply the retries (openai's x-should-retry).
+                if attempt > 0 or position > 0:
+                    response.extensions[RETRIES_SPENT] = True
+                return current, response
+            else:
+                raise failure
+            if response is not None:
+                await response.aclose()
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     async def aclose(self) -> None:
         for upstream in self.upstreams:

@@ -45,7 +45,8 @@ def metric(text: str, name: str, **labels: str) -> float | None:
 def make_settings(data_dir: Path, **sections: dict[str, Any]) -> Settings:
     overrides: dict[str, dict[str, Any]] = {
         "store": {"data_dir": str(data_dir)},
-        "upstream": {"url": UPSTREAM, "api_key": "sk-upstream"},
+        # retries as configured, without the waits
+        "upstream": {"url": UPSTREAM, "api_key": "sk-upstream", "retry_backoff_seconds": 0.001},
     }
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)

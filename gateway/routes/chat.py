@@ -20,7 +20,7 @@ from gateway.errors import BadRequest
 from gateway.inject import inject
 from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator, relay
-from gateway.upstream import Upstream, relayed_headers, upstream_errors
+from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
 from memory.recall import budget, content_text, query_text
 from memory.records import Exchange, Hit, Metadata
 
@@ -248,6 +248,7 @@ async def client_gone(request: Request[Any, Any, Any]) -> bool:
 
 
 async def forward(
+    router: Router,
     upstream: Upstream,
     request: Request[Any, Any, Any],
     client_headers: Mapping[str, str],
@@ -260,9 +261,16 @@ async def forward(
     """Send the body upstream and relay the answer unchanged, streamed or whole; with
     ``chat``, the exchange is remembered once the answer completed."""
     deadline = asyncio.get_running_loop().time() + upstream.settings.timeout
-    response = await upstream.within(
+    upstream, response = await upstream.within(
         deadline,
-        upstream.send("POST", "chat/completions", client_headers=client_headers, content=content),
+        router.send(
+            upstream,
+            "POST",
+            "chat/completions",
+            client_headers=client_headers,
+            content=content,
+            deadline=deadline,
+        ),
     )
     is_sse = "text/event-stream" in response.headers.get("content-type", "")
     if streaming and response.is_success and is_sse:
@@ -332,6 +340,7 @@ async def _memory_chat(
         body["messages"] = inject(body["messages"], hits)
     chat.headers["x-memory-recalled"] = str(len(hits))
     return await forward(
+        gw.router,
         gw.router.route(body["model"]),
         request,
         upstream_client_headers(request, principal),
@@ -378,6 +387,7 @@ async def chat_passthrough(
     raw = await request.body()
     body = parse_chat_body(raw)
     return await forward(
+        gw.router,
         gw.router.route(body["model"]),
         request,
         upstream_client_headers(request, principal),

@@ -14,7 +14,7 @@ from gateway.auth import Principal
 from gateway.errors import UpstreamError
 from gateway.routes.chat import upstream_client_headers
 from gateway.state import GatewayState
-from gateway.upstream import Upstream, relayed_headers, upstream_errors
+from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
 
 
 @get(
@@ -30,7 +30,8 @@ async def list_models(
     unless all fail."""
     headers_in = upstream_client_headers(request, principal)
     answers = await asyncio.gather(
-        *(_fetch_models(u, headers_in) for u in gw.router.upstreams), return_exceptions=True
+        *(_fetch_models(gw.router, u, headers_in) for u in gw.router.upstreams),
+        return_exceptions=True,
     )
     if len(answers) == 1:
         if isinstance(answers[0], BaseException):
@@ -72,12 +73,24 @@ async def list_models(
 
 
 async def _fetch_models(
-    upstream: Upstream, client_headers: Mapping[str, str]
+    router: Router, upstream: Upstream, client_headers: Mapping[str, str]
 ) -> tuple[httpx.Response, bytes]:
-    response = await upstream.send("GET", "models", client_headers=client_headers)
+    """One upstream's own list (retried like any request; never a fallback's)."""
+    deadline = asyncio.get_running_loop().time() + upstream.settings.timeout
+    _, response = await upstream.within(
+        deadline,
+        router.send(
+            upstream,
+            "GET",
+            "models",
+            client_headers=client_headers,
+            deadline=deadline,
+            fallbacks=False,
+        ),
+    )
     try:
         with upstream_errors(upstream.name, upstream.on_error):
-            data = await response.aread()
+            data = await upstream.within(deadline, response.aread())
     finally:
         await response.aclose()
     return response, data

@@ -113,14 +113,16 @@ async def relay_other(
     query = request.scope.get("query_string", b"").decode("latin-1")
     path = quote(path, safe="/:@!$&'()*+,;=-._~")  # as it was sent: percent-encoded
     deadline = asyncio.get_running_loop().time() + upstream.settings.timeout
-    response = await upstream.within(
+    upstream, response = await upstream.within(
         deadline,
-        upstream.send(
+        gw.router.send(
+            upstream,
             request.method,
             path + (f"?{query}" if query else ""),
             client_headers=upstream_client_headers(request, principal),
             content=raw or None,
             content_type=content_type or None,
+            deadline=deadline,
         ),
     )
     headers = relayed_headers(response, extra=("content-disposition",))

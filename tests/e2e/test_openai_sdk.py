@@ -115,13 +115,20 @@ def test_streaming_with_the_sdk(gateway: GatewayProcess) -> None:
     assert "echo: I was born in Reykjavik." in contents
 
 
-def test_errors_reach_the_sdk_as_api_errors(gateway: GatewayProcess) -> None:
-    client = sdk(gateway, ns())
+def test_errors_reach_the_sdk_as_api_errors(
+    gateway: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    # The SDK's own retries are on (2, its default): the gateway retried already (2, its
+    # default) and says so in x-should-retry, so the upstream is asked 3 times, not 9.
+    client = sdk(gateway, ns()).with_options(max_retries=2)
+    before = len(upstream[0].requests)
     with pytest.raises(openai.InternalServerError) as info:
         client.chat.completions.create(
             model="fail-500", messages=[{"role": "user", "content": "x"}]
         )
     assert info.value.status_code == 500
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(upstream[0].requests) - before == 3
     bad = openai.OpenAI(
         base_url=gateway.url + "/v1/memory",
         api_key="k",

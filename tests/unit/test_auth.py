@@ -250,8 +250,8 @@ def test_metrics_count_requests_recalls_and_upstream_errors(
         side_effect=[
             httpx.Response(200, json=completion("I remember")),
             httpx.Response(200, json=completion("ok")),
-            httpx.Response(503, json={"error": {"message": "down"}}),
-            httpx.ConnectError("refused"),
+            *[httpx.Response(503, json={"error": {"message": "down"}})] * 3,
+            *[httpx.ConnectError("refused")] * 3,
         ]
     )
     client.post(
@@ -274,8 +274,11 @@ def test_metrics_count_requests_recalls_and_upstream_errors(
     assert metric(text, "memgate_recalls_total", outcome="hit") == 1
     assert metric(text, "memgate_memories_injected_total") in (1, 2)
     errors = "memgate_upstream_errors_total"
-    assert metric(text, errors, upstream="default", status="503") == 1
-    assert metric(text, errors, upstream="default", status="unreachable") == 1
+    assert metric(text, errors, upstream="default", status="503") == 3  # every attempt
+    assert metric(text, errors, upstream="default", status="unreachable") == 3
+    retries = "memgate_upstream_retries_total"
+    assert metric(text, retries, upstream="default", reason="503") == 2
+    assert metric(text, retries, upstream="default", reason="connect") == 2
     assert metric(text, "memgate_queue_depth") is not None
     assert "# TYPE memgate_queue_depth gauge" in text
     assert metric(text, "memgate_memories_written_total") == 2
