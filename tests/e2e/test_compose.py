@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +27,15 @@ from tests.processes import ChromaServer
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-_VAR = re.compile(r"\$\{(\w+)(?::([-?])([^}]*))?\}")
+_VAR = re.compile(r"\$\$|\$\{(\w+)(?::([-?])([^}]*))?\}")
 
 
 def interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``."""
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?error}``; ``$$`` is a ``$``."""
 
     def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
         name, op, arg = m.group(1), m.group(2), m.group(3)
         if env.get(name):
             return env[name]
@@ -58,16 +62,15 @@ def test_compose_file_is_valid_against_the_spec(compose: dict[str, Any]) -> None
 
 def test_compose_describes_what_the_gateway_expects(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"gateway", "lb", "chroma", "redis", "ollama"}
+    assert set(services) == {"gateway", "lb", "chroma", "redis", "ollama", "ollama-pull"}
     gateway, chroma, lb = services["gateway"], services["chroma"], services["lb"]
     assert gateway["build"] == "."
     assert (ROOT / "Dockerfile").is_file()
     assert services["ollama"]["profiles"] == ["ollama"]
     assert services["redis"]["profiles"] == ["redis"]
-    for name in services:
-        assert "healthcheck" in services[name], name
-        image = services[name].get("image", "")
-        assert name == "ollama" or not image.endswith(":latest") or name == "gateway", image
+    for name, service in services.items():
+        if service.get("restart") != "no":  # one-shot jobs excepted, every service is watched
+            assert "healthcheck" in service, name
     # the Chroma image ships without curl
     assert "curl" not in " ".join(chroma["healthcheck"]["test"])
     assert gateway["depends_on"]["chroma"]["condition"] == "service_healthy"
@@ -108,8 +111,118 @@ def test_compose_describes_what_the_gateway_expects(compose: dict[str, Any]) -> 
     assert chroma["command"][0] == "run"
     assert "/readyz" in " ".join(gateway["healthcheck"]["test"])
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert dockerfile.index("torch==2.13.0") < dockerfile.index("pip install .")
+    assert dockerfile.index("torch==2.13.0") < dockerfile.index("pip install --no-deps --no-b")
     assert 'CMD ["memgate", "serve"]' in dockerfile
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """``repository[:tag][@digest]`` -> (repository, tag); the tag is "" when there is none
+    (a registry's port, ``host:5000/name``, is not a tag)."""
+    reference = image.partition("@")[0]
+    repository, colon, tag = reference.rpartition(":")
+    if not colon or "/" in tag:
+        return reference, ""
+    return repository, tag
+
+
+def test_split_image() -> None:
+    assert split_image("nginx:1.28.0-alpine") == ("nginx", "1.28.0-alpine")
+    assert split_image("ollama/ollama") == ("ollama/ollama", "")
+    assert split_image("localhost:5000/memgate") == ("localhost:5000/memgate", "")
+    assert split_image("localhost:5000/memgate:0.1@sha256:ab") == ("localhost:5000/memgate", "0.1")
+
+
+def test_every_image_is_pinned_to_a_release(compose: dict[str, Any]) -> None:
+    images = {name: service["image"] for name, service in compose["services"].items()}
+    assert set(images) == set(compose["services"])  # every service names its image
+    for name, image in images.items():
+        _, tag = split_image(image)
+        # a version, not a moving name ("latest", "alpine", "3", "1.5")
+        assert re.fullmatch(r"\d+\.\d+\.\d+(-[a-z0-9.]+)?", tag), f"{name}: {image} is not pinned"
+    # the image built here is tagged with the project's version
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert images["gateway"] == f"memgate:{version}"
+    # the model pull runs the client of the same Ollama release as the server
+    assert images["ollama-pull"] == images["ollama"]
+
+
+def enabled_services(compose: dict[str, Any], profiles: set[str]) -> set[str]:
+    """The services ``docker compose --profile P ... up`` starts: no profile, or an active one."""
+    return {
+        name
+        for name, service in compose["services"].items()
+        if not service.get("profiles") or profiles & set(service["profiles"])
+    }
+
+
+@pytest.mark.parametrize("profiles", [set(), {"ollama"}, {"redis"}, {"ollama", "redis"}])
+def test_every_profile_starts_with_what_it_depends_on(
+    compose: dict[str, Any], profiles: set[str]
+) -> None:
+    """Compose refuses to start a service whose required dependency is not enabled: each
+    dependency on a service outside the active profiles must say ``required: false``; an
+    optional one still holds (it is waited for) when its profile is on."""
+    enabled = enabled_services(compose, profiles)
+    assert {"gateway", "lb", "chroma"} <= enabled
+    for name in enabled:
+        for target, dep in compose["services"][name].get("depends_on", {}).items():
+            assert target in compose["services"], f"{name} depends on unknown {target}"
+            assert target in enabled or dep.get("required", True) is False, (
+                f"with profiles {sorted(profiles)}, {name} needs {target}, which is not started"
+            )
+
+
+def test_the_ollama_profile_pulls_the_model_before_the_gateway_starts(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    services = compose["services"]
+    gateway, ollama, pull = services["gateway"], services["ollama"], services["ollama-pull"]
+    assert pull["profiles"] == ollama["profiles"] == ["ollama"]
+    # the gateway waits for ollama to be healthy and the pull to finish, when they run
+    assert gateway["depends_on"]["ollama"] == {"condition": "service_healthy", "required": False}
+    assert gateway["depends_on"]["ollama-pull"] == {
+        "condition": "service_completed_successfully",
+        "required": False,
+    }
+    assert gateway["depends_on"]["chroma"].get("required", True) is True
+    assert pull["depends_on"] == {"ollama": {"condition": "service_healthy"}}
+    assert pull["restart"] == "no"
+    # the gateway's default upstream is that Ollama, and so is the pulling client's server
+    upstream = interpolate(gateway["environment"]["MEMGATE_UPSTREAM_URL"], {})
+    assert upstream == "http://ollama:11434/v1"
+    assert interpolate(pull["environment"]["OLLAMA_HOST"], {}) == "http://ollama:11434"
+
+    # the pull command, run as the container runs it, against a stand-in ollama client
+    fake = tmp_path / "bin" / "ollama"
+    fake.parent.mkdir()
+    calls = tmp_path / "calls"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> {calls}\n'
+        'case "$1" in pull) exit "$PULL_EXIT";; show) exit "$SHOW_EXIT";; esac\n'
+        "exit 2\n"
+    )
+    fake.chmod(0o755)
+
+    def run_pull(host_env: dict[str, str], pull_exit: int, show_exit: int) -> int:
+        calls.write_text("")
+        env = {k: interpolate(str(v), host_env) for k, v in pull["environment"].items()}
+        argv = [*pull["entrypoint"], *(interpolate(a, host_env) for a in pull["command"])]
+        assert argv[0] == "/bin/sh"
+        env |= {"PATH": f"{fake.parent}:/usr/bin:/bin", "PULL_EXIT": str(pull_exit)}
+        env["SHOW_EXIT"] = str(show_exit)
+        return subprocess.run(["sh", *argv[1:]], env=env, check=False).returncode
+
+    # a small chat model by default; MEMGATE_OLLAMA_MODEL picks another
+    assert run_pull({}, 0, 0) == 0
+    assert calls.read_text().splitlines() == ["pull qwen2.5:0.5b"]
+    assert run_pull({"MEMGATE_OLLAMA_MODEL": "llama3.2:1b"}, 0, 0) == 0
+    assert calls.read_text().splitlines() == ["pull llama3.2:1b"]
+    # the registry out of reach (a restart offline): the copy already pulled will do
+    assert run_pull({}, 1, 0) == 0
+    assert calls.read_text().splitlines() == ["pull qwen2.5:0.5b", "show qwen2.5:0.5b"]
+    # neither: the pull fails, and the gateway is not started on a model that is not there
+    assert run_pull({}, 1, 1) != 0
 
 
 def _is_setting(name: str) -> bool:
