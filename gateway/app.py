@@ -44,9 +44,11 @@ from gateway.routes.passthrough import (
     passthrough_namespace_base,
 )
 from gateway.routes.ui import docs_asset, ui
+from gateway.routes.usage import usage_report
 from gateway.state import GatewayState, authenticate, get_gateway, get_principal
 from gateway.telemetry import Metrics, telemetry_middleware
 from gateway.upstream import Router, Upstream
+from gateway.usage import UsageLedger
 from memory.datadir import HOSTNAME, DataDir, orphans
 from memory.embedder import Embedder
 from memory.outbox import Outbox
@@ -227,6 +229,12 @@ def create_app(
             lambda: float(service.writer.written),
         )
         metrics.gauge("memgate_ready", "1 when the gateway has started", lambda: float(gw.ready))
+        usage = await asyncio.to_thread(
+            UsageLedger,
+            settings.data_dir,
+            template=settings.store.data_dir,
+            on_tokens=lambda key, model, kind, n: metrics.tokens.inc(key, model, kind, amount=n),
+        )
         gw = GatewayState(
             settings=settings,
             service=service,
@@ -238,9 +246,11 @@ def create_app(
                 settings.server.default_namespace,
                 keys=bool(settings.keys),
             ),
+            usage=usage,
             ready=True,
         )
         app.state["gateway"] = gw
+        usage.start()
         queued = await asyncio.to_thread(outbox.depth)
         service.writer.start()
         adopting = (
@@ -266,6 +276,7 @@ def create_app(
             await service.writer.stop(settings.server.shutdown_flush_seconds)
             service.embedder.close()
             await router.aclose()
+            await gw.usage.close()
             await asyncio.to_thread(outbox.close)
             if store is None:
                 await asyncio.to_thread(opened_store.close)
@@ -292,6 +303,7 @@ def create_app(
             recall_preview,
             erase_namespace,
             get_namespace,
+            usage_report,
             healthz,
             metrics_route,
             readyz,

@@ -65,6 +65,9 @@ class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     retry_max_wait_seconds: float = 20.0
     # Names of other upstreams to send the request to, in order, when this one still fails.
     fallbacks: tuple[str, ...] = ()
+    # Ask for usage in streams (stream_options.include_usage) when the client did not, to
+    # count their tokens; what it adds is taken out of the client's stream again.
+    stream_usage: bool = True
 
     def __post_init__(self) -> None:
         if self.retries < 0 or self.retry_backoff_seconds < 0 or self.retry_max_wait_seconds < 0:

@@ -17,6 +17,7 @@ from gateway.config import Settings
 from gateway.namespaces import NamespaceResolver
 from gateway.telemetry import Metrics
 from gateway.upstream import Router
+from gateway.usage import UsageLedger
 from memory.service import MemoryService
 
 
@@ -28,6 +29,7 @@ class GatewayState:
     auth: Authenticator
     metrics: Metrics
     namespaces: NamespaceResolver
+    usage: UsageLedger
     ready: bool = False
     _upstream_health: tuple[float, dict[str, str]] = (0.0, {})
 

@@ -4,9 +4,10 @@ accumulator reads the same bytes to rebuild choice 0's text and tool calls."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ import msgspec
 
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.upstream import ErrorHook, upstream_errors
+from gateway.usage import usage_in
 
 log = logging.getLogger("memgate.streaming")
 
@@ -42,6 +44,7 @@ class StreamAccumulator:
         self.done = False
         self.error: Any = None
         self.model = ""
+        self.usage: Any = None
 
     @property
     def text(self) -> str:
@@ -89,6 +92,9 @@ class StreamAccumulator:
             return
         if isinstance(event.get("model"), str):
             self.model = event["model"]
+        usage = usage_in(event)
+        if usage is not None:
+            self.usage = usage
         for choice in event.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -113,6 +119,53 @@ class StreamAccumulator:
             acc.name += str(function["name"])
         if function.get("arguments"):
             acc.arguments += str(function["arguments"])
+
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+_NULL_USAGE = re.compile(rb',\s*"usage"\s*:\s*null|"usage"\s*:\s*null\s*,?')
+
+
+class UsageStripper:
+    """Takes out of a chat stream what ``stream_options.include_usage`` added when the gateway
+    asked for it and the client did not: the last chunk that carries only the usage (no
+    choices), and the ``"usage": null`` of the other chunks. Whole events pass at once; an
+    event split across reads is held until its end arrives."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._tail + chunk
+        out: list[bytes] = []
+        start = 0
+        for end in _EVENT_END.finditer(data):
+            out.append(self._event(data[start : end.start()], end.group()))
+            start = end.end()
+        self._tail = data[start:]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        tail, self._tail = self._tail, b""
+        return tail
+
+    @staticmethod
+    def _event(event: bytes, end: bytes) -> bytes:
+        if b'"usage"' not in event:
+            return event + end
+        payload = b"\n".join(
+            line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")
+        )
+        try:
+            decoded = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            return event + end
+        if not isinstance(decoded, dict):
+            return event + end
+        if decoded.get("usage") is not None and not decoded.get("choices"):
+            return b""  # the usage chunk the client did not ask for
+        if "usage" in decoded and decoded["usage"] is None:
+            return _NULL_USAGE.sub(b"", event, count=1) + end
+        return event + end
 
 
 class NotRemembered(GatewayError):
@@ -151,11 +204,44 @@ async def relay(
     upstream_name: str,
     on_error: ErrorHook | None = None,
     deadline: float | None = None,
+    strip_usage: bool = False,
+    on_end: Callable[[StreamAccumulator], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's bytes as they arrive. ``on_complete`` runs only if the upstream
     finished the answer and every byte was handed on (a client that went away stops the
     iteration before that); when it says the exchange could not be remembered, an error event
-    goes out before ``[DONE]``. The upstream response is always closed."""
+    goes out before ``[DONE]``. The upstream response is always closed. With
+    ``strip_usage`` the usage the gateway asked for is taken out (``UsageStripper``);
+    ``on_end`` sees the accumulator once the stream is over, however it ended."""
+    parts = _relay(
+        response,
+        accumulator,
+        on_complete,
+        stripper=UsageStripper() if strip_usage else None,
+        upstream_name=upstream_name,
+        on_error=on_error,
+        deadline=deadline,
+    )
+    try:
+        async with contextlib.aclosing(parts):  # a client that left closes the upstream too
+            async for part in parts:
+                if part:
+                    yield part
+    finally:
+        if on_end is not None:
+            on_end(accumulator)
+
+
+async def _relay(
+    response: httpx.Response,
+    accumulator: StreamAccumulator,
+    on_complete: Callable[[StreamAccumulator], Awaitable[bool]],
+    *,
+    stripper: UsageStripper | None,
+    upstream_name: str,
+    on_error: ErrorHook | None,
+    deadline: float | None,
+) -> AsyncGenerator[bytes, None]:
     remembered = False
     try:
         try:
@@ -166,6 +252,8 @@ async def relay(
                         async with asyncio.timeout_at(deadline):
                             chunk = await anext(chunks)
                     except StopAsyncIteration:
+                        if stripper is not None:
+                            yield stripper.flush()
                         break
                     except TimeoutError as exc:
                         if on_error:
@@ -174,6 +262,8 @@ async def relay(
                             f"upstream {upstream_name} did not finish the stream in time"
                         ) from exc
                     accumulator.feed(chunk)
+                    if stripper is not None:
+                        chunk = stripper.feed(chunk)
                     if accumulator.done and accumulator.completed and not remembered:
                         # The answer is whole: commit it before the client sees its end, as
                         # the SDKs close the connection right after [DONE].

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install memgate into ./.venv, once: again only when pyproject.toml or this script changes
+# Install memgate into ./.venv, once: again only when pyproject.toml, constraints.txt (the
+# pinned runtime dependencies, the same the Docker image gets) or this script changes
 # (a stamp in .venv records what was installed). PyTorch's CPU build first, from PyTorch's CPU
 # index (PyPI's Linux x86-64 torch is the CUDA build, with GBs of dependencies), from the
 # default index when that one cannot be reached; then the project. Pass "test" to add the
@@ -12,7 +13,7 @@ PYTHON="${PYTHON:-python3}"
 MODE="${1:-serve}"
 TORCH="torch==2.13.0"
 STAMP=".venv/.memgate-installed-$MODE"
-WANT="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -d' ' -f1)"
+WANT="$(cat pyproject.toml constraints.txt scripts/install.sh | sha256sum | cut -d' ' -f1)"
 
 if [ -x .venv/bin/python ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ] \
     && { [ "$MODE" != test ] || { command -v chromium && command -v redis-server \
@@ -25,6 +26,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 PIP=(.venv/bin/python -m pip -qq --disable-pip-version-check)
 "${PIP[@]}" install --upgrade pip
+# constraints.txt pins every runtime dependency (chromadb the Chroma server image's version)
+PIP+=(-c constraints.txt)
 if ! "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu --timeout 20 \
         --retries 1 "$TORCH" 2>/dev/null; then
     echo "memgate: PyTorch's CPU index cannot be reached: $TORCH from the default index" >&2

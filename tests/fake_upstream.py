@@ -134,13 +134,20 @@ class FakeUpstream:
         if calls_tool and messages[-1].get("role") == "tool":
             calls_tool, text = False, f"tool said: {messages[-1].get('content')}"
         if body.get("stream"):
-            await self._stream(send, model, text, calls_tool=calls_tool)
+            options = body.get("stream_options") or {}
+            await self._stream(
+                send, model, text, calls_tool=calls_tool, usage=options.get("include_usage") is True
+            )
         elif calls_tool:
             await _json(send, 200, _completion(model, None, tool_calls=[_tool_call()]))
         else:
             await _json(send, 200, _completion(model, text))
 
-    async def _stream(self, send: Send, model: str, text: str, *, calls_tool: bool) -> None:
+    async def _stream(
+        self, send: Send, model: str, text: str, *, calls_tool: bool, usage: bool = False
+    ) -> None:
+        """Chunks as OpenAI sends them; with ``usage`` (include_usage), every chunk has
+        ``"usage": null`` and a last chunk without choices carries the usage."""
         await send(
             {
                 "type": "http.response.start",
@@ -181,6 +188,8 @@ class FakeUpstream:
                 "model": model,
                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
             }
+            if usage:
+                chunk["usage"] = None
             await send(
                 {
                     "type": "http.response.body",
@@ -206,13 +215,32 @@ class FakeUpstream:
                 }
             ],
         }
-        await send(
-            {
-                "type": "http.response.body",
-                "body": b"data: " + json.dumps(final).encode() + b"\n\n",
-                "more_body": True,
-            }
-        )
+        events = [final]
+        if usage:
+            final["usage"] = None
+            words_out = len(text.split())
+            events.append(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": final["created"],
+                    "model": model,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": 3,
+                        "completion_tokens": words_out,
+                        "total_tokens": 3 + words_out,
+                    },
+                }
+            )
+        for event in events:
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b"data: " + json.dumps(event).encode() + b"\n\n",
+                    "more_body": True,
+                }
+            )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 

@@ -21,6 +21,7 @@ from gateway.inject import inject
 from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator, relay
 from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
+from gateway.usage import Account, usage_of_body
 from memory.recall import budget, content_text, query_text
 from memory.records import Exchange, Hit, Metadata
 
@@ -256,10 +257,13 @@ async def forward(
     *,
     streaming: bool,
     headers: dict[str, str],
+    account: Account,
+    strip_usage: bool = False,
     chat: MemoryChat | None = None,
 ) -> Response[Any]:
     """Send the body upstream and relay the answer unchanged, streamed or whole; with
-    ``chat``, the exchange is remembered once the answer completed."""
+    ``chat``, the exchange is remembered once the answer completed. The answer's usage is
+    counted to ``account``; ``strip_usage``: the gateway asked for a stream's usage itself."""
     deadline = asyncio.get_running_loop().time() + upstream.settings.timeout
     upstream, response = await upstream.within(
         deadline,
@@ -291,6 +295,8 @@ async def forward(
                 upstream_name=upstream.name,
                 on_error=upstream.on_error,
                 deadline=deadline,
+                strip_usage=strip_usage,
+                on_end=lambda finished: account.add(finished.usage),
             ),
             status_code=response.status_code,
             headers=out_headers,
@@ -301,6 +307,8 @@ async def forward(
             data = await upstream.within(deadline, response.aread())
     finally:
         await response.aclose()
+    if response.is_success:
+        account.add(usage_of_body(data))
     if chat is not None and response.is_success:
         if await client_gone(request):
             # The answer cannot reach the client: it is not remembered either.
@@ -339,16 +347,33 @@ async def _memory_chat(
     if hits:
         body["messages"] = inject(body["messages"], hits)
     chat.headers["x-memory-recalled"] = str(len(hits))
+    upstream = gw.router.route(body["model"])
+    strip_usage = ask_for_usage(body, upstream)
+    if strip_usage:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     return await forward(
         gw.router,
-        gw.router.route(body["model"]),
+        upstream,
         request,
         upstream_client_headers(request, principal),
         msgspec.json.encode(body),
         streaming=body.get("stream") is True,
         headers=chat.headers,
+        account=Account(gw.usage, principal.name, ns, body["model"]),
+        strip_usage=strip_usage,
         chat=chat,
     )
+
+
+def ask_for_usage(body: ChatBody, upstream: Upstream) -> bool:
+    """Whether the gateway asks for this stream's usage itself (to count its tokens): a
+    stream whose client did not ask for it, to an upstream that takes ``stream_options``."""
+    if body.get("stream") is not True or not upstream.settings.stream_usage:
+        return False
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return False  # the upstream says what is wrong with it
+    return not (options or {}).get("include_usage")
 
 
 @post("/v1/memory/chat/completions", status_code=200, summary="Chat with memory")
@@ -386,12 +411,19 @@ async def chat_passthrough(
     it is; no memory is read or written."""
     raw = await request.body()
     body = parse_chat_body(raw)
+    upstream = gw.router.route(body["model"])
+    strip_usage = ask_for_usage(body, upstream)
+    if strip_usage:  # otherwise the body goes as it came, byte for byte
+        options = {**(body.get("stream_options") or {}), "include_usage": True}
+        raw = msgspec.json.encode({**body, "stream_options": options})
     return await forward(
         gw.router,
-        gw.router.route(body["model"]),
+        upstream,
         request,
         upstream_client_headers(request, principal),
         raw,
         streaming=body.get("stream") is True,
         headers={},
+        account=Account(gw.usage, principal.name, "", body["model"]),
+        strip_usage=strip_usage,
     )

@@ -20,7 +20,9 @@ from gateway.auth import Principal
 from gateway.errors import GatewayError, NotFound
 from gateway.routes.chat import upstream_client_headers
 from gateway.state import GatewayState
+from gateway.streaming import StreamAccumulator
 from gateway.upstream import Upstream, relayed_headers, upstream_errors
+from gateway.usage import Account, usage_of_body
 
 log = logging.getLogger("memgate.passthrough")
 
@@ -126,19 +128,30 @@ async def relay_other(
         ),
     )
     headers = relayed_headers(response, extra=("content-disposition",))
+    account = Account(gw.usage, principal.name, "", model or "")
     return Stream(
-        _body(response, upstream, deadline),
+        _body(response, upstream, deadline, account if response.is_success else None),
         status_code=response.status_code,
         headers=headers,
         media_type=headers.pop("content-type", "application/octet-stream"),
     )
 
 
+# A JSON answer up to this size is read for its usage too (as it goes by); a bigger one is
+# relayed without (embeddings of a large batch: their usage is not counted).
+USAGE_SCAN_BYTES = 4 * 1024 * 1024
+
+
 async def _body(
-    response: httpx.Response, upstream: Upstream, deadline: float
+    response: httpx.Response, upstream: Upstream, deadline: float, account: Account | None
 ) -> AsyncIterator[bytes]:
     """The upstream's answer as it arrives, within the request's deadline; a failure half-way
-    ends it (what was relayed cannot be taken back)."""
+    ends it (what was relayed cannot be taken back). Its ``usage`` (a JSON answer's, or a
+    stream's last event's) is counted to ``account``."""
+    content_type = response.headers.get("content-type", "")
+    stream = StreamAccumulator() if account and "text/event-stream" in content_type else None
+    whole: list[bytes] | None = [] if account and "json" in content_type else None
+    size = 0
     try:
         with upstream_errors(upstream.name, upstream.on_error):
             chunks = response.aiter_bytes()
@@ -146,7 +159,20 @@ async def _body(
                 try:
                     chunk = await upstream.within(deadline, anext(chunks))
                 except StopAsyncIteration:
+                    if account is not None and stream is not None:
+                        stream.feed(b"\n\n")
+                        account.add(stream.usage)
+                    elif account is not None and whole is not None:
+                        account.add(usage_of_body(b"".join(whole)))
                     return
+                if stream is not None:
+                    stream.feed(chunk)
+                elif whole is not None:
+                    size += len(chunk)
+                    if size <= USAGE_SCAN_BYTES:
+                        whole.append(chunk)
+                    else:
+                        whole = None
                 yield chunk
     except GatewayError as exc:
         log.warning("pass-through answer cut: %s", exc.message)

@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import GatewayProcess, start_gateway
+from tests.e2e.conftest import ADMIN_KEY, TEAM_KEY, GatewayProcess, start_gateway
 from tests.fake_upstream import FakeUpstream
 
 pytestmark = pytest.mark.slow
@@ -113,6 +113,50 @@ def test_streaming_with_the_sdk(gateway: GatewayProcess) -> None:
     contents = [h["content"] for h in hits]
     assert "I was born in Reykjavik." in contents
     assert "echo: I was born in Reykjavik." in contents
+
+
+def test_usage_is_counted_and_the_stream_is_the_one_asked_for(
+    keyed_gateway: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    """The gateway asks for a stream's usage to count it; the SDK sees no usage chunk unless
+    it asked for one itself."""
+    name = "team-" + ns()
+    client = openai.OpenAI(
+        base_url=keyed_gateway.url + f"/v1/memory/ns/{name}", api_key=TEAM_KEY, max_retries=0
+    )
+    message = [{"role": "user", "content": "count my words please"}]
+    chunks = list(client.chat.completions.create(model="fake-model", messages=message, stream=True))
+    assert upstream[0].last_body()["stream_options"] == {"include_usage": True}
+    assert all(c.choices for c in chunks)  # no usage-only chunk
+    assert all(c.usage is None for c in chunks)
+    raw = httpx.post(
+        keyed_gateway.url + f"/v1/memory/ns/{name}/chat/completions",
+        headers={"authorization": f"Bearer {TEAM_KEY}"},
+        json={"model": "fake-model", "messages": message, "stream": True},
+    ).text
+    assert '"usage"' not in raw
+    asked = list(
+        client.chat.completions.create(
+            model="fake-model",
+            messages=message,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert asked[-1].usage is not None
+    assert asked[-1].usage.completion_tokens == 5  # "echo: count my words please"
+    report = httpx.get(
+        keyed_gateway.url + "/v1/memory/usage",
+        params={"namespace": name},
+        headers={"authorization": f"Bearer {ADMIN_KEY}"},
+    ).json()
+    assert report["total"] == {
+        "requests": 3,
+        "prompt_tokens": 9,
+        "completion_tokens": 15,
+        "total_tokens": 24,
+    }
+    assert [r["key"] for r in report["data"]] == ["team"]
 
 
 def test_errors_reach_the_sdk_as_api_errors(
