@@ -26,6 +26,10 @@ def normalize(text: str) -> str:
     return _SPACE.sub(" ", text).strip().casefold()
 
 
+# text parts of chat messages, and of the Responses API's input and output items
+TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
+
+
 def content_text(content: Any) -> str:
     """The text of an OpenAI message ``content``: a string, or the text parts of an array."""
     if isinstance(content, str):
@@ -34,7 +38,7 @@ def content_text(content: Any) -> str:
         parts = [
             str(part.get("text", ""))
             for part in content
-            if isinstance(part, Mapping) and part.get("type") in {"text", "input_text"}
+            if isinstance(part, Mapping) and part.get("type") in TEXT_PARTS
         ]
         return "\n".join(p for p in parts if p)
     return ""
