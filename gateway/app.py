@@ -43,6 +43,7 @@ from gateway.routes.passthrough import (
     passthrough_memory_base,
     passthrough_namespace_base,
 )
+from gateway.routes.responses import memory_responses_path, memory_responses_query
 from gateway.routes.ui import docs_asset, ui
 from gateway.routes.usage import usage_report
 from gateway.state import GatewayState, authenticate, get_gateway, get_principal
@@ -288,6 +289,8 @@ def create_app(
             memory_chat_query,
             memory_chat_path,
             chat_passthrough,
+            memory_responses_query,
+            memory_responses_path,
             list_models,
             passthrough,
             passthrough_memory_base,

@@ -45,6 +45,7 @@ class StreamAccumulator:
         self.error: Any = None
         self.model = ""
         self.usage: Any = None
+        self.response: dict[str, Any] | None = None  # a Responses stream's final response
 
     @property
     def text(self) -> str:
@@ -90,6 +91,10 @@ class StreamAccumulator:
         if event.get("error") is not None:
             self.error = event["error"]
             return
+        kind = event.get("type")
+        if isinstance(kind, str) and (kind == "error" or kind.startswith("response.")):
+            self._response_event(kind, event)
+            return
         if isinstance(event.get("model"), str):
             self.model = event["model"]
         usage = usage_in(event)
@@ -106,6 +111,24 @@ class StreamAccumulator:
                     self._tool_call(call)
             if choice.get("finish_reason"):
                 self.finish_reason = str(choice["finish_reason"])
+
+    def _response_event(self, kind: str, event: dict[str, Any]) -> None:
+        """An event of a Responses API stream: its text deltas, and its end (the whole
+        response in ``response.completed``; failed, incomplete or an error otherwise)."""
+        response = event.get("response")
+        if isinstance(response, dict) and isinstance(response.get("model"), str):
+            self.model = response["model"]
+        if kind == "response.output_text.delta" and isinstance(event.get("delta"), str):
+            self.text_parts.append(event["delta"])
+        elif kind in {"response.completed", "response.incomplete"}:
+            # incomplete: cut by max_output_tokens or the like, as a chat's finish_reason
+            # "length": an answer all the same
+            self.response = response if isinstance(response, dict) else None
+            self.done = True
+            self.finish_reason = kind.removeprefix("response.")
+        elif kind in {"response.failed", "error"}:
+            self.error = (response or {}).get("error") if kind != "error" else event
+            self.error = self.error or kind
 
     def _tool_call(self, call: dict[str, Any]) -> None:
         index = int(call.get("index", len(self.tool_calls)))
@@ -196,6 +219,16 @@ def sse_error_event(error: GatewayError) -> bytes:
     return b"data: " + msgspec.json.encode(error.body()) + b"\n\n"
 
 
+def responses_error_event(error: GatewayError) -> bytes:
+    """The same in a Responses API stream: an ``error`` event."""
+    body = error.body()["error"]
+    event = {"type": "error", "code": body["code"], "message": body["message"], "param": None}
+    return b"event: error\ndata: " + msgspec.json.encode(event) + b"\n\n"
+
+
+ErrorEvent = Callable[[GatewayError], bytes]
+
+
 async def relay(
     response: httpx.Response,
     accumulator: StreamAccumulator,
@@ -206,6 +239,7 @@ async def relay(
     deadline: float | None = None,
     strip_usage: bool = False,
     on_end: Callable[[StreamAccumulator], None] | None = None,
+    error_event: ErrorEvent = sse_error_event,
 ) -> AsyncIterator[bytes]:
     """Yield the upstream's bytes as they arrive. ``on_complete`` runs only if the upstream
     finished the answer and every byte was handed on (a client that went away stops the
@@ -221,6 +255,7 @@ async def relay(
         upstream_name=upstream_name,
         on_error=on_error,
         deadline=deadline,
+        error_event=error_event,
     )
     try:
         async with contextlib.aclosing(parts):  # a client that left closes the upstream too
@@ -241,6 +276,7 @@ async def _relay(
     upstream_name: str,
     on_error: ErrorHook | None,
     deadline: float | None,
+    error_event: ErrorEvent,
 ) -> AsyncGenerator[bytes, None]:
     remembered = False
     try:
@@ -272,11 +308,11 @@ async def _relay(
                             # said before [DONE], after the answer's last event
                             before, chunk = _split_at_done(chunk)
                             yield before
-                            yield sse_error_event(NotRemembered(NOT_REMEMBERED))
+                            yield error_event(NotRemembered(NOT_REMEMBERED))
                     yield chunk
         except GatewayError as exc:
             log.warning("upstream stream cut: %s", exc.message)
-            yield sse_error_event(exc)
+            yield error_event(exc)
             return
     finally:
         await response.aclose()
@@ -288,7 +324,7 @@ async def _relay(
             if on_error:
                 on_error(upstream_name, "incomplete")
             log.warning("upstream %s ended a stream without finishing it", upstream_name)
-            yield sse_error_event(
+            yield error_event(
                 UpstreamError(
                     f"upstream {upstream_name} ended the stream before finishing the answer",
                     code="upstream_incomplete",
@@ -296,4 +332,4 @@ async def _relay(
             )
         return
     if not remembered and not await on_complete(accumulator):
-        yield sse_error_event(NotRemembered(NOT_REMEMBERED))
+        yield error_event(NotRemembered(NOT_REMEMBERED))

@@ -96,6 +96,9 @@ class FakeUpstream:
                 },
             )
             return
+        if path.endswith("/responses") and isinstance(body, dict):
+            await _responses(send, body)
+            return
         if not path.endswith("/chat/completions"):
             await _json(
                 send,
@@ -284,6 +287,80 @@ def _completion(
         ],
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
     }
+
+
+def _response(model: str, text: str, status: str = "completed") -> dict[str, Any]:
+    words = len(text.split())
+    return {
+        "id": "resp_fake",
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": [
+            {
+                "id": "msg_fake",
+                "type": "message",
+                "role": "assistant",
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": {"input_tokens": 4, "output_tokens": words, "total_tokens": 4 + words},
+    }
+
+
+async def _responses(send: Send, body: dict[str, Any]) -> None:
+    """The Responses API: the answer echoes the last user input; streamed as its events."""
+    value = body.get("input")
+    if isinstance(value, str):
+        said = value
+    else:
+        users = [i for i in value or [] if isinstance(i, dict) and i.get("role") == "user"]
+        content = users[-1].get("content") if users else ""
+        said = (
+            content
+            if isinstance(content, str)
+            else " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+        )
+    model = str(body.get("model", ""))
+    text = "echo: " + said
+    if not body.get("stream"):
+        await _json(send, 200, _response(model, text))
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/event-stream")],
+        }
+    )
+    started = {**_response(model, "", "in_progress"), "output": [], "usage": None}
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": started}]
+    for i, word in enumerate(text.split(" ")):
+        events.append(
+            {
+                "type": "response.output_text.delta",
+                "item_id": "msg_fake",
+                "output_index": 0,
+                "content_index": 0,
+                "delta": word if i == 0 else " " + word,
+            }
+        )
+    events.append({"type": "response.completed", "response": _response(model, text)})
+    for n, event in enumerate(events):
+        event["sequence_number"] = n
+        await send(
+            {
+                "type": "http.response.body",
+                "body": f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode(),
+                "more_body": True,
+            }
+        )
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 async def _json(send: Send, status: int, body: Any) -> None:

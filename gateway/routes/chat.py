@@ -19,7 +19,7 @@ from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.inject import inject
 from gateway.state import GatewayState
-from gateway.streaming import StreamAccumulator, relay
+from gateway.streaming import ErrorEvent, StreamAccumulator, relay, sse_error_event
 from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
 from gateway.usage import Account, usage_of_body
 from memory.recall import budget, content_text, query_text
@@ -147,6 +147,8 @@ class MemoryChat:
         self.started = started
         self.metadata = metadata or {}
         self.headers: dict[str, str] = {"x-memory-namespace": namespace, "x-memory-recalled": "0"}
+        # how an error is said in its stream, once the stream started
+        self.error_event: ErrorEvent = sse_error_event
 
     async def recall(self) -> list[Hit]:
         if not self.gw.settings.recall.enabled:
@@ -260,6 +262,7 @@ async def forward(
     account: Account,
     strip_usage: bool = False,
     chat: MemoryChat | None = None,
+    path: str = "chat/completions",
 ) -> Response[Any]:
     """Send the body upstream and relay the answer unchanged, streamed or whole; with
     ``chat``, the exchange is remembered once the answer completed. The answer's usage is
@@ -270,7 +273,7 @@ async def forward(
         router.send(
             upstream,
             "POST",
-            "chat/completions",
+            path,
             client_headers=client_headers,
             content=content,
             deadline=deadline,
@@ -297,6 +300,7 @@ async def forward(
                 deadline=deadline,
                 strip_usage=strip_usage,
                 on_end=lambda finished: account.add(finished.usage),
+                error_event=chat.error_event if chat is not None else sse_error_event,
             ),
             status_code=response.status_code,
             headers=out_headers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -157,6 +158,46 @@ def test_usage_is_counted_and_the_stream_is_the_one_asked_for(
         "total_tokens": 24,
     }
     assert [r["key"] for r in report["data"]] == ["team"]
+
+
+def test_responses_api_with_memory(
+    gateway: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    """The SDK's Responses API against /v1/memory: plain and streamed, remembered, recalled."""
+    name = ns()
+    client = sdk(gateway, name)
+    first = client.responses.create(model="fake-model", input="My sister is called Ines.")
+    assert first.output_text == "echo: My sister is called Ines."
+    with client.responses.create(
+        model="fake-model", input="I keep bees in the garden.", stream=True
+    ) as events:
+        kinds = [event.type for event in events]
+    assert kinds[0] == "response.created"
+    assert kinds[-1] == "response.completed"
+    contents: set[str] = set()
+    for _ in range(100):
+        listed = httpx.get(
+            gateway.url + "/v1/memory/memories", params={"namespace": name, "limit": 10}
+        ).json()["data"]
+        contents = {m["content"] for m in listed}
+        if len(contents) == 4:
+            break
+        time.sleep(0.05)
+    assert contents == {
+        "My sister is called Ines.",
+        "echo: My sister is called Ines.",
+        "I keep bees in the garden.",
+        "echo: I keep bees in the garden.",
+    }
+    later = client.responses.create(
+        model="fake-model",
+        instructions="Answer briefly.",
+        input=[{"role": "user", "content": "What is my sister called?"}],
+    )
+    assert later.output_text == "echo: What is my sister called?"
+    sent = upstream[0].last_body()
+    assert sent["instructions"].startswith("Answer briefly.\n\nMemories from earlier")
+    assert "My sister is called Ines." in sent["instructions"]
 
 
 def test_errors_reach_the_sdk_as_api_errors(
