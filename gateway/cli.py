@@ -163,13 +163,22 @@ def add_client_commands(
         parents=[common],
         help="load history (JSONL, ChatGPT export) into a namespace",
         description='Load history into a namespace: JSONL of chat messages, of {"messages": '
-        "[...]} lines or of memories (what export writes), or a ChatGPT data export "
-        "(conversations.json or its .zip). Re-running skips what is already there.",
+        "[...]} lines or of memories (what export writes), or a ChatGPT data export (its "
+        ".zip, the folder it unpacks to, or conversations.json; an export split into "
+        "conversations-000.json, conversations-001.json... is read shard by shard, in order). "
+        "Re-running skips what is already there; Ctrl-C stops once the memories on their way "
+        "have landed (again: at once), and the same command then continues.",
     )
     _namespace(importing)
-    importing.add_argument("file", help="the file to import")
     importing.add_argument(
-        "--batch-size", type=_positive, default=500, help="memories a request (at most 1000)"
+        "file", help="the file to import, or a ChatGPT export's .zip or unpacked folder"
+    )
+    importing.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=500,
+        help="memories on their way to the gateway at once (at most 1000), sent as "
+        "concurrent requests of up to 25",
     )
     importing.add_argument(
         "--skip-invalid",

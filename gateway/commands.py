@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from rich import box
@@ -18,8 +22,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gateway.client import EXIT_ERROR, EXIT_INPUT, ClientError, GatewayClient
-from gateway.history import IMPORT_KEY, HistoryError, read_history
-from gateway.transfer import ImportSummary, export_lines, import_records, pending
+from gateway.history import IMPORT_KEY, HistoryError, Keys, Reader, Source, sources
+from gateway.transfer import Importer, ImportSummary, export_lines, present_keys
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 class Abort(Exception):
@@ -43,6 +49,9 @@ def run(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     except Abort as exc:
         err.print(f"[bold red]memgate:[/] {escape(str(exc))}")
         return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("[bold red]memgate:[/] interrupted")
+        return EXIT_INTERRUPTED
 
 
 def _out() -> Console:
@@ -177,49 +186,171 @@ def cmd_erase(client: GatewayClient, args: argparse.Namespace, err: Console) -> 
     return 0
 
 
-def cmd_import(client: GatewayClient, args: argparse.Namespace, err: Console) -> int:
-    path = Path(args.file)
-    try:
-        history = read_history(path)
-    except HistoryError as exc:
-        raise Abort(str(exc), EXIT_INPUT) from exc
-    summary = ImportSummary(total=len(history.records) + len(history.problems))
-    summary.ignored = history.ignored
-    if history.problems:
-        for line in history.describe_problems():
+class Interrupts:
+    """Ctrl-C while an import sends: counted instead of raised, so that the first one stops
+    the sending once the requests on their way have been answered (nothing left half-sent),
+    and a second one quits at once. Outside the ``with``, Ctrl-C raises as usual."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+@dataclass
+class Checked:
+    """What reading every file of an import once found."""
+
+    format: str
+    records: int  # good ones
+    ignored: int
+    repeated: int
+    problems: list[str]
+
+
+def _check(found: list[Source], args: argparse.Namespace, err: Console) -> Checked:
+    """Read every file once, one at a time, to count its records and find bad ones. Raises
+    ``Abort`` if some are bad (unless ``--skip-invalid``)."""
+    reader = Reader()
+    formats: list[str] = []
+    records = ignored = repeated = 0
+    problems: list[str] = []
+    for source in found:
+        history = reader.read(source)
+        formats.append(history.format)
+        records += len(history.records)
+        ignored += history.ignored
+        repeated += history.repeated
+        problems.extend(history.describe_problems(limit=len(history.problems)))
+    if problems:
+        for line in problems[:20]:
             err.print(f"[red]error:[/] {escape(line)}", soft_wrap=True)
+        if len(problems) > 20:
+            err.print(f"[red]error:[/] ... and {len(problems) - 20} more problems")
         if not args.skip_invalid:
             raise Abort(
-                f"{len(history.problems)} bad record(s) in {path}; nothing imported. Fix them, or "
+                f"{len(problems)} bad record(s) in {args.file}; nothing imported. Fix them, or "
                 "pass --skip-invalid to import the rest.",
                 EXIT_INPUT,
             )
-        summary.failed += len(history.problems)
-        summary.errors.extend(history.describe_problems(limit=len(history.problems)))
-    todo, summary.skipped = pending(client, args.namespace, history.records)
+    fmt = "chatgpt" if "chatgpt" in formats else formats[0]
+    return Checked(fmt, records, ignored, repeated, problems)
+
+
+def cmd_import(client: GatewayClient, args: argparse.Namespace, err: Console) -> int:
+    """Import a file, or every conversation file of a ChatGPT export, one file at a time:
+    first read them all to find bad records (nothing is sent if there are any, unless
+    ``--skip-invalid``), then list what the namespace holds, then read them again and send what
+    it does not hold yet."""
+    summary = ImportSummary()
+    try:
+        found = sources(Path(args.file))
+        checked = _check(found, args, err)
+        summary.total = checked.records + len(checked.problems)
+        summary.ignored, summary.repeated = checked.ignored, checked.repeated
+        summary.failed += len(checked.problems)
+        summary.errors.extend(checked.problems)
+        present = present_keys(client, args.namespace)
+        return _send_all(
+            client, args, err, found=found, present=present, summary=summary, checked=checked
+        )
+    except HistoryError as exc:
+        raise Abort(str(exc), EXIT_INPUT) from exc
+    except KeyboardInterrupt:  # before anything was sent
+        _interrupted(err, summary, in_flight=0)
+        return EXIT_INTERRUPTED
+
+
+def _send_all(
+    client: GatewayClient,
+    args: argparse.Namespace,
+    err: Console,
+    *,
+    found: list[Source],
+    present: set[str],
+    summary: ImportSummary,
+    checked: Checked,
+) -> int:
+    records, fmt = checked.records, checked.format
     columns = (
-        TextColumn("[bold]importing[/]"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    try:
-        with Progress(*columns, console=err, transient=False, disable=not todo) as progress:
-            task = progress.add_task("import", total=len(todo))
-            import_records(
-                client,
-                args.namespace,
-                todo,
-                summary,
-                batch_size=args.batch_size,
-                advance=lambda n: progress.advance(task, n),
-            )
-    except ClientError as exc:
-        _print_summary(summary, args, err, history.format)
-        err.print("Stopped; what was sent is kept, and running the same import again resumes.")
-        raise exc
-    _print_summary(summary, args, err, history.format)
+    keys, reader = Keys(), Reader()
+    with (
+        Progress(*columns, console=err, transient=False, disable=not records) as progress,
+        Interrupts() as interrupts,
+    ):
+        task = progress.add_task("[bold]importing[/]", total=records)
+        with Importer(
+            client,
+            args.namespace,
+            summary,
+            batch_size=args.batch_size,
+            landed=lambda n: progress.advance(task, n),
+        ) as importer:
+            try:
+                for source in found:
+                    keyed = keys(reader.read(source).records)
+                    todo = [(key, record) for key, record in keyed if key not in present]
+                    summary.skipped += len(keyed) - len(todo)
+                    progress.advance(task, len(keyed) - len(todo))
+                    if not importer.send(todo, stop=lambda: interrupts.count > 0):
+                        break
+                importer.wait(stop=lambda: interrupts.count > 0)
+                if interrupts.count:
+                    progress.update(
+                        task,
+                        description="[bold]stopping[/] once what is on its way has landed "
+                        "(Ctrl-C again to quit now)",
+                    )
+                    importer.wait(stop=lambda: interrupts.count > 1)
+            except ClientError:
+                progress.stop()
+                _print_summary(summary, args, err, fmt)
+                err.print(
+                    "Stopped; what was sent is kept, and running the same import again resumes."
+                )
+                raise
+    if interrupts.count:
+        _interrupted(err, summary, in_flight=importer.in_flight)
+        return EXIT_INTERRUPTED
+    _print_summary(summary, args, err, fmt)
     return EXIT_ERROR if summary.failed else 0
+
+
+def _interrupted(err: Console, summary: ImportSummary, *, in_flight: int) -> None:
+    """The one line printed when Ctrl-C stopped an import."""
+    of = f" of {summary.total:,}" if summary.total else ""
+    done = f"imported {summary.imported:,}{of} records so far" + (
+        f" ({summary.skipped:,} were there already)" if summary.skipped else ""
+    )
+    if in_flight:
+        rest = (
+            f"{in_flight:,} more were on their way and the gateway may still store them: "
+            "running the same command again skips what is there by then, so wait for those to "
+            "land first or they may be imported twice"
+        )
+    else:
+        rest = (
+            "running the same command again imports the rest: what is there already is "
+            "skipped, so nothing is imported twice"
+        )
+    err.print(f"[bold red]memgate:[/] interrupted: {done}; {rest}.", soft_wrap=True)
 
 
 def _print_summary(
@@ -233,8 +364,13 @@ def _print_summary(
             err.print(f"[red]failed:[/] {escape(line)}", soft_wrap=True)
     _out().print(
         f"Imported {summary.imported}, skipped {summary.skipped} (already there), "
-        f"failed {summary.failed}; ignored {summary.ignored} (system or tool messages, no text) "
-        f"[{fmt} into namespace {escape(args.namespace)}]"
+        f"failed {summary.failed}; ignored {summary.ignored} (system or tool messages, no text)"
+        + (
+            f"; {summary.repeated} conversation(s) in more than one file of the export, read once"
+            if summary.repeated
+            else ""
+        )
+        + f" [{fmt} into namespace {escape(args.namespace)}]"
     )
 
 

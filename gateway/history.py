@@ -7,13 +7,19 @@ Read:
   ``{"content", "role"?, "metadata"?, "created_at"?}`` (what export writes). Other keys
   (``id``, ``namespace``, ``name``...) are ignored.
 - A JSON array of the same objects.
-- A ChatGPT data export: ``conversations.json`` (or the export's ``.zip``). Each
-  conversation's thread is the path from ``current_node`` up to the root, read root first;
-  user and assistant text parts are kept with their ``create_time`` and the metadata
+- A ChatGPT data export: the export's ``.zip``, the folder it unpacks to, or one of its
+  conversation files. The conversations are in ``conversations.json`` or, in newer exports,
+  split into shards ``conversations-000.json``, ``conversations-001.json``... (at the top or
+  in a subfolder); ``sources`` finds them and they are read one at a time, in that order
+  (``conversations.json`` first, then the shards by number). A conversation whose id an
+  earlier file already held is read once. Each conversation's thread is the path from
+  ``current_node`` up to the root, read root first; user and assistant text parts are kept
+  with their ``create_time`` and the metadata
   ``{"source": "chatgpt", "conversation": title, "conversation_id": id}``.
 
 Every record gets an import key: a hash of its content, role, created_at and metadata, with
-``#2``, ``#3``... for repeats of the same record in the file. ``import`` stores it in the
+``#2``, ``#3``... for repeats of the same record in the file (across all the files of an
+export, in reading order: ``Keys``). ``import`` stores it in the
 memory's metadata (``import_key``) and skips records whose key the namespace already holds, so
 a re-run resumes; ``export`` leaves it out, so an export reads back unchanged.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -76,6 +83,7 @@ class History:
     records: list[Record] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
     ignored: int = 0
+    repeated: int = 0  # ChatGPT conversations skipped: an earlier file held them already
 
     def problem(self, where: str, reason: str) -> None:
         self.problems.append((where, reason))
@@ -91,50 +99,132 @@ class HistoryError(Exception):
     """The file cannot be read at all (missing, not text, not JSON, unknown shape)."""
 
 
+SHARD = re.compile(r"conversations(?:-(\d+))?\.json")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One file to read: a file on disk, or a member of a zip (``archive``)."""
+
+    path: Path  # as shown in messages: the file, or the zip's path joined with the member's
+    archive: Path | None = None
+    member: str = ""
+
+    def read(self) -> bytes:
+        try:
+            if self.archive is None:
+                return self.path.read_bytes()
+            with zipfile.ZipFile(self.archive) as archive:
+                return archive.read(self.member)
+        except zipfile.BadZipFile as exc:
+            raise HistoryError(f"{self.archive}: not a valid zip file: {exc}") from exc
+        except IsADirectoryError as exc:
+            raise HistoryError(f"{self.path}: is a folder, not a file") from exc
+        except FileNotFoundError as exc:
+            raise HistoryError(f"{self.path}: no such file") from exc
+        except (OSError, KeyError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise HistoryError(f"{self.path}: cannot read it: {reason}") from exc
+
+
+def conversation_files(names: Iterable[str]) -> list[str]:
+    """The ChatGPT conversation files among ``names`` (paths with ``/``), in reading order:
+    folder by folder, ``conversations.json`` first, then ``conversations-NNN.json`` by number."""
+    found: list[tuple[str, int, str]] = []
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        if match := SHARD.fullmatch(base):
+            found.append((folder, -1 if match[1] is None else int(match[1]), name))
+    return [name for *_, name in sorted(found)]
+
+
+_NO_CONVERSATIONS = (
+    "no conversations.json or conversations-NNN.json in this {} (is it a ChatGPT data export?)"
+)
+
+
+def sources(path: Path) -> list[Source]:
+    """What ``path`` holds to import, in reading order: the file itself; or, for a ChatGPT data
+    export (its ``.zip``, or the folder it unpacks to), its conversation files."""
+    if path.suffix.lower() == ".zip" and not path.is_dir():
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except zipfile.BadZipFile as exc:
+            raise HistoryError(f"{path}: not a valid zip file: {exc}") from exc
+        except FileNotFoundError as exc:
+            raise HistoryError(f"{path}: no such file") from exc
+        except OSError as exc:
+            raise HistoryError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        members = conversation_files(names)
+        if not members:
+            raise HistoryError(f"{path}: {_NO_CONVERSATIONS.format('zip')}")
+        return [Source(path / member, path, member) for member in members]
+    if path.is_dir():
+        try:
+            names = [p.relative_to(path).as_posix() for p in path.rglob("conversations*.json")]
+        except OSError as exc:
+            raise HistoryError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
+        files = conversation_files(names)
+        if not files:
+            raise HistoryError(
+                f"{path}: is a folder without conversations.json or conversations-NNN.json (an "
+                "unpacked ChatGPT data export has them); to import another file, name the file"
+            )
+        return [Source(path / name) for name in files]
+    return [Source(path)]
+
+
+class Reader:
+    """Reads the sources of one import, one at a time, remembering across them the ChatGPT
+    conversations already read (an export may hold one in more than one file)."""
+
+    def __init__(self) -> None:
+        self.conversations: set[str] = set()
+
+    def read(self, source: Source) -> History:
+        return parse_history(source.path, source.read(), self.conversations)
+
+
+def read_histories(path: Path) -> Iterator[History]:
+    """The histories of ``path``'s sources (``sources``), read and parsed one at a time, so
+    that an export split into shards never needs more memory than its largest shard."""
+    reader = Reader()
+    for source in sources(path):
+        yield reader.read(source)
+
+
 def read_history(path: Path) -> History:
-    """Read a history file of any supported format; problems with single records are
-    collected in ``History.problems`` (with their line or position), not raised."""
-    try:
-        if path.suffix.lower() == ".zip":
-            return _read_zip(path)
-        raw = path.read_bytes()
-    except IsADirectoryError as exc:
-        raise HistoryError(f"{path}: is a folder, not a file") from exc
-    except FileNotFoundError as exc:
-        raise HistoryError(f"{path}: no such file") from exc
-    except OSError as exc:
-        raise HistoryError(f"{path}: cannot read it: {exc.strerror or exc}") from exc
-    return parse_history(path, raw)
+    """Read a history file of any supported format, or every file of a ChatGPT export, into
+    one ``History``; problems with single records are collected in ``History.problems`` (with
+    their line or position, and the file of the export they are in), not raised."""
+    parts = list(read_histories(path))
+    if len(parts) == 1:
+        return parts[0]
+    formats = {part.format for part in parts}
+    merged = History(path, "chatgpt" if "chatgpt" in formats else parts[0].format)
+    for part in parts:
+        merged.records.extend(part.records)
+        merged.problems.extend((f"{part.path.name}, {w}", r) for w, r in part.problems)
+        merged.ignored += part.ignored
+        merged.repeated += part.repeated
+    return merged
 
 
-def parse_history(path: Path, raw: bytes) -> History:
+def parse_history(path: Path, raw: bytes, conversations: set[str] | None = None) -> History:
+    """Parse one file's bytes. ``conversations``: the ids of ChatGPT conversations read
+    already (skipped, then counted in ``History.repeated``); the ones read here are added."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise HistoryError(f"{path}: line {line}: not UTF-8 text ({exc.reason})") from exc
     if text.lstrip().startswith("["):
-        return _parse_json_array(path, text)
+        return _parse_json_array(path, text, set() if conversations is None else conversations)
     return _parse_jsonl(path, text)
 
 
-def _read_zip(path: Path) -> History:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "conversations.json"]
-            if not names:
-                raise HistoryError(
-                    f"{path}: no conversations.json in this zip (is it a ChatGPT data export?)"
-                )
-            raw = archive.read(names[0])
-    except zipfile.BadZipFile as exc:
-        raise HistoryError(f"{path}: not a valid zip file: {exc}") from exc
-    except FileNotFoundError as exc:
-        raise HistoryError(f"{path}: no such file") from exc
-    return parse_history(path / names[0], raw)
-
-
-def _parse_json_array(path: Path, text: str) -> History:
+def _parse_json_array(path: Path, text: str, conversations: set[str]) -> History:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -146,6 +236,12 @@ def _parse_json_array(path: Path, text: str) -> History:
     if data and all(isinstance(c, dict) and "mapping" in c for c in data):
         history = History(path, "chatgpt")
         for index, conversation in enumerate(data, 1):
+            conversation_id = conversation.get("conversation_id") or conversation.get("id")
+            if isinstance(conversation_id, str) and conversation_id:
+                if conversation_id in conversations:
+                    history.repeated += 1
+                    continue
+                conversations.add(conversation_id)
             _read_conversation(history, index, conversation)
         return history
     history = History(path, "json")
@@ -400,10 +496,26 @@ def with_repeats(hashes: Iterable[str]) -> Iterator[str]:
         yield value if seen[value] == 1 else f"{value}#{seen[value]}"
 
 
+class Keys:
+    """Import keys for records that come in parts (the files of an export, in order): a
+    repeat gets ``#n`` whether its first occurrence was in this part or an earlier one, so the
+    keys are those of one file holding every part."""
+
+    def __init__(self) -> None:
+        self._seen: Counter[str] = Counter()
+
+    def __call__(self, records: Iterable[Record]) -> list[tuple[str, Record]]:
+        out = []
+        for record in records:
+            value = record_hash(record.content, record.role, record.created_at, record.metadata)
+            self._seen[value] += 1
+            n = self._seen[value]
+            out.append((value if n == 1 else f"{value}#{n}", record))
+        return out
+
+
 def keyed(records: Iterable[Record]) -> list[tuple[str, Record]]:
-    items = list(records)
-    hashes = (record_hash(r.content, r.role, r.created_at, r.metadata) for r in items)
-    return list(zip(with_repeats(hashes), items, strict=True))
+    return Keys()(records)
 
 
 def existing_keys(memories_oldest_first: Iterable[Mapping[str, Any]]) -> set[str]:

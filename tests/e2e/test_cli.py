@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import signal
+import time
 import uuid
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import wait_until
-from tests.e2e.cli import memgate, ok_json
+from tests.e2e.cli import memgate, memgate_process, memgate_tty, ok_json
 from tests.e2e.conftest import ADMIN_KEY, TEAM_KEY, GatewayProcess
 from tests.fake_upstream import free_port
 
@@ -256,6 +260,150 @@ def test_import_chatgpt_export(gateway: GatewayProcess, tmp_path: Path) -> None:
     }
     again = ok_json(memgate("import", "-n", name, str(path), "--json", "--url", gateway.url))
     assert (again["imported"], again["skipped"]) == (0, 4)
+
+
+def everything(gateway: GatewayProcess, namespace: str) -> list[dict[str, Any]]:
+    """Every memory of the namespace, page after page, through the API."""
+    out: list[dict[str, Any]] = []
+    params: dict[str, str | int] = {"namespace": namespace, "limit": 100}
+    while True:
+        page = httpx.get(gateway.url + "/v1/memory/memories", params=params, timeout=60).json()
+        out.extend(page["data"])
+        if not page["has_more"]:
+            return out
+        params["after"] = page["data"][-1]["id"]
+
+
+def conversations(first: int, count: int, *, words: int = 3) -> list[dict[str, Any]]:
+    """``count`` ChatGPT conversations numbered from ``first``, each a question and its answer."""
+    out = []
+    for n in range(first, first + count):
+        said = [("user", f"Question {n}: " + "tell me more " * words), ("assistant", f"Answer {n}")]
+        mapping: dict[str, Any] = {"root": {"message": None, "parent": None, "children": ["m0"]}}
+        for i, (role, text) in enumerate(said):
+            mapping[f"m{i}"] = {
+                "parent": "root" if i == 0 else f"m{i - 1}",
+                "children": [f"m{i + 1}"] if i + 1 < len(said) else [],
+                "message": {
+                    "author": {"role": role},
+                    "content": {"content_type": "text", "parts": [text]},
+                    "create_time": 1717000000 + n * 10 + i,
+                },
+            }
+        out.append({"title": f"Chat {n}", "id": f"conv-{n}", "mapping": mapping,
+                    "current_node": "m1"})  # fmt: skip
+    return out
+
+
+def sharded_zip(path: Path, shards: list[list[dict[str, Any]]], **extra: Any) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("Export/user.json", "{}")
+        for n, shard in enumerate(shards):
+            z.writestr(f"Export/conversations-{n:03d}.json", json.dumps(shard))
+        for name, content in extra.items():
+            z.writestr(f"Export/{name}.json", json.dumps(content))
+    return path
+
+
+def test_import_sharded_chatgpt_export_once(gateway: GatewayProcess, tmp_path: Path) -> None:
+    name = ns()
+    url = ("--url", gateway.url)
+    shards = [conversations(4 * n, 4) for n in range(3)]
+    archive = sharded_zip(tmp_path / "export.zip", shards)
+    expected = sorted(f"{w} {n}" for n in range(12) for w in ("Question", "Answer"))
+
+    summary = ok_json(memgate("import", "-n", name, str(archive), "--json", *url))
+    assert (summary["format"], summary["total"], summary["imported"]) == ("chatgpt", 24, 24)
+    memories = everything(gateway, name)
+    assert sorted(m["content"].split(":")[0] for m in memories) == expected
+    assert len({m["metadata"]["import_key"] for m in memories}) == 24
+    assert [m["metadata"]["conversation"] for m in reversed(memories)][::2] == [
+        f"Chat {n}" for n in range(12)
+    ]
+    again = ok_json(memgate("import", "-n", name, str(archive), "--json", *url))
+    assert (again["imported"], again["skipped"]) == (0, 24)
+    # The same export unpacked into a folder: the same records, so nothing new.
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(folder)
+    unpacked = memgate("import", "-n", name, str(folder), *url)
+    assert unpacked.returncode == 0, unpacked.stderr
+    assert "Imported 0, skipped 24 (already there)" in unpacked.stdout
+    assert len(everything(gateway, name)) == 24
+
+    # Shards beside a conversations.json holding some of the same conversations: read once.
+    both = sharded_zip(tmp_path / "both.zip", shards, conversations=shards[0] + shards[2])
+    other = ns()
+    mixed = ok_json(memgate("import", "-n", other, str(both), "--json", *url))
+    assert (mixed["imported"], mixed["repeated"]) == (24, 8)
+    assert sorted(m["content"].split(":")[0] for m in everything(gateway, other)) == expected
+
+    empty = tmp_path / "not-chatgpt.zip"
+    with zipfile.ZipFile(empty, "w") as z:
+        z.writestr("Export/user.json", "{}")
+    refused = memgate("import", "-n", other, str(empty), *url)
+    assert refused.returncode == 2
+    assert (
+        f"memgate: {empty}: no conversations.json or conversations-NNN.json in this zip "
+        "(is it a ChatGPT data export?)"
+    ) in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_continues(
+    gateway: GatewayProcess, tmp_path: Path
+) -> None:
+    name = ns()
+    url = ("--url", gateway.url)
+    archive = sharded_zip(tmp_path / "export.zip", [conversations(0, 100), conversations(100, 100)])
+    command = ("import", "-n", name, str(archive), "--batch-size", "50", *url)
+    process = memgate_process(*command)
+    try:
+        deadline = time.monotonic() + 120
+        while len(everything(gateway, name)) < 50:  # some have landed, most have not
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the import did not start in time"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert out == ""
+    [line] = [line for line in err.splitlines() if line.startswith("memgate:")]
+    stopped = len(everything(gateway, name))
+    assert 50 <= stopped < 400
+    assert line == (
+        f"memgate: interrupted: imported {stopped} of 400 records so far; running the same "
+        "command again imports the rest: what is there already is skipped, so nothing is "
+        "imported twice."
+    )
+
+    resumed = ok_json(memgate(*command, "--json"))
+    assert (resumed["imported"], resumed["skipped"]) == (400 - stopped, stopped)
+    memories = everything(gateway, name)
+    assert len(memories) == 400
+    assert len({m["content"] for m in memories}) == 400
+
+
+def test_import_progress_moves_within_a_batch(gateway: GatewayProcess, tmp_path: Path) -> None:
+    name = ns()
+    path = tmp_path / "conversations.json"
+    path.write_text(json.dumps(conversations(0, 150)))
+    code, shown = memgate_tty(
+        "import", "-n", name, str(path), "--batch-size", "200", "--url", gateway.url
+    )
+    assert code == 0, shown
+    assert "Imported 300, skipped 0 (already there), failed 0" in shown
+    counts = {int(n) for n in re.findall(r"\b(\d+)/300\b", shown)}
+    assert 300 in counts
+    between = {n for n in counts if 0 < n < 300}
+    # The progress line moved several times before the first 200 memories were all in.
+    assert len({n for n in between if n < 200}) >= 3, sorted(counts)
+    assert len(everything(gateway, name)) == 300
 
 
 def test_export_import_round_trip(gateway: GatewayProcess, tmp_path: Path) -> None:

@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gateway.history import (
     HistoryError,
+    Keys,
+    conversation_files,
     existing_keys,
     export_line,
     keyed,
+    read_histories,
     read_history,
+    sources,
     thread,
 )
 
@@ -179,3 +184,159 @@ def test_unreadable_files_raise_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "x.zip").write_text("not a zip")
     with pytest.raises(HistoryError, match=r"x\.zip: not a valid zip file"):
         read_history(tmp_path / "x.zip")
+
+
+# ChatGPT exports split into shards
+
+
+def conversation(conversation_id: str, *texts: str, at: float = 1700000000.0) -> dict[str, Any]:
+    """A ChatGPT conversation whose thread is ``texts``, user and assistant in turn."""
+    mapping: dict[str, Any] = {}
+    for index, text in enumerate(texts):
+        mapping[f"n{index}"] = {
+            "parent": f"n{index - 1}" if index else None,
+            "children": [f"n{index + 1}"] if index + 1 < len(texts) else [],
+            "message": {
+                "author": {"role": "assistant" if index % 2 else "user"},
+                "content": {"content_type": "text", "parts": [text]},
+                "create_time": at + index,
+            },
+        }
+    return {
+        "title": conversation_id,
+        "id": conversation_id,
+        "current_node": f"n{len(texts) - 1}",
+        "mapping": mapping,
+    }
+
+
+def test_conversation_files_are_found_in_reading_order() -> None:
+    names = [
+        "export/conversations-010.json",
+        "export/chat.html",
+        "export/conversations-002.json",
+        "export/conversations-1000.json",
+        "__MACOSX/export/._conversations-000.json",
+        "export/conversations.json",
+        "export/conversations-abc.json",
+        "export/user.json",
+        "export/conversations-000.json",
+        "conversations-001.json",
+    ]
+    assert conversation_files(names) == [
+        "conversations-001.json",  # the top folder sorts first
+        "export/conversations.json",
+        "export/conversations-000.json",
+        "export/conversations-002.json",
+        "export/conversations-010.json",  # by number, not by name
+        "export/conversations-1000.json",
+    ]
+    assert conversation_files(["export/user.json", "conversations.jsonl"]) == []
+
+
+def test_a_sharded_zip_and_its_unpacked_folder_read_shard_by_shard(tmp_path: Path) -> None:
+    shards = {
+        f"Export 2025/conversations-{n:03d}.json": [
+            conversation(f"c{n}-{i}", f"question {n}.{i}", f"answer {n}.{i}") for i in range(2)
+        ]
+        for n in (2, 0, 11, 1)
+    }
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("Export 2025/user.json", "{}")
+        for name, conversations in shards.items():
+            z.writestr(name, json.dumps(conversations))
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(folder)
+    order = [0, 1, 2, 11]
+    expected = [
+        f"{word} {n}.{i}" for n in order for i in range(2) for word in ("question", "answer")
+    ]
+    for path, root in ((archive, archive), (folder, folder)):
+        found = sources(path)
+        assert [s.path for s in found] == [
+            root / f"Export 2025/conversations-{n:03d}.json" for n in order
+        ]
+        parts = list(read_histories(path))
+        assert [len(p.records) for p in parts] == [4, 4, 4, 4]
+        assert [r.content for p in parts for r in p.records] == expected
+        merged = read_history(path)
+        assert merged.format == "chatgpt"
+        assert [r.content for r in merged.records] == expected
+        assert merged.records[0].metadata == {
+            "source": "chatgpt",
+            "conversation": "c0-0",
+            "conversation_id": "c0-0",
+        }
+    # One shard given on its own is a file like any other.
+    assert [s.path for s in sources(folder / "Export 2025/conversations-011.json")] == [
+        folder / "Export 2025/conversations-011.json"
+    ]
+
+
+def test_shards_are_parsed_one_at_a_time(tmp_path: Path) -> None:
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("conversations-000.json", json.dumps([conversation("a", "hello")]))
+        z.writestr("conversations-001.json", "[{broken")
+    histories = read_histories(archive)
+    first = next(histories)  # read before the broken shard is touched
+    assert [r.content for r in first.records] == ["hello"]
+    with pytest.raises(HistoryError, match=r"export\.zip/conversations-001\.json: line 1"):
+        next(histories)
+
+
+def test_keys_across_shards_are_those_of_one_file(tmp_path: Path) -> None:
+    # Conversations without an id, holding the same message at the same time: the repeat in
+    # a later shard gets #2, as it would in one conversations.json holding both.
+    same = {**conversation("t", "hi"), "id": None}
+    other = {**conversation("u", "other"), "id": None}
+    whole = tmp_path / "conversations.json"
+    whole.write_text(json.dumps([same, other, same]))
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("conversations-000.json", json.dumps([same, other]))
+        z.writestr("conversations-001.json", json.dumps([same]))
+    keys = Keys()
+    sharded = [key for history in read_histories(archive) for key, _ in keys(history.records)]
+    assert sharded[2] == sharded[0] + "#2"
+    assert len(set(sharded)) == 3
+    assert sharded == [key for key, _ in keyed(read_history(whole).records)]
+    assert sharded == [key for key, _ in keyed(read_history(archive).records)]
+
+
+def test_a_conversation_in_two_files_of_an_export_is_read_once(tmp_path: Path) -> None:
+    a, b, c = (conversation(x, f"text {x}") for x in "abc")
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("conversations.json", json.dumps([a, b, c]))
+        z.writestr("conversations-000.json", json.dumps([a, b]))
+        z.writestr("conversations-001.json", json.dumps([c, conversation("d", "text d")]))
+    history = read_history(archive)
+    assert [r.content for r in history.records] == ["text a", "text b", "text c", "text d"]
+    assert history.repeated == 3
+    # Conversations without an id are never taken for repeats.
+    anonymous = {**conversation("x", "same"), "id": None}
+    path = tmp_path / "anon.json"
+    path.write_text(json.dumps([anonymous, anonymous]))
+    assert len(read_history(path).records) == 2
+
+
+def test_an_export_without_conversations_is_a_clear_error(tmp_path: Path) -> None:
+    archive = tmp_path / "export.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("export/user.json", "{}")
+        z.writestr("export/conversations.jsonl", "{}")
+    with pytest.raises(
+        HistoryError,
+        match=r"export\.zip: no conversations\.json or conversations-NNN\.json in this zip "
+        r"\(is it a ChatGPT data export\?\)",
+    ):
+        sources(archive)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "notes.json").write_text("[]")
+    with pytest.raises(HistoryError, match=r"folder: is a folder without conversations\.json"):
+        sources(tmp_path / "folder")
+    with pytest.raises(HistoryError, match=r"gone\.zip: no such file"):
+        sources(tmp_path / "gone.zip")
