@@ -143,7 +143,7 @@ class MemStore:
 
     def versions(self, namespace: str, memory_id: str) -> list[Version]:
         self._check("versions")
-        return list(self.history.get((namespace, memory_id), []))
+        return sorted(self.history.get((namespace, memory_id), []), key=lambda v: v.replaced_at)
 
     def delete(self, namespace: str, memory_id: str) -> bool:
         self._check("delete")

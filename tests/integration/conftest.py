@@ -6,13 +6,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from memory.embedder import SentenceTransformerEmbedder
+from memory.embedder import Embedder, SentenceTransformerEmbedder
 from tests.fake_upstream import FakeUpstream, serve_in_thread
 from tests.processes import ChromaServer
 
 
 @pytest.fixture(scope="session")
-def minilm() -> SentenceTransformerEmbedder:
+def minilm() -> Embedder:
+    """The product's default embedder (int8 ONNX MiniLM), made as the gateway makes it."""
+    from gateway.app import open_embedder
+    from gateway.config import Settings
+
+    return open_embedder(Settings())
+
+
+@pytest.fixture(scope="session")
+def torch_minilm() -> SentenceTransformerEmbedder:
+    """The full-precision model (``embedder.backend = "torch"``)."""
     return SentenceTransformerEmbedder()
 
 

@@ -1,18 +1,26 @@
-"""The ``MemoryStore`` contract against real embedded Chroma and the real model."""
+"""The ``MemoryStore`` contract against every store (the test fake, Chroma embedded and
+server, Chroma in a child process, and the hybrid store with its local copies) with the
+product's default embedder; then Chroma's own behaviours."""
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from memory.chroma import ChromaStore
-from memory.embedder import SentenceTransformerEmbedder
+from memory.embedder import Embedder
+from memory.hybrid import HybridStore
+from memory.lexical import LexicalIndex
+from memory.process_store import ProcessStore
 from memory.records import Memory
-from memory.store import Changes
+from memory.store import Changes, MemoryStore
+from tests.fakes import MemStore
 from tests.processes import ChromaServer
 
 pytestmark = pytest.mark.slow
@@ -38,18 +46,34 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(params=["embedded", "server"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> ChromaStore:
-    """The same contract in both modes; a fresh collection prefix isolates each test on the
-    shared server."""
+@pytest.fixture(params=["fake", "embedded", "server", "process", "hybrid"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStore]:
+    """The same contract for every ``MemoryStore``; a fresh collection prefix isolates each
+    test on the shared server."""
     prefix = f"t{uuid.uuid4().hex[:8]}-"
-    if request.param == "server":
+    made: MemoryStore
+    if request.param == "fake":
+        made = MemStore()
+    elif request.param == "server":
         server: ChromaServer = request.getfixturevalue("chroma_server")
-        return ChromaStore(url=server.url, prefix=prefix)
-    return ChromaStore(path=tmp_path / "chroma", prefix=prefix)
+        made = ChromaStore(url=server.url, prefix=prefix)
+    elif request.param == "process":
+        made = ProcessStore(
+            functools.partial(ChromaStore, path=tmp_path / "chroma", prefix=prefix),
+            lock_path=tmp_path / "chroma.lock",
+        )
+    elif request.param == "hybrid":
+        made = HybridStore(
+            ChromaStore(path=tmp_path / "chroma", prefix=prefix),
+            LexicalIndex(tmp_path / "index"),
+        )
+    else:
+        made = ChromaStore(path=tmp_path / "chroma", prefix=prefix)
+    yield made
+    made.close()
 
 
-def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder) -> None:
+def test_store_contract(store: MemoryStore, minilm: Embedder) -> None:
     a = [make("ns:a@x", i, t) for i, t in enumerate(TEXTS)]
     b = [make("ns-b", i, t) for i, t in enumerate(TEXTS)]
     store.add(a + b, minilm.embed([m.content for m in a + b]))
@@ -129,9 +153,7 @@ def test_store_contract(store: ChromaStore, minilm: SentenceTransformerEmbedder)
     store.ping()
 
 
-def test_a_bounded_vector_cache_loses_nothing(
-    tmp_path: Path, minilm: SentenceTransformerEmbedder
-) -> None:
+def test_a_bounded_vector_cache_loses_nothing(tmp_path: Path, minilm: Embedder) -> None:
     """Chroma 1.5.9 drops vectors of an evicted HNSW index that were not saved yet: with every
     write saved, 40 namespaces through a cache of 4 still find all their memories; so do
     collections made the old way (saved every 1,000 writes) once reopened."""
@@ -167,7 +189,7 @@ def test_a_bounded_vector_cache_loses_nothing(
             assert found[0][0].endswith("-2"), name
 
 
-def test_store_survives_reopen(tmp_path: Path, minilm: SentenceTransformerEmbedder) -> None:
+def test_store_survives_reopen(tmp_path: Path, minilm: Embedder) -> None:
     first = ChromaStore(path=tmp_path / "chroma")
     first.add([make("p", 0, TEXTS[0])], minilm.embed([TEXTS[0]]))
     first.close()
@@ -176,7 +198,7 @@ def test_store_survives_reopen(tmp_path: Path, minilm: SentenceTransformerEmbedd
 
 
 def test_two_clients_of_one_server_see_the_same_namespaces(
-    chroma_server: ChromaServer, minilm: SentenceTransformerEmbedder
+    chroma_server: ChromaServer, minilm: Embedder
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     one = ChromaStore(url=chroma_server.url, prefix=prefix)
@@ -191,7 +213,7 @@ def test_two_clients_of_one_server_see_the_same_namespaces(
     assert [m.id for m in two.list("shared", limit=5)[0]] == ["shared-1"]
 
 
-def test_server_down_at_start_then_up(tmp_path: Path, minilm: SentenceTransformerEmbedder) -> None:
+def test_server_down_at_start_then_up(tmp_path: Path, minilm: Embedder) -> None:
     from memory.store import StoreUnavailable
 
     server = ChromaServer(tmp_path / "late")
@@ -214,7 +236,7 @@ def test_server_down_at_start_then_up(tmp_path: Path, minilm: SentenceTransforme
 
 
 def test_hybrid_search_and_lexical_resync(
-    chroma_server: ChromaServer, tmp_path: Path, minilm: SentenceTransformerEmbedder
+    chroma_server: ChromaServer, tmp_path: Path, minilm: Embedder
 ) -> None:
     from memory.hybrid import HybridStore
     from memory.lexical import LexicalIndex
@@ -244,10 +266,11 @@ def test_hybrid_search_and_lexical_resync(
     assert all(h.memory.id != memories[5].id for h in hits)
 
 
-def test_onnx_embedder_matches_the_full_model(minilm: SentenceTransformerEmbedder) -> None:
+def test_onnx_embedder_matches_the_full_model(minilm: Embedder, torch_minilm: Embedder) -> None:
     from memory.embedder import OnnxEmbedder
 
-    onnx = OnnxEmbedder()
+    assert isinstance(minilm, OnnxEmbedder)  # the product's default is the one tested
+    onnx, minilm = minilm, torch_minilm
     texts = [*TEXTS, "a much longer text " * 200]  # past the 256-token limit: truncated
     a, b = onnx.embed(texts), minilm.embed(texts)
     assert a.shape == b.shape == (len(texts), 384)

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.app import create_app
 from memory.chroma import ChromaStore
-from memory.embedder import SentenceTransformerEmbedder
+from memory.embedder import Embedder
 from tests.conftest import make_settings, wait_until
 from tests.fake_upstream import FakeUpstream, serve_in_thread
 
@@ -39,7 +39,7 @@ class Running:
 
 @pytest.fixture
 def gateway(
-    tmp_path: Path, minilm: SentenceTransformerEmbedder, fake_upstream: tuple[FakeUpstream, str]
+    tmp_path: Path, minilm: Embedder, fake_upstream: tuple[FakeUpstream, str]
 ) -> Iterator[Running]:
     upstream, upstream_url = fake_upstream
     store = ChromaStore(path=tmp_path / "chroma")
@@ -150,7 +150,7 @@ def test_client_disconnect_mid_stream_persists_nothing(gateway: Running) -> None
     assert gateway.store.count("dc") == 0
 
 
-def test_unreachable_upstream_is_502(tmp_path: Path, minilm: SentenceTransformerEmbedder) -> None:
+def test_unreachable_upstream_is_502(tmp_path: Path, minilm: Embedder) -> None:
     from tests.fake_upstream import free_port
 
     settings = make_settings(tmp_path, upstream={"url": f"http://127.0.0.1:{free_port()}/v1"})
