@@ -28,10 +28,12 @@ PIP=(.venv/bin/python -m pip -qq --disable-pip-version-check)
 "${PIP[@]}" install --upgrade pip
 # constraints.txt pins every runtime dependency (chromadb the Chroma server image's version)
 PIP+=(-c constraints.txt)
-if ! "${PIP[@]}" install --index-url https://download.pytorch.org/whl/cpu --timeout 20 \
-        --retries 1 "$TORCH" 2>/dev/null; then
+# torch alone (its own dependencies come with the project's, from the default index, pinned:
+# PyTorch's index need not hold those versions), as the Dockerfile does
+if ! "${PIP[@]}" install --no-deps --index-url https://download.pytorch.org/whl/cpu \
+        --timeout 20 --retries 1 "$TORCH" 2>/dev/null; then
     echo "memgate: PyTorch's CPU index cannot be reached: $TORCH from the default index" >&2
-    "${PIP[@]}" install "$TORCH"
+    "${PIP[@]}" install --no-deps "$TORCH"
 fi
 if [ "$MODE" = "test" ]; then
     "${PIP[@]}" install --config-settings editable_mode=compat -e ".[test]"

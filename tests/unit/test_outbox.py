@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -244,27 +243,44 @@ def test_a_background_backlog_is_embedded_at_normal_priority() -> None:
 
 
 def test_a_small_write_waits_for_the_gap_after_a_search() -> None:
+    """Events, not the clock: a gap that waits when it should not would hit the 30 s
+    max_wait, far past the 5 s bound of each step."""
     from memory.service import SearchTracker
 
     async def run() -> None:
-        tracker = SearchTracker(recent=0.25, max_wait=1.0)
-        started = time.monotonic()
-        await tracker.gap()  # no search lately: at once
-        assert time.monotonic() - started < 0.05
+        tracker = SearchTracker(recent=30.0, max_wait=30.0)
+        await asyncio.wait_for(tracker.gap(), 5)  # no search yet: at once
+
+        release = asyncio.Event()
 
         async def search() -> None:
             with tracker.searching():
-                await asyncio.sleep(0.2)
+                await release.wait()
 
         task = asyncio.create_task(search())
-        await asyncio.sleep(0.01)
-        started = time.monotonic()
-        await tracker.gap()  # waits for the running search to end
-        assert 0.1 < time.monotonic() - started < 0.5
+        await asyncio.sleep(0)  # the search is running
+        waiting = asyncio.create_task(tracker.gap())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # it waits for the running search to end
+        release.set()
+        await asyncio.wait_for(waiting, 5)
         await task
-        started = time.monotonic()
-        await tracker.gap()  # a search ended just now: waits for the next one, at most 1 s
-        assert time.monotonic() - started >= 0.9
+
+        # a search ended just now: the gap waits for the end of the next one
+        waiting = asyncio.create_task(tracker.gap())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        with tracker.searching():
+            pass
+        await asyncio.wait_for(waiting, 5)
+
+        # and never longer than max_wait
+        brief = SearchTracker(recent=30.0, max_wait=0.01)
+        with brief.searching():
+            pass
+        await asyncio.wait_for(brief.gap(), 5)
 
     asyncio.run(run())
 
