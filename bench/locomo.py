@@ -4,7 +4,7 @@
 Usage::
 
     python bench/locomo.py PATH_TO_LOCOMO_JSON [--url http://host:port] [--k 5,10,25,50]
-                           [--keep] [--json OUT]
+                           [--keep] [--json OUT] [--grid KEY=V1,V2 ...] [--misses CATEGORY]
 
 Every conversation goes into its own namespace (``locomo-<run-id>-<sample_id>``), one memory
 per turn: ``{speaker} said, "{text}"`` plus `` and shared {blip_caption}`` where the turn has a
@@ -19,6 +19,22 @@ temporary data folder, and stops it at the end. Its namespaces are erased at the
 error, unless ``--keep`` is given (with a gateway it started, ``--keep`` also keeps the data
 folder and prints its path).
 
+**Cross-validation.** With two or more conversations the script also prints the
+leave-one-conversation-out figure: each conversation in turn is held out, the choice (of the
+``--grid`` configurations) that scores the best R@10 on the other conversations' questions is
+made, and the held-out conversation is scored with it; the figure is the mean of the held-out
+folds (per category: pooled over the held-out questions). ``--grid KEY=V1,V2`` (repeatable,
+keys of ``[recall]``) runs the gateway once per combination, with ``MEMGATE_RECALL_<KEY>``
+overrides, the first value of each key first: that first combination is the "plain" figure.
+Keys that change what is indexed (``INDEX_KEYS``) get a fresh data folder and a reload; the
+others reuse the loaded one. Without ``--grid`` there is one configuration (the defaults) and
+the cross-validated figure is the plain one averaged by conversation: nothing was chosen.
+
+``--misses CATEGORY`` (a name such as ``multi-hop``, or its number) prints, for the plain
+configuration, every question of that category with evidence missing from the top
+``--misses-k`` (default 10): the question, each evidence turn with its rank, and the best
+retrieved turns.
+
 The data set is CC BY-NC 4.0 (Maharana et al., ACL 2024): read it from where it lies, never
 copy it into the repository.
 """
@@ -26,8 +42,10 @@ copy it into the repository.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import os
 import re
 import secrets
 import shutil
@@ -375,16 +393,19 @@ def wait_ready(
 
 
 @contextmanager
-def local_gateway(keep: bool) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Start ``memgate serve`` on a free loopback port with a temporary data folder; yield
-    its URL and startup facts; stop it (SIGTERM, then SIGKILL after 30 s) at the end."""
+def local_gateway(
+    keep: bool, *, data_dir: Path | None = None, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Start ``memgate serve`` on a free loopback port, with ``env`` added to its environment,
+    on ``data_dir`` (default: a temporary folder of its own, removed at the end unless
+    ``keep``); yield its URL and startup facts; stop it (SIGTERM, then SIGKILL after 30 s)."""
     root = Path(tempfile.mkdtemp(prefix="memgate-locomo-"))
     logfile = root / "gateway.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = serve_command(port, root / "data")
-    log(f"starting: {' '.join(command)}")
-    info: dict[str, Any] = {"command": command}
+    command = serve_command(port, data_dir or root / "data")
+    log(f"starting: {' '.join(command)} {' '.join(f'{k}={v}' for k, v in (env or {}).items())}")
+    info: dict[str, Any] = {"command": command, "env": dict(env or {})}
     proc: subprocess.Popen[bytes] | None = None
     try:
         with logfile.open("wb") as out:
@@ -394,6 +415,7 @@ def local_gateway(keep: bool) -> Iterator[tuple[str, dict[str, Any]]]:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us; we stop it after cleaning up
+                env={**os.environ, **(env or {})},
             )
         info["ready_seconds"] = wait_ready(url, READY_TIMEOUT, proc, logfile)
         log(f"memgate ready on {url} after {info['ready_seconds']:.1f} s")
@@ -402,7 +424,7 @@ def local_gateway(keep: bool) -> Iterator[tuple[str, dict[str, Any]]]:
         if proc is not None:
             stop_process("memgate", proc, logfile, timeout=STOP_TIMEOUT, log=log, lines=40)
         if keep:
-            log(f"--keep: the gateway's data folder is kept at {root}")
+            log(f"--keep: the gateway's folder is kept at {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -478,69 +500,198 @@ def erase(client: httpx.Client, namespaces: Sequence[str]) -> None:
             log(f"warning: could not erase namespace {namespace}: {exc}")
 
 
+Retrieved = list[list[list[str]]]  # [conversation][question] -> dia_ids, best first
+
+
 def run(
     url: str,
     conversations: Sequence[Conversation],
-    ks: list[int],
+    namespaces: Sequence[str],
+    k_max: int,
     *,
-    keep: bool,
+    load: bool,
+    erase_after: bool,
     batch: int,
     trust_env: bool,
-) -> tuple[Scores, Scores, RunStats, list[dict[str, Any]]]:
-    k_max = max(ks)
-    run_id = secrets.token_hex(4)
-    namespaces = namespaces_for(run_id, conversations)
-    memgate, bm25 = Scores(ks), Scores(ks)
-    stats = RunStats()
-    per_conv: list[dict[str, Any]] = []
+    stats: RunStats,
+) -> Retrieved:
+    """Load the conversations (``load``) and ask every question; what each one retrieved."""
+    retrieved: Retrieved = []
     created: list[str] = []
     timeout = httpx.Timeout(600.0, connect=10.0)
     with httpx.Client(base_url=url, timeout=timeout, trust_env=trust_env) as client:
         try:
-            began = time.perf_counter()
-            for namespace, conv in zip(namespaces, conversations, strict=True):
-                created.append(namespace)
-                log(f"loading {conv.sample_id}: {len(conv.turns)} turns into {namespace}")
-                load_conversation(client, namespace, conv, batch, stats)
-            stats.load_wall = time.perf_counter() - began
-
+            if load:
+                began = time.perf_counter()
+                for namespace, conv in zip(namespaces, conversations, strict=True):
+                    created.append(namespace)
+                    log(f"loading {conv.sample_id}: {len(conv.turns)} turns into {namespace}")
+                    load_conversation(client, namespace, conv, batch, stats)
+                stats.load_wall += time.perf_counter() - began
             began = time.perf_counter()
             for namespace, conv in zip(namespaces, conversations, strict=True):
                 log(f"searching {conv.sample_id}: {len(conv.questions)} questions")
-                known = conv.dia_ids
-                index = BM25([t.content for t in conv.turns])
-                conv_mg, conv_bm = Scores(ks), Scores(ks)
-                for question in conv.questions:
-                    if question.text.strip():
-                        found = search(client, namespace, question.text, k_max, stats)
-                        baseline = [
-                            conv.turns[i].dia_id for i in index.search(question.text, k_max)
-                        ]
-                    else:  # nothing to ask: nothing retrieved
-                        found, baseline = [], []
-                    for scores, retrieved in ((memgate, found), (conv_mg, found)):
-                        scores.add(question, retrieved, known)
-                    for scores, retrieved in ((bm25, baseline), (conv_bm, baseline)):
-                        scores.add(question, retrieved, known)
-                per_conv.append(
-                    {
-                        "sample_id": conv.sample_id,
-                        "namespace": namespace,
-                        "turns": len(conv.turns),
-                        "sessions": len({t.session for t in conv.turns}),
-                        "questions": len(conv.questions),
-                        "sessions_without_date": conv.bad_dates,
-                        "memgate": {str(k): v for k, v in conv_mg.overall().items()},
-                        "bm25": {str(k): v for k, v in conv_bm.overall().items()},
-                    }
+                retrieved.append(
+                    [
+                        search(client, namespace, q.text, k_max, stats) if q.text.strip() else []
+                        for q in conv.questions
+                    ]
                 )
-            stats.search_wall = time.perf_counter() - began
+            stats.search_wall += time.perf_counter() - began
         finally:
-            if keep:
-                log(f"--keep: namespaces kept: {', '.join(created)}")
-            else:
-                erase(client, created)
-    return memgate, bm25, stats, per_conv
+            if erase_after:
+                erase(client, namespaces)
+            elif created:
+                log(f"namespaces kept: {', '.join(created)}")
+    return retrieved
+
+
+def bm25_retrieved(conversations: Sequence[Conversation], k_max: int) -> Retrieved:
+    out: Retrieved = []
+    for conv in conversations:
+        index = BM25([t.content for t in conv.turns])
+        out.append(
+            [[conv.turns[i].dia_id for i in index.search(q.text, k_max)] for q in conv.questions]
+        )
+    return out
+
+
+def score(
+    conversations: Sequence[Conversation], retrieved: Retrieved, ks: list[int], only: int | None
+) -> Scores:
+    """The scores of every conversation (or of conversation number ``only``)."""
+    scores = Scores(ks)
+    for index, (conv, found) in enumerate(zip(conversations, retrieved, strict=True)):
+        if only is None or index == only:
+            known = conv.dia_ids
+            for question, hits in zip(conv.questions, found, strict=True):
+                scores.add(question, hits, known)
+    return scores
+
+
+# -- the grid and cross-validation -----------------------------------------------------------
+
+# ``[recall]`` keys that change what is stored or indexed: a configuration that changes one
+# is loaded into a data folder of its own.
+INDEX_KEYS = frozenset({"pair_gap_seconds"})
+
+
+@dataclass(frozen=True)
+class Config:
+    values: tuple[tuple[str, str], ...]
+
+    @property
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.values) or "defaults"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {f"MEMGATE_RECALL_{k.upper()}": v for k, v in self.values}
+
+    @property
+    def index_values(self) -> tuple[tuple[str, str], ...]:
+        return tuple((k, v) for k, v in self.values if k in INDEX_KEYS)
+
+
+def parse_grid(specs: Sequence[str]) -> list[Config]:
+    """``["fusion_k=5,60", "lexical=true,false"]`` -> every combination, first values first."""
+    axes: list[list[tuple[str, str]]] = []
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[a-z_]+", key) or not values.strip():
+            raise argparse.ArgumentTypeError(f"--grid wants KEY=V1,V2: {spec!r}")
+        axes.append([(key, v.strip()) for v in values.split(",") if v.strip()])
+    return [Config(tuple(combo)) for combo in itertools.product(*axes)]
+
+
+@dataclass
+class Fold:
+    held_out: str
+    chosen: str
+    tuned: float  # the chosen configuration's R@10 on the other conversations
+    held: Scores
+
+
+def cross_validate(
+    conversations: Sequence[Conversation],
+    configs: Sequence[Config],
+    results: Sequence[Retrieved],
+    ks: list[int],
+    tune_k: int = 10,
+) -> tuple[list[Fold], Scores]:
+    """Leave one conversation out: for each conversation, the configuration with the best
+    R@``tune_k`` (over the other conversations' questions; ties: the earlier one) scores it.
+    The folds, and every held-out question's scores pooled."""
+    folds: list[Fold] = []
+    pooled = Scores(ks)
+    for held in range(len(conversations)):
+        best, best_value = 0, -1.0
+        for index, retrieved in enumerate(results):
+            train = Scores([tune_k])
+            for other in range(len(conversations)):
+                if other != held:
+                    train.by_category.update(
+                        {
+                            c: train.by_category[c] + rows
+                            for c, rows in score(
+                                conversations, retrieved, [tune_k], other
+                            ).by_category.items()
+                        }
+                    )
+            value = train.overall()[tune_k]
+            if value > best_value + 1e-12:
+                best, best_value = index, value
+        held_scores = score(conversations, results[best], ks, held)
+        for c, rows in held_scores.by_category.items():
+            pooled.by_category[c].extend(rows)
+        folds.append(
+            Fold(conversations[held].sample_id, configs[best].label, best_value, held_scores)
+        )
+    return folds, pooled
+
+
+# -- misses ----------------------------------------------------------------------------------
+
+
+def category_number(text: str) -> int:
+    for number, name in CATEGORIES.items():
+        if text.strip().lower() in {name, str(number)}:
+            return number
+    raise argparse.ArgumentTypeError(
+        f"--misses wants one of {', '.join(CATEGORIES.values())} (or 1-5): {text!r}"
+    )
+
+
+def misses(
+    conversations: Sequence[Conversation],
+    retrieved: Retrieved,
+    category: int,
+    k: int,
+    shown: int = 5,
+) -> str:
+    """Every question of ``category`` with evidence outside the top ``k``."""
+    lines = [f"## Misses: {CATEGORIES[category]} (evidence outside the top {k})", ""]
+    count = 0
+    for conv, found in zip(conversations, retrieved, strict=True):
+        text = {t.dia_id: t.content for t in conv.turns}
+        for question, hits in zip(conv.questions, found, strict=True):
+            if question.category != category:
+                continue
+            if recall_at(question.evidence, hits, k, conv.dia_ids) >= 1.0:
+                continue
+            count += 1
+            lines.append(f"### {conv.sample_id}: {question.text}")
+            for dia_id in question.evidence:
+                where = hits.index(dia_id) + 1 if dia_id in hits else None
+                mark = "ok" if where is not None and where <= k else "MISS"
+                place = f"rank {where}" if where else f"not in the top {len(hits)}"
+                lines.append(f"- {mark} {dia_id} ({place}): {text.get(dia_id, '(no such turn)')}")
+            lines.append("  retrieved:")
+            lines.extend(f"  {i}. {d}: {text.get(d, '?')}" for i, d in enumerate(hits[:shown], 1))
+            lines.append("")
+    lines.append(f"{count} question(s) with a miss.")
+    return "\n".join(lines)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -558,6 +709,7 @@ def report(
     *,
     ks: list[int],
     extra: dict[str, Any],
+    label: str = "defaults",
 ) -> str:
     lines: list[str] = []
     n_overall = memgate.overall_count()
@@ -567,7 +719,7 @@ def report(
     lines.append("")
     lines.append("| Retriever | " + " | ".join(f"R@{k}" for k in ks) + " |")
     lines.append("|---|" + "---:|" * len(ks))
-    for name, scores in (("memgate (this run)", memgate), ("BM25 (computed here)", bm25)):
+    for name, scores in ((f"memgate ({label})", memgate), ("BM25 (computed here)", bm25)):
         overall = scores.overall()
         lines.append(f"| {name} | " + " | ".join(pct(overall[k]) for k in ks) + " |")
     dragon = " | ".join(f"{DRAGON_PUBLISHED[k]:.1f}" if k in DRAGON_PUBLISHED else "-" for k in ks)
@@ -641,6 +793,76 @@ def no_nan(value: Any) -> Any:
     return value
 
 
+def cv_report(
+    conversations: Sequence[Conversation],
+    configs: Sequence[Config],
+    results: Sequence[Retrieved],
+    folds: Sequence[Fold],
+    pooled: Scores,
+    *,
+    ks: list[int],
+) -> str:
+    cv_ks = [k for k in ks if k in (5, 10)] or ks[:2]
+    lines = ["## Configurations (each scored on every conversation)", ""]
+    lines.append("| Configuration | " + " | ".join(f"R@{k}" for k in cv_ks) + " |")
+    lines.append("|---|" + "---:|" * len(cv_ks))
+    for config, retrieved in zip(configs, results, strict=True):
+        overall = score(conversations, retrieved, cv_ks, None).overall()
+        lines.append(f"| {config.label} | " + " | ".join(pct(overall[k]) for k in cv_ks) + " |")
+    lines.append("")
+    lines.append("## Cross-validated (leave one conversation out; tuned on R@10 of the others)")
+    lines.append("")
+    header = "| Held out | Chosen | Tuned R@10 | " + " | ".join(f"R@{k}" for k in cv_ks)
+    lines.append(header + " | " + " | ".join(f"plain R@{k}" for k in cv_ks) + " |")
+    lines.append("|---|---|---:|" + "---:|" * (2 * len(cv_ks)))
+    plain_folds = [score(conversations, results[0], cv_ks, i).overall() for i in range(len(folds))]
+    for fold, plain in zip(folds, plain_folds, strict=True):
+        held = fold.held.overall()
+        cells = [fold.held_out, fold.chosen, pct(fold.tuned)]
+        cells += [pct(held[k]) for k in cv_ks] + [pct(plain[k]) for k in cv_ks]
+        lines.append("| " + " | ".join(cells) + " |")
+    means = {k: sum(f.held.overall()[k] for f in folds) / len(folds) for k in cv_ks}
+    plain_means = {k: sum(p[k] for p in plain_folds) / len(plain_folds) for k in cv_ks}
+    cells = ["**mean of the folds**", "", ""]
+    cells += [f"**{pct(means[k])}**" for k in cv_ks] + [pct(plain_means[k]) for k in cv_ks]
+    lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    k10 = 10 if 10 in ks else cv_ks[-1]
+    lines.append(f"Per category, R@{k10}, held-out questions pooled:")
+    lines.append("")
+    lines.append(f"| Category | Questions | cross-validated R@{k10} | plain R@{k10} |")
+    lines.append("|---|---:|---:|---:|")
+    plain_cats = score(conversations, results[0], ks, None).per_category()
+    for cat, (count, cat_means) in pooled.per_category().items():
+        name = f"{cat} {CATEGORIES.get(cat, 'unknown')}"
+        lines.append(
+            f"| {name} | {count} | {pct(cat_means[k10])} | {pct(plain_cats[cat][1][k10])} |"
+        )
+    overall = pooled.overall()
+    plain_all = score(conversations, results[0], ks, None).overall()
+    lines.append(
+        f"| overall, pooled | {pooled.overall_count()} | {pct(overall[k10])} | "
+        f"{pct(plain_all[k10])} |"
+    )
+    return "\n".join(lines)
+
+
+def cv_json(folds: Sequence[Fold], pooled: Scores, ks: list[int]) -> dict[str, Any]:
+    return {
+        "folds": [
+            {
+                "held_out": f.held_out,
+                "chosen": f.chosen,
+                "tuned_recall_10": f.tuned,
+                "recall": {str(k): v for k, v in f.held.overall().items()},
+            }
+            for f in folds
+        ],
+        "mean_of_folds": {str(k): sum(f.held.overall()[k] for f in folds) / len(folds) for k in ks},
+        "pooled": pooled.as_json(),
+    }
+
+
 def parse_ks(text: str) -> list[int]:
     try:
         ks = sorted({int(part) for part in text.split(",") if part.strip()})
@@ -667,9 +889,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size", type=int, default=MAX_BATCH, help=f"memories per add call (<= {MAX_BATCH})"
     )
+    parser.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a [recall] setting and the values to try (repeatable; needs no --url)",
+    )
+    parser.add_argument(
+        "--misses",
+        type=category_number,
+        default=None,
+        metavar="CATEGORY",
+        help="print the plain configuration's misses of a category (multi-hop, 1, ...)",
+    )
+    parser.add_argument("--misses-k", type=int, default=10, help="a miss is outside this top k")
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= MAX_BATCH:
         parser.error(f"--batch-size must be 1..{MAX_BATCH}")
+    try:
+        configs = parse_grid(args.grid) or [Config(())]
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    if args.url and len(configs) > 1:
+        parser.error("--grid starts its own gateways: leave out --url")
 
     # A SIGTERM unwinds like Ctrl-C, so that the namespaces and the gateway are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -677,46 +920,111 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     conversations = load_conversations(args.data)
     ks: list[int] = args.k
+    k_max = max(ks)
     log(
         f"{args.data}: {len(conversations)} conversations, "
         f"{sum(len(c.turns) for c in conversations)} turns, "
         f"{sum(len(c.questions) for c in conversations)} questions"
     )
     gateway_info: dict[str, Any] = {}
-
-    def go(url: str, trust_env: bool) -> tuple[Scores, Scores, RunStats, list[dict[str, Any]]]:
-        return run(
-            url, conversations, ks, keep=args.keep, batch=args.batch_size, trust_env=trust_env
-        )
-
+    namespaces = namespaces_for(secrets.token_hex(4), conversations)
+    all_stats = [RunStats() for _ in configs]
+    results: list[Retrieved] = [[] for _ in configs]
     try:
         if args.url:
             url = args.url.rstrip("/")
             gateway_info["url"] = url
             gateway_info["ready_seconds"] = wait_ready(url, READY_TIMEOUT)
-            memgate, bm25, stats, per_conv = go(url, True)
+            results[0] = run(
+                url,
+                conversations,
+                namespaces,
+                k_max,
+                load=True,
+                erase_after=not args.keep,
+                batch=args.batch_size,
+                trust_env=True,
+                stats=all_stats[0],
+            )
         else:
-            with local_gateway(args.keep) as (url, info):
-                gateway_info.update(info, url=f"{url} (started here)")
-                memgate, bm25, stats, per_conv = go(url, False)
+            groups: dict[tuple[tuple[str, str], ...], list[int]] = {}
+            for index, config in enumerate(configs):
+                groups.setdefault(config.index_values, []).append(index)
+            for members in groups.values():
+                folder = Path(tempfile.mkdtemp(prefix="memgate-locomo-data-"))
+                try:
+                    for position, index in enumerate(members):
+                        config = configs[index]
+                        log(f"configuration {index + 1}/{len(configs)}: {config.label}")
+                        with local_gateway(False, data_dir=folder, env=config.env) as (url, info):
+                            if index == 0:
+                                gateway_info.update(info, url=f"{url} (started here)")
+                            results[index] = run(
+                                url,
+                                conversations,
+                                namespaces,
+                                k_max,
+                                load=position == 0,
+                                erase_after=False,
+                                batch=args.batch_size,
+                                trust_env=False,
+                                stats=all_stats[index],
+                            )
+                finally:
+                    if args.keep:
+                        log(f"--keep: data folder kept at {folder}")
+                    else:
+                        shutil.rmtree(folder, ignore_errors=True)
     except (ApiError, RuntimeError, httpx.HTTPError) as exc:
         log(f"error: {exc}")
         return 1
     except KeyboardInterrupt:
         log("interrupted")
         return 130
+    began = time.perf_counter()
+    baseline = bm25_retrieved(conversations, k_max)
+    bm25_seconds = time.perf_counter() - began
     total = time.perf_counter() - started
 
+    stats = all_stats[0]
+    memgate = score(conversations, results[0], ks, None)
+    bm25 = score(conversations, baseline, ks, None)
     extra = {
         "gateway start": gateway_info.get("ready_seconds", 0.0),
         "load": stats.load_wall,
-        "search + BM25": stats.search_wall,
+        "search": stats.search_wall,
+        "BM25": bm25_seconds,
         "total": total,
     }
-    print(report(memgate, bm25, stats, conversations, ks=ks, extra=extra))
+    print(report(memgate, bm25, stats, conversations, ks=ks, extra=extra, label=configs[0].label))
+    cross: dict[str, Any] | None = None
+    if len(conversations) > 1:
+        folds, pooled = cross_validate(conversations, configs, results, ks)
+        print()
+        print(cv_report(conversations, configs, results, folds, pooled, ks=ks))
+        cross = cv_json(folds, pooled, ks)
+    if args.misses is not None:
+        print()
+        print(misses(conversations, results[0], args.misses, args.misses_k))
 
     if args.json is not None:
         lat = stats.latencies_ms
+        per_conv = [
+            {
+                "sample_id": conv.sample_id,
+                "turns": len(conv.turns),
+                "sessions": len({t.session for t in conv.turns}),
+                "questions": len(conv.questions),
+                "sessions_without_date": conv.bad_dates,
+                "memgate": {
+                    str(k): v for k, v in score(conversations, results[0], ks, i).overall().items()
+                },
+                "bm25": {
+                    str(k): v for k, v in score(conversations, baseline, ks, i).overall().items()
+                },
+            }
+            for i, conv in enumerate(conversations)
+        ]
         figures = {
             "dataset": str(args.data),
             "gateway": gateway_info,
@@ -729,6 +1037,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "memgate": memgate.as_json(),
             "bm25": bm25.as_json(),
             "dragon_published": {"overall": {str(k): v / 100 for k, v in DRAGON_PUBLISHED.items()}},
+            "configurations": [
+                {
+                    "label": config.label,
+                    "scores": score(conversations, retrieved, ks, None).as_json(),
+                    "search_p50_ms": percentile(s.latencies_ms, 50),
+                }
+                for config, retrieved, s in zip(configs, results, all_stats, strict=True)
+            ],
+            "cross_validation": cross,
             "load": {
                 "memories": stats.loaded,
                 "calls": stats.load_calls,
@@ -739,7 +1056,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "search": {
                 "calls": len(lat),
-                "k": max(ks),
+                "k": k_max,
                 "p50_ms": percentile(lat, 50),
                 "p99_ms": percentile(lat, 99),
                 "mean_ms": sum(lat) / len(lat) if lat else None,

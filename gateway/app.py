@@ -208,6 +208,7 @@ def create_app(
                 recency_weight=recall.recency_weight,
                 recency_half_life_days=recall.recency_half_life_days,
                 fusion_k=recall.fusion_k,
+                content_free_weight=recall.content_free_weight,
             ),
             writer_batch=settings.queue.batch_size,
             writer_coalesce=settings.queue.coalesce_ms / 1000.0,

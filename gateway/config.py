@@ -108,6 +108,7 @@ class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     query_context_messages: int = 0
     recency_weight: float = 0.0
     recency_half_life_days: float = 30.0
+    content_free_weight: float = 0.5
 
 
 class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

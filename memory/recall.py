@@ -15,10 +15,34 @@ from typing import Any
 
 import msgspec
 
+from memory.lexical import STOPWORDS
 from memory.records import Hit, Memory
 
 _SPACE = re.compile(r"\s+")
+_WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 CONTAINED_MIN = 32  # shorter memories count as carried only when a message equals them
+# Words of acknowledgement, thanks and offers of help: a text made of these and stopwords says
+# nothing worth recalling ("thanks!", "ok", "Happy to help! Let me know if ...").
+_PHATIC_TEXT = """
+    thanks thank thx ty ok okay k cool great nice sure yes yeah yep yup no nope lol haha
+    hmm hm got welcome you're youre happy glad help helped helps let know anything else
+    questions question feel free ask course problem problems good luck everything perfect
+    awesome makes sense try again continue more shorter longer please hi hello hey bye
+    wow right fine alright all any other just really much very so oh ah well also here
+    there's theres it's thats that's i'm im i'll ill i've let's anytime np need needs
+    can't don't dont go ahead ready things thing something want one sounds idea ideas
+    comes come up make
+"""
+PHATIC = frozenset(_PHATIC_TEXT.split())
+
+
+def content_free(text: str) -> bool:
+    """Whether ``text`` holds no word beyond stopwords and acknowledgements (``PHATIC``): a
+    turn such as "thanks!", "ok" or "You're welcome! Let me know if you need anything else."
+    is stored like any other, but ``rank`` can weigh it down."""
+    return all(
+        w in STOPWORDS or w in PHATIC for w in _WORD.findall(text.casefold().replace("\u2019", "'"))
+    )
 
 
 def normalize(text: str) -> str:
@@ -80,6 +104,7 @@ def rank(
     recency_weight: float = 0.0,
     recency_half_life: float = 30 * 86400.0,
     now: float | None = None,
+    content_free_weight: float = 1.0,
 ) -> list[Hit]:
     """Filter and order recall candidates, best first.
 
@@ -89,7 +114,9 @@ def rank(
       messages): a memory equal to one of them once case and spaces are folded, or one of at
       least ``CONTAINED_MIN`` characters found inside one of them;
     - keeps one hit per distinct text (and per id), the best scoring;
-    - with ``recency_weight`` > 0, adds ``weight * 0.5 ** (age / half_life)`` to the score.
+    - with ``recency_weight`` > 0, adds ``weight * 0.5 ** (age / half_life)`` to the score;
+    - multiplies the score of a ``content_free`` memory by ``content_free_weight`` (0: such a
+      memory is not recalled at all).
     """
     carried_norm = [normalize(t) for t in carried if t and t.strip()]
     carried_set = set(carried_norm)
@@ -107,6 +134,10 @@ def rank(
         ):
             continue
         score = hit.score
+        if content_free_weight != 1.0 and content_free(hit.memory.content):
+            if content_free_weight <= 0:
+                continue
+            score *= content_free_weight
         if recency_weight > 0 and now is not None:
             age = max(0.0, now - hit.memory.created_at)
             score += recency_weight * 0.5 ** (age / recency_half_life)

@@ -50,8 +50,10 @@ class RecallSettings:
         recency_weight: float = 0.0,
         recency_half_life_days: float = 30.0,
         fusion_k: float = 5.0,
+        content_free_weight: float = 1.0,
     ) -> None:
         self.k = k
+        self.content_free_weight = content_free_weight
         self.fusion_k = fusion_k
         self.candidates = max(candidates, k)
         self.floor = floor
@@ -327,6 +329,7 @@ class MemoryService:
             recency_weight=self.settings.recency_weight,
             recency_half_life=self.settings.recency_half_life,
             now=_now(),
+            content_free_weight=self.settings.content_free_weight,
         )
 
     async def list(

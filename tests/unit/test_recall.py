@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from memory.recall import budget, content_text, estimate_tokens, query_text, rank
+from memory.recall import (
+    budget,
+    content_free,
+    content_text,
+    estimate_tokens,
+    query_text,
+    rank,
+)
 from memory.records import Hit, Memory
 
 
@@ -62,6 +69,40 @@ def test_rank_recency_breaks_near_ties() -> None:
     assert plain[0].memory.id == "old"
     boosted = rank([old, new], recency_weight=0.1, recency_half_life=30 * day, now=100 * day)
     assert boosted[0].memory.id == "new"
+
+
+def test_content_free_is_acknowledgement_only() -> None:
+    for text in [
+        "thanks!",
+        "ok",
+        "Got it.",
+        "\U0001f44d",
+        "perfect, thank you",
+        "You\u2019re welcome! Let me know if there's anything else I can help with.",
+        "Sure! Let me know if you have any other questions.",
+    ]:
+        assert content_free(text), text
+    for text in [
+        "I moved to Lisbon",
+        "thanks, the dentist on Rua Augusta was great",
+        "no, I'm allergic to peanuts",
+        'Caroline said, "Cool!"',
+        "42",
+    ]:
+        assert not content_free(text), text
+
+
+def test_rank_weighs_content_free_memories_down() -> None:
+    hits = [
+        hit("t", "Thanks!", 0.9),
+        hit("f", "I moved to Porto in June", 0.6),
+        hit("r", "Happy to help!", 0.5),
+    ]
+    assert [h.memory.id for h in rank(hits)] == ["t", "f", "r"]
+    ranked = rank(hits, content_free_weight=0.5)
+    assert [h.memory.id for h in ranked] == ["f", "t", "r"]
+    assert ranked[1].score == 0.45
+    assert [h.memory.id for h in rank(hits, content_free_weight=0.0)] == ["f"]
 
 
 def test_budget_keeps_order_and_skips_what_does_not_fit() -> None:
