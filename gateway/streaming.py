@@ -91,15 +91,15 @@ class StreamAccumulator:
         if event.get("error") is not None:
             self.error = event["error"]
             return
+        usage = usage_in(event)
+        if usage is not None:
+            self.usage = usage
         kind = event.get("type")
         if isinstance(kind, str) and (kind == "error" or kind.startswith("response.")):
             self._response_event(kind, event)
             return
         if isinstance(event.get("model"), str):
             self.model = event["model"]
-        usage = usage_in(event)
-        if usage is not None:
-            self.usage = usage
         for choice in event.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
