@@ -7,6 +7,7 @@ message), or it answered another error (status and message from the OpenAI-shape
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import httpx
 
 DEFAULT_URL = "http://127.0.0.1:11435"
 PAGE_LIMIT = 100  # the most the list endpoint returns per page
+RATE_LIMIT_RETRIES = 5  # a 429 is waited out this many times before it is an error
 
 # Exit codes of the client commands (argparse itself exits 2 on bad usage).
 EXIT_ERROR = 1  # the gateway answered with an error, or some memories failed to import
@@ -91,8 +93,33 @@ class GatewayClient:
         params: Mapping[str, str | int] | None = None,
         json: Any = None,
     ) -> Any:
+        for attempt in range(RATE_LIMIT_RETRIES + 1):
+            response = self._send(method, path, params=params, json=json)
+            if response.status_code != 429 or attempt == RATE_LIMIT_RETRIES:
+                break
+            # refused before anything was done (a rate limit): wait as told, then again
+            time.sleep(_wait(response.headers.get("retry-after"), attempt))
+        if response.status_code >= 400:
+            raise self._refusal(method, path, response)
         try:
-            response = self._http.request(method, path, params=params, json=json)
+            return response.json()
+        except ValueError as exc:
+            raise ClientError(
+                f"{method} {path} answered {response.status_code} but not with JSON: is "
+                f"{self.url} a memgate gateway?",
+                status=response.status_code,
+            ) from exc
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json: Any = None,
+    ) -> httpx.Response:
+        try:
+            return self._http.request(method, path, params=params, json=json)
         except httpx.TimeoutException as exc:
             raise Unreachable(
                 f"the gateway at {self.url} did not answer {method} {path} within "
@@ -107,16 +134,6 @@ class GatewayClient:
             raise Unreachable(
                 f"the connection to the gateway at {self.url} failed during {method} {path}: "
                 f"{_reason(exc)}"
-            ) from exc
-        if response.status_code >= 400:
-            raise self._refusal(method, path, response)
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ClientError(
-                f"{method} {path} answered {response.status_code} but not with JSON: is "
-                f"{self.url} a memgate gateway?",
-                status=response.status_code,
             ) from exc
 
     def _refusal(self, method: str, path: str, response: httpx.Response) -> ClientError:
@@ -195,6 +212,16 @@ class GatewayClient:
             "DELETE", f"/v1/memory/namespaces/{_segment(namespace)}"
         )
         return body
+
+
+def _wait(retry_after: str | None, attempt: int) -> float:
+    """Seconds to wait before asking again after a 429: its retry-after, else 1, 2, 4, ...
+    (at most a minute either way)."""
+    try:
+        seconds = float(retry_after) if retry_after else 2.0**attempt
+    except ValueError:
+        seconds = 2.0**attempt
+    return min(max(seconds, 0.0), 60.0)
 
 
 def _segment(value: str) -> str:
