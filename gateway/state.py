@@ -78,7 +78,10 @@ async def authenticate(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     connection.state.principal = await gw.auth.authenticate(connection.headers, client)
 
 
-def get_principal(request: Request) -> Principal:  # type: ignore[type-arg]
-    """Who the guard found the caller to be."""
+def get_principal(request: Request, gw: GatewayState) -> Principal:  # type: ignore[type-arg]
+    """Who the guard found the caller to be. It names ``gw`` (unused) so that Litestar
+    resolves the two dependencies one after the other: two independent ones are resolved in
+    an anyio task group, two tasks a request (~5% of a pass-through's CPU)."""
+    del gw
     principal: Principal = request.state.principal
     return principal

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -31,6 +31,7 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _SANE_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 access_log = logging.getLogger("memgate.access")
 
+_SERIES_CACHE = 4096  # (route, method, status) kept; routes are templates, so few
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -52,6 +53,10 @@ class Counter:
             self._counter.labels(*label_values).inc(amount)
         else:
             self._counter.inc(amount)
+
+    def child(self, *label_values: str) -> Any:
+        """The series of these label values (increment it with ``inc()``)."""
+        return self._counter.labels(*label_values) if self._labelled else self._counter
 
     def value(self, *label_values: str) -> float:
         child = self._counter.labels(*label_values) if self._labelled else self._counter
@@ -178,13 +183,20 @@ class JsonFormatter(logging.Formatter):
 def telemetry_middleware(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
     """Litestar middleware: request id, one access log record, and request metrics."""
 
+    # the metric children of each (route, method, status) seen
+    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != ScopeType.HTTP:
                 await app(scope, receive, send)
                 return
-            incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-            rid = incoming if _SANE_ID.fullmatch(incoming) else "req_" + uuid.uuid4().hex
+            incoming = ""
+            for key, value in scope["headers"]:
+                if key == b"x-request-id":
+                    incoming = value.decode("latin-1")
+                    break
+            rid = incoming if _SANE_ID.fullmatch(incoming) else "req_" + os.urandom(16).hex()
             token = request_id_var.set(rid)
             started = time.perf_counter()
             status = 500
@@ -206,8 +218,16 @@ def telemetry_middleware(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:
             finally:
                 elapsed = time.perf_counter() - started
                 route = str(scope.get("path_template") or "unmatched")
-                metrics.requests.inc(route, method, str(status))
-                metrics.latency.labels(route).observe(elapsed)
+                series = children.get((route, method, status))
+                if series is None:  # prometheus_client's labels() takes a lock and checks
+                    if len(children) >= _SERIES_CACHE:
+                        children.clear()
+                    series = children[(route, method, status)] = (
+                        metrics.requests.child(route, method, str(status)),
+                        metrics.latency.labels(route),
+                    )
+                series[0].inc()
+                series[1].observe(elapsed)
                 access_log.info(
                     "%s %s %d",
                     method,
