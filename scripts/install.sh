@@ -27,16 +27,16 @@ fi
 PIP=(.venv/bin/python -m pip -qq --disable-pip-version-check)
 "${PIP[@]}" install --upgrade pip
 # constraints.txt pins every runtime dependency (chromadb the Chroma server image's version)
-PIP+=(-c constraints.txt)
+INSTALL=("${PIP[@]}" install -c constraints.txt)
 # torch alone (its own dependencies come with the project's, from the default index, pinned:
 # PyTorch's index need not hold those versions), as the Dockerfile does
-if ! "${PIP[@]}" install --no-deps --index-url https://download.pytorch.org/whl/cpu \
+if ! "${INSTALL[@]}" --no-deps --index-url https://download.pytorch.org/whl/cpu \
         --timeout 20 --retries 1 "$TORCH" 2>/dev/null; then
     echo "memgate: PyTorch's CPU index cannot be reached: $TORCH from the default index" >&2
-    "${PIP[@]}" install --no-deps "$TORCH"
+    "${INSTALL[@]}" --no-deps "$TORCH"
 fi
 if [ "$MODE" = "test" ]; then
-    "${PIP[@]}" install --config-settings editable_mode=compat -e ".[test]"
+    "${INSTALL[@]}" --config-settings editable_mode=compat -e ".[test]"
     # Only what is missing, each on its own: Debian's nodejs already bundles npm, and asking
     # apt for both at once is refused ("nodejs : Conflicts: npm").
     missing=()
@@ -58,7 +58,7 @@ if [ "$MODE" = "test" ]; then
     fi
     npm ci --prefix tests/node --no-audit --no-fund --silent
 else
-    "${PIP[@]}" install --config-settings editable_mode=compat -e .
+    "${INSTALL[@]}" --config-settings editable_mode=compat -e .
 fi
 echo "$WANT" > "$STAMP"
 echo "memgate: installed" >&2

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway import client as client_module
-from gateway.client import RATE_LIMIT_RETRIES, ClientError, GatewayClient
+from gateway.cli import client as client_module
+from gateway.cli.client import RATE_LIMIT_RETRIES, ClientError, GatewayClient
 
 LIMITED = httpx.Response(
     429,

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gateway.history import (
+from gateway.cli.history import (
     HistoryError,
     Keys,
     conversation_files,

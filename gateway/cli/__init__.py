@@ -1,6 +1,6 @@
 """``memgate``: the command line. ``memgate serve`` runs the gateway with uvicorn;
 ``memgate memories``, ``import`` and ``export`` work on a running gateway over HTTP
-(``gateway.commands``)."""
+(``gateway.cli.commands``)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway import __version__
-from gateway.client import DEFAULT_URL
+from gateway.cli.client import DEFAULT_URL
 from gateway.config import ConfigError, Settings, load_settings
 
 
@@ -217,7 +217,7 @@ def serve(settings: Settings) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command != "serve":
-        from gateway.commands import run
+        from gateway.cli.commands import run
 
         return run(args, os.environ)
     try:
@@ -232,7 +232,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"memgate: {exc}", file=sys.stderr)
             return 2
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

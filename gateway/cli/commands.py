@@ -21,9 +21,9 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gateway.client import EXIT_ERROR, EXIT_INPUT, ClientError, GatewayClient
-from gateway.history import IMPORT_KEY, HistoryError, Keys, Reader, Source, sources
-from gateway.transfer import Importer, ImportSummary, export_lines, present_keys
+from gateway.cli.client import EXIT_ERROR, EXIT_INPUT, ClientError, GatewayClient
+from gateway.cli.history import IMPORT_KEY, HistoryError, Keys, Reader, Source, sources
+from gateway.cli.transfer import Importer, ImportSummary, export_lines, present_keys
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 

@@ -1,7 +1,7 @@
 """Import and export: moving history into and out of a namespace of a running gateway.
 
 Import is resumable: before sending anything it pages through the namespace's memories
-(``GET /v1/memory/memories``) and collects their import keys (see ``gateway.history``); records
+(``GET /v1/memory/memories``) and collects their import keys (see ``gateway.cli.history``); records
 whose key is already there are skipped. The rest go through ``POST /v1/memory/memories`` as
 requests of at most ``PART`` memories (and about 2 MB), several at once over their own
 connections, up to a batch (``batch_size``, at most 1,000) of memories on their way at a time:
@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.client import ClientError, GatewayClient
-from gateway.history import Record, existing_keys, export_line
+from gateway.cli.client import ClientError, GatewayClient
+from gateway.cli.history import Record, existing_keys, export_line
 from memory.records import to_rfc3339
 
 MAX_BATCH = 1000  # the add endpoint's limit
