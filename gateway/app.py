@@ -54,7 +54,6 @@ from memory.datadir import HOSTNAME, DataDir, orphans
 from memory.embedder import Embedder
 from memory.outbox import Outbox
 from memory.service import MemoryService
-from memory.service import RecallSettings as ServiceRecall
 from memory.store import MemoryStore
 
 log = logging.getLogger("memgate")
@@ -97,7 +96,6 @@ def open_store(settings: Settings) -> MemoryStore:
     return HybridStore(
         store,
         lexical,
-        fusion_k=recall.fusion_k,
         lexical_recall=recall.lexical,
         shared=server,
         sync_interval=settings.store.sync_interval_seconds,
@@ -196,20 +194,11 @@ def create_app(
                 await asyncio.to_thread(opened_store.close)
             data_dir.release()
             raise
-        recall = settings.recall
         service = MemoryService(
             opened_store,
             loaded,
             outbox,
-            recall=ServiceRecall(
-                k=recall.k,
-                candidates=recall.candidates,
-                floor=recall.similarity_floor,
-                recency_weight=recall.recency_weight,
-                recency_half_life_days=recall.recency_half_life_days,
-                fusion_k=recall.fusion_k,
-                content_free_weight=recall.content_free_weight,
-            ),
+            recall=settings.recall,
             writer_batch=settings.queue.batch_size,
             writer_coalesce=settings.queue.coalesce_ms / 1000.0,
             embed_batch=settings.embedder.max_batch,

@@ -17,6 +17,8 @@ from typing import Any
 
 import msgspec
 
+from memory.recall import RecallSettings
+
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 
 
@@ -93,22 +95,6 @@ class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     threads: int = 1
     max_batch: int = 64
     concurrency: int = 1
-
-
-class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    enabled: bool = True
-    k: int = 8
-    candidates: int = 50
-    similarity_floor: float = 0.2
-    lexical: bool = True
-    fusion_k: float = 5.0
-    pair_gap_seconds: float = 3600.0
-    pair_weight: float = 0.8
-    token_budget: int = 1000
-    query_context_messages: int = 0
-    recency_weight: float = 0.0
-    recency_half_life_days: float = 30.0
-    content_free_weight: float = 0.5
 
 
 class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -15,7 +15,9 @@ Every error a client can see has the body
     ├── UpstreamError                502 upstream_error (base of the upstream failures)
     │   ├── UpstreamUnreachable      502 upstream_error, code upstream_unreachable
     │   └── UpstreamTimeout          504 upstream_error, code upstream_timeout
-    └── StoreUnavailable             503 service_unavailable, code store_unavailable
+
+    memory.store.StoreUnavailable    503 service_unavailable, code store_unavailable (the
+                                     memory layer's own error, mapped here; its text is logged)
 
 Upstream 4xx/5xx answers are not errors of ours: their status and body are relayed as they are.
 Litestar's own exceptions (unknown route, wrong method, validation) and anything unexpected are
@@ -32,7 +34,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from memory.store import StoreUnavailable as StoreDown
+from memory.store import StoreUnavailable
 
 log = logging.getLogger("memgate")
 
@@ -120,12 +122,6 @@ class UpstreamTimeout(UpstreamError):
     default_code = "upstream_timeout"
 
 
-class StoreUnavailable(GatewayError):
-    status = 503
-    type = "service_unavailable"
-    default_code = "store_unavailable"
-
-
 def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -171,13 +167,16 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
     headers: dict[str, str] = {}
     if isinstance(exc, GatewayError):
         status, body, headers = exc.status, exc.body(), exc.headers
-    elif isinstance(exc, StoreDown):
+    elif isinstance(exc, StoreUnavailable):
         log.warning("store unavailable on %s %s: %s", request.method, request.url.path, exc)
         status = 503
-        body = StoreUnavailable(
+        body = error_body(
             "the memory store is unavailable; try again shortly (the gateway's log has the "
-            "cause for this request id)"
-        ).body()
+            "cause for this request id)",
+            "service_unavailable",
+            None,
+            "store_unavailable",
+        )
     elif isinstance(exc, RecursionError):  # JSON nested deeper than the decoder goes
         status = 400
         body = error_body(

@@ -279,10 +279,10 @@ class ChromaStore:
             self._run(namespace, upsert, create=True)
 
     def search(
-        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> builtins.list[Hit]:
-        """The ``k`` nearest memories by cosine (``text`` is not used: Chroma's local modes
-        have no lexical ranking; ``HybridStore`` adds one)."""
+        """The ``k`` nearest memories by cosine (Chroma's local modes have no lexical ranking:
+        ``HybridStore`` adds one, as ``search_text``)."""
         res = self._query(namespace, vector, k, ["documents", "metadatas", "distances"], where)
         if res is None:
             return []

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 from memory.embedder import Vectors
 from memory.lexical import LexicalIndex, NamespaceIndex
-from memory.recall import hybrid
 from memory.records import Filter, Hit, Memory, id_micros, matches, sort_key
 from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount, Version
 
@@ -68,7 +67,6 @@ class HybridStore:
         store: MemoryStore,
         lexical: LexicalIndex,
         *,
-        fusion_k: float = 5.0,
         lexical_recall: bool = True,
         shared: bool = False,
         sync_interval: float = 1.0,
@@ -81,7 +79,6 @@ class HybridStore:
         ``lexical_recall``: ``search_text`` answers (else the copy serves listings only)."""
         self.store = store
         self.lexical = lexical
-        self.fusion_k = fusion_k
         self.lexical_recall = lexical_recall
         self.shared = shared
         self.sync_interval = sync_interval
@@ -239,22 +236,17 @@ class HybridStore:
                 self.lexical.add(items)
 
     def search(
-        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> builtins.list[Hit]:
         """The dense ranking, its memories read from the local copy (the store is asked only
-        for ids and cosines, which is cheaper; it is asked for the ones the copy lacks), fused
-        with the lexical one when ``text`` is given."""
+        for ids and cosines, which is cheaper; it is asked for the ones the copy lacks)."""
         ranked = self.store.nearest(namespace, vector, k, where)
         found = self.lexical.memories(namespace, [mid for mid, _ in ranked])
         missing = [mid for mid, _ in ranked if mid not in found]
         if missing:
             fetched = self.store.get_many(namespace, missing)
             found.update((m.id, m) for m in fetched)
-        dense = [Hit(found[mid], cos, cos) for mid, cos in ranked if mid in found]
-        if not dense or not text.strip():
-            return dense
-        lexical = self.search_text(namespace, text, k, where)
-        return hybrid(dense, lexical, k=k, fusion_k=self.fusion_k)
+        return [Hit(found[mid], cos, cos) for mid, cos in ranked if mid in found]
 
     def nearest(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None

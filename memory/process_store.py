@@ -312,9 +312,9 @@ class ProcessStore:
         self._call("add", builtins.list(memories), vectors)
 
     def search(
-        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> builtins.list[Hit]:
-        result: builtins.list[Hit] = self._call("search", namespace, vector, k, text, where)
+        result: builtins.list[Hit] = self._call("search", namespace, vector, k, where)
         return result
 
     def nearest(

@@ -18,6 +18,31 @@ import msgspec
 from memory.lexical import STOPWORDS
 from memory.records import Hit, Memory
 
+
+class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How recall finds and ranks memories: the gateway's ``[recall]`` section (each key is
+    documented in ``config.example.toml``), used as it is by ``MemoryService``."""
+
+    enabled: bool = True
+    k: int = 8
+    candidates: int = 50
+    similarity_floor: float = 0.2
+    lexical: bool = True
+    fusion_k: float = 5.0
+    pair_gap_seconds: float = 3600.0
+    pair_weight: float = 0.8
+    token_budget: int = 1000
+    query_context_messages: int = 0
+    recency_weight: float = 0.0
+    recency_half_life_days: float = 30.0
+    content_free_weight: float = 0.5
+
+    @property
+    def recency_half_life(self) -> float:
+        """``recency_half_life_days`` in seconds."""
+        return self.recency_half_life_days * 86400.0
+
+
 _SPACE = re.compile(r"\s+")
 _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)?")
 CONTAINED_MIN = 32  # shorter memories count as carried only when a message equals them
@@ -55,14 +80,18 @@ TEXT_PARTS = frozenset({"text", "input_text", "output_text"})
 
 
 def content_text(content: Any) -> str:
-    """The text of an OpenAI message ``content``: a string, or the text parts of an array."""
+    """The text of an OpenAI message ``content``: a string, or the text parts of an array
+    (parts given as plain strings too, as ChatGPT exports and some clients write them)."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
         parts = [
-            str(part.get("text", ""))
-            for part in content
+            part
+            if isinstance(part, str)
+            else str(part.get("text", ""))
             if isinstance(part, Mapping) and part.get("type") in TEXT_PARTS
+            else ""
+            for part in content
         ]
         return "\n".join(p for p in parts if p)
     return ""

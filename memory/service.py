@@ -20,7 +20,7 @@ import numpy as np
 
 from memory.embedder import BatchingEmbedder, Embedder, Vectors
 from memory.outbox import Outbox, Queued, Writer
-from memory.recall import hybrid, rank
+from memory.recall import RecallSettings, hybrid, rank
 from memory.records import (
     Exchange,
     Filter,
@@ -36,29 +36,6 @@ from memory.store import MemoryStore, NamespaceCount, Version
 
 class StillQueued(Exception):
     """The memory is in the write queue, not in the store yet."""
-
-
-class RecallSettings:
-    """How recall ranks (a plain holder so the memory package needs no gateway config)."""
-
-    def __init__(
-        self,
-        *,
-        k: int = 10,
-        candidates: int = 30,
-        floor: float = 0.25,
-        recency_weight: float = 0.0,
-        recency_half_life_days: float = 30.0,
-        fusion_k: float = 5.0,
-        content_free_weight: float = 1.0,
-    ) -> None:
-        self.k = k
-        self.content_free_weight = content_free_weight
-        self.fusion_k = fusion_k
-        self.candidates = max(candidates, k)
-        self.floor = floor
-        self.recency_weight = recency_weight
-        self.recency_half_life = recency_half_life_days * 86400.0
 
 
 class SearchTracker:
@@ -307,7 +284,7 @@ class MemoryService:
             query_vec = (await embedding)[0]
             with self._searches.searching():
                 dense = await asyncio.to_thread(
-                    self.store.search, namespace, query_vec, candidates, "", where
+                    self.store.search, namespace, query_vec, candidates, where
                 )
             matched = await lexical if dense else []
             hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
@@ -323,7 +300,7 @@ class MemoryService:
             _discard(lexical, embedding, queued, erasure)
         return rank(
             hits,
-            floor=self.settings.floor,
+            floor=self.settings.similarity_floor,
             carried=carried,
             limit=k,
             recency_weight=self.settings.recency_weight,

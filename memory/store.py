@@ -56,11 +56,10 @@ class MemoryStore(Protocol):
         stamped with the time it was made, which ``changes`` reads back."""
 
     def search(
-        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> builtins.list[Hit]:
-        """The ``k`` best memories of ``namespace`` (passing ``where``) for a query: nearest to
-        ``vector`` (one row), and where the store has a lexical index, matching ``text``; best
-        first."""
+        """The ``k`` memories of ``namespace`` (passing ``where``) nearest to ``vector`` (one
+        row), best first."""
 
     def nearest(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
@@ -72,8 +71,8 @@ class MemoryStore(Protocol):
         self, namespace: str, text: str, k: int, where: Filter | None = None
     ) -> builtins.list[tuple[Memory, float]]:
         """The ``k`` best lexical matches of ``text`` with their scores, best first; empty
-        where the store has no lexical index. ``search`` without ``text`` plus this, fused by
-        ``recall.hybrid``, is ``search`` with ``text``: callers may run the two at once."""
+        where the store has no lexical index. ``MemoryService.recall`` runs it beside
+        ``search`` and fuses the two with ``recall.hybrid`` (the one place they are fused)."""
 
     def list(
         self,

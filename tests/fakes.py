@@ -78,7 +78,7 @@ class MemStore:
             self.adds += len(memories)
 
     def search(
-        self, namespace: str, vector: Vectors, k: int, text: str = "", where: Filter | None = None
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> list[Hit]:
         self._check("search")
         rows = [(m, v) for m, v in self.rows.get(namespace, {}).values() if matches(m, where)]

@@ -37,8 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memory.recall import content_text
 from memory.records import (
     MAX_CONTENT,
+    Metadata,
     created_problem,
     from_rfc3339,
     metadata_problem,
@@ -49,7 +51,6 @@ from memory.records import (
 IMPORT_KEY = "import_key"
 IGNORED_ROLES = frozenset({"system", "developer", "tool", "function"})
 CHAT_ROLES = ("user", "assistant")
-Metadata = dict[str, str | int | float | bool]
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,7 @@ def _read_record(history: History, where: str, item: Mapping[str, Any]) -> None:
     if content is None:  # e.g. an assistant message that only calls tools
         history.ignored += 1
         return
-    text = content_text(content)
+    text = content_text(content) if isinstance(content, str | list) else None
     if text is None:
         history.problem(
             where, f'"content" must be a string or a list of parts, got {_kind(content)}'
@@ -344,21 +345,6 @@ def _read_record(history: History, where: str, item: Mapping[str, Any]) -> None:
             return
     clean = {k: v for k, v in dict(metadata).items() if k != IMPORT_KEY}
     history.records.append(Record(text, role, clean, created_at, where))
-
-
-def content_text(content: Any) -> str | None:
-    """The text of a message's content: a string, or the text parts of a list of parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, dict) and part.get("type") in ("text", "input_text"):
-                texts.append(str(part.get("text", "")))
-        return "\n".join(t for t in texts if t)
-    return None
 
 
 def normalize_time(value: Any) -> str:

@@ -21,7 +21,7 @@ from memory.records import (
     Filter,
     Hit,
     Memory,
-    MetadataValue,
+    Metadata,
     created_problem,
     filter_problem,
     from_rfc3339,
@@ -38,7 +38,7 @@ from memory.store import CursorNotFound
 class NewMemory(msgspec.Struct, forbid_unknown_fields=True):
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)]
     role: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "user"
-    metadata: dict[str, MetadataValue] = msgspec.field(default_factory=dict)
+    metadata: Metadata = msgspec.field(default_factory=dict)
     created_at: str | None = None
 
 
@@ -91,7 +91,7 @@ def checked_time(value: str | None, param: str) -> float | None:
 class MemoryPatch(msgspec.Struct, forbid_unknown_fields=True):
     content: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CONTENT)] | None = None
     role: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
-    metadata: dict[str, MetadataValue] | None = None
+    metadata: Metadata | None = None
 
 
 class MemoryOut(msgspec.Struct):
@@ -100,7 +100,7 @@ class MemoryOut(msgspec.Struct):
     content: str
     role: str
     created_at: str
-    metadata: dict[str, MetadataValue]
+    metadata: Metadata
 
 
 class MemoryList(msgspec.Struct):
@@ -115,7 +115,7 @@ class SearchHit(msgspec.Struct):
     role: str
     score: float
     created_at: str
-    metadata: dict[str, MetadataValue]
+    metadata: Metadata
 
 
 class SearchResult(msgspec.Struct):
@@ -154,7 +154,7 @@ class VersionOut(msgspec.Struct):
     content: str
     role: str
     created_at: str
-    metadata: dict[str, MetadataValue]
+    metadata: Metadata
     replaced_at: str
 
 

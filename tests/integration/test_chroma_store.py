@@ -18,7 +18,8 @@ from memory.embedder import Embedder
 from memory.hybrid import HybridStore
 from memory.lexical import LexicalIndex
 from memory.process_store import ProcessStore
-from memory.records import Memory
+from memory.recall import hybrid
+from memory.records import Hit, Memory
 from memory.store import Changes, MemoryStore
 from tests.fakes import MemStore
 from tests.processes import ChromaServer
@@ -238,9 +239,6 @@ def test_server_down_at_start_then_up(tmp_path: Path, minilm: Embedder) -> None:
 def test_hybrid_search_and_lexical_resync(
     chroma_server: ChromaServer, tmp_path: Path, minilm: Embedder
 ) -> None:
-    from memory.hybrid import HybridStore
-    from memory.lexical import LexicalIndex
-
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     one = HybridStore(
         ChromaStore(url=chroma_server.url, prefix=prefix), LexicalIndex(tmp_path / "1"), shared=True
@@ -252,17 +250,24 @@ def test_hybrid_search_and_lexical_resync(
     memories = [make("h", i, t) for i, t in enumerate(texts)]
     one.add(memories, minilm.embed(texts))
     query = "XK-4471"
-    hits = one.search("h", minilm.embed([query])[0], 3, query)
+
+    def fused(store: HybridStore) -> list[Hit]:  # as MemoryService.recall fuses the two
+        vector = minilm.embed([query])[0]
+        return hybrid(
+            store.search("h", vector, 3), store.search_text("h", query, 3), k=3, fusion_k=5.0
+        )
+
+    hits = fused(one)
     assert hits[0].memory.content == texts[5]
     assert hits[0].lexical is True
     assert hits[0].similarity is not None
     assert all(h.score <= hits[0].score for h in hits)
     # the second gateway never indexed these: its lexical index is rebuilt from Chroma
-    hits = two.search("h", minilm.embed([query])[0], 3, query)
+    hits = fused(two)
     assert hits[0].memory.content == texts[5]
     assert hits[0].lexical is True
     one.delete("h", memories[5].id)
-    hits = two.search("h", minilm.embed([query])[0], 3, query)
+    hits = fused(two)
     assert all(h.memory.id != memories[5].id for h in hits)
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from memory.hybrid import HybridStore
 from memory.lexical import LexicalIndex
+from memory.recall import hybrid
 from memory.records import Memory, new_id
 from memory.store import Changes, CursorNotFound
 from tests.conftest import wait_until
@@ -33,13 +34,13 @@ def test_search_fuses_dense_and_lexical(tmp_path: Path) -> None:
     items = memories()
     store.add(items, embedder.embed(TEXTS))
     query = "when does XK-4471 arrive"
-    hits = store.search("a", embedder.embed([query])[0], 3, query)
+    dense = store.search("a", embedder.embed([query])[0], 3)
+    assert all(h.lexical is False for h in dense)  # the dense ranking alone
+    lexical = store.search_text("a", query, 3)
+    assert lexical[0][0].id == "m0"
+    hits = hybrid(dense, lexical, k=3, fusion_k=5.0)  # as MemoryService.recall fuses them
     assert hits[0].memory.id == "m0"
     assert hits[0].lexical is True
-    assert store.search_text("a", query, 3)[0][0].id == "m0"
-    # without text: the dense ranking alone
-    dense = store.search("a", embedder.embed([query])[0], 3)
-    assert all(h.lexical is False for h in dense)
 
 
 def test_a_new_lexical_index_is_rebuilt_from_the_store(tmp_path: Path) -> None:
