@@ -135,8 +135,10 @@ async def keep_adopting(settings: Settings, service: MemoryService, every: float
     while True:
         await asyncio.sleep(every)
         try:
-            if await asyncio.to_thread(adopt_orphans, settings, service.outbox):
-                service.writer.notify()
+            with orphans(settings.store.data_dir, settings.data_dir) as queues:
+                moved = await service.adopt(queues)
+            if moved:
+                log.warning("adopted %d queued writes of gateways that are gone", moved)
         except Exception as exc:
             log.warning("could not adopt the queues of gone gateways: %s", exc)
 
@@ -217,7 +219,7 @@ def create_app(
         metrics.counter_function(
             "memgate_memories_written",
             "Memories the writer stored since start",
-            lambda: float(service.writer.written),
+            lambda: float(service.written),
         )
         metrics.gauge("memgate_ready", "1 when the gateway has started", lambda: float(gw.ready))
         usage = await asyncio.to_thread(
@@ -243,7 +245,7 @@ def create_app(
         app.state["gateway"] = gw
         usage.start()
         queued = await asyncio.to_thread(outbox.depth)
-        service.writer.start()
+        service.start()
         adopting = (
             asyncio.create_task(keep_adopting(settings, service), name="memgate-adopt")
             if HOSTNAME in settings.store.data_dir
@@ -264,8 +266,7 @@ def create_app(
             gw.ready = False
             if adopting is not None:
                 adopting.cancel()
-            await service.writer.stop(settings.server.shutdown_flush_seconds)
-            service.embedder.close()
+            await service.close(settings.server.shutdown_flush_seconds)
             await router.aclose()
             await gw.usage.close()
             await asyncio.to_thread(outbox.close)

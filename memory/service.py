@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -32,6 +34,8 @@ from memory.records import (
     micros,
 )
 from memory.store import MemoryStore, NamespaceCount, Version
+
+log = logging.getLogger("memgate.service")
 
 
 class StillQueued(Exception):
@@ -380,6 +384,59 @@ class MemoryService:
     def queue_problem(self) -> str | None:
         """Why the write queue is failing (its last write failed), or None."""
         return self.outbox.failing
+
+    # -- running -----------------------------------------------------------------------------
+    # What the gateway asks of the service as a whole; nothing outside this class touches its
+    # store, writer, queue or embedder.
+
+    def start(self) -> None:
+        """Start writing the queue to the store (what was queued before is replayed)."""
+        self.writer.start()
+
+    async def close(self, flush_seconds: float) -> None:
+        """Write what is queued (for at most ``flush_seconds``), then stop the writer and the
+        embedder; the store and the queue are their owner's to close."""
+        await self.writer.stop(flush_seconds)
+        self.embedder.close()
+
+    async def adopt(self, queues: Iterable[Path]) -> int:
+        """Move the items of other write queues (of gateways that are gone) into this one,
+        ids kept, and have the writer pick them up; how many moved."""
+        moved = 0
+        for queue in queues:
+            moved += await asyncio.to_thread(self.outbox.adopt, queue)
+        if moved:
+            self.writer.notify()
+        return moved
+
+    @property
+    def written(self) -> int:
+        """Memories the writer stored since the start."""
+        return self.writer.written
+
+    async def queue_depth(self) -> int:
+        return await asyncio.to_thread(self.outbox.depth)
+
+    async def health(self, store_timeout: float = 5.0) -> dict[str, str]:
+        """The state of each part: ``store`` (it answers), ``queue`` (it can be written: a
+        full disk is re-probed), ``writer`` (it runs, and the store takes its writes); each
+        ``"ok"`` or why not."""
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), store_timeout)
+            checks["store"] = "ok"
+        except Exception as exc:
+            log.warning("health: the store is unavailable: %s", exc)
+            checks["store"] = "unavailable"
+        problem = await asyncio.to_thread(self.outbox.probe)  # the disk may have room again
+        checks["queue"] = "ok" if problem is None else f"failing: {problem}"
+        if not self.writer.running:
+            checks["writer"] = "stopped"
+        elif self.writer.last_error:
+            checks["writer"] = "retrying: the store refuses writes"
+        else:
+            checks["writer"] = "ok"
+        return checks
 
     async def count(self, namespace: str) -> int:
         return await asyncio.to_thread(self.store.count, namespace)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -26,26 +25,11 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
     503 otherwise, with each check's state. Upstreams are probed too (``GET /models``, cached
     for 10 s): one that cannot be reached makes the status ``degraded``, not unready."""
     service = gw.service
-    checks: dict[str, str] = {}
-    try:
-        await asyncio.wait_for(asyncio.to_thread(service.store.ping), 5.0)
-        checks["store"] = "ok"
-    except Exception as exc:
-        log.warning("readiness: the store is unavailable: %s", exc)
-        checks["store"] = "unavailable"
+    checks = await service.health()
     # The state exists only once the model has loaded; ready turns off at shutdown.
     checks["embedder"] = "ok" if gw.ready else "stopping"
-    problem = await asyncio.to_thread(service.outbox.probe)  # the disk may have room again
-    checks["queue"] = "ok" if problem is None else f"failing: {problem}"
-    writer = service.writer
-    if not writer.running:
-        checks["writer"] = "stopped"
-    elif writer.last_error:
-        checks["writer"] = "retrying: the store refuses writes"
-    else:
-        checks["writer"] = "ok"
     ready = all(v == "ok" for v in checks.values())
-    depth = await asyncio.to_thread(service.outbox.depth)
+    depth = await service.queue_depth()
     upstreams = await gw.upstream_health()
     body: dict[str, Any] = {
         "status": "ready" if ready else "unready",
