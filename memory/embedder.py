@@ -13,12 +13,26 @@ implementations of all-MiniLM-L6-v2, neither ever reaching a hub:
 
 ``BatchingEmbedder`` is its asyncio face: it runs the model in a worker thread, never on the
 event loop, and coalesces concurrent callers into one batch.
+
+Invariants of the lanes (all their state is touched on the event loop only: ``submit`` and
+the done-callbacks run there; the worker threads see only the texts and return vectors):
+
+- ``lane.running`` counts the model calls of the lane that are started and not finished; it
+  never exceeds ``lane.concurrency``; a call's done-callback (``_finish``) always starts the
+  next call or, with nothing queued, gives its turn back (``running -= 1``).
+- Every ``_Pending`` leaves ``lane.queue`` in exactly one batch, and every batch's futures
+  are resolved exactly once: rows on success, the error otherwise (the model raising, a
+  wrong number of rows, an executor shut down before the call could start). No waiter is
+  ever left pending, so a lane cannot stall its later callers.
+- A waiter that is cancelled does not cancel the model call (others may share it); its
+  future is skipped when the rows arrive.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import sys
 import threading
@@ -184,6 +198,12 @@ class _Lane:
         return self.executor
 
 
+def _fail(batch: Sequence[_Pending], error: BaseException) -> None:
+    for item in batch:
+        if not item.future.done():
+            item.future.set_exception(error)
+
+
 def lower_priority(nice: int) -> None:
     """Make the calling thread yield the CPU to the others. Linux only, where a thread has a
     nice value of its own (elsewhere the id could name a process); best effort."""
@@ -262,40 +282,48 @@ class BatchingEmbedder:
 
     def _next(self, lane: _Lane) -> None:
         """Start the lane's next model call, on everything queued (up to ``max_batch`` texts),
-        or stop the lane's turn when nothing is."""
-        if not lane.queue:
-            lane.running -= 1
+        or end the lane's turn when nothing is. A call that cannot even start (the executor
+        was shut down) fails its batch's waiters, and the next batch is tried."""
+        while lane.queue:
+            batch: list[_Pending] = []
+            size = 0
+            while lane.queue and (not batch or size + len(lane.queue[0].texts) <= self.max_batch):
+                item = lane.queue.pop(0)
+                batch.append(item)
+                size += len(item.texts)
+            texts = [t for item in batch for t in item.texts]
+            try:
+                call = asyncio.get_running_loop().run_in_executor(
+                    lane.executor_for(size), self.embedder.embed, texts
+                )
+            except Exception as exc:
+                _fail(batch, exc)
+                continue
+            call.add_done_callback(functools.partial(self._finish, lane, batch))
             return
-        batch: list[_Pending] = []
-        size = 0
-        while lane.queue and (not batch or size + len(lane.queue[0].texts) <= self.max_batch):
-            item = lane.queue.pop(0)
-            batch.append(item)
-            size += len(item.texts)
-        texts = [t for item in batch for t in item.texts]
-        call = asyncio.get_running_loop().run_in_executor(
-            lane.executor_for(size), self.embedder.embed, texts
-        )
-        call.add_done_callback(lambda done: self._finish(lane, batch, done))
+        lane.running -= 1
 
     def _finish(self, lane: _Lane, batch: list[_Pending], done: asyncio.Future[Vectors]) -> None:
+        """Hand a finished call's rows (or its error) to its waiters, then start the next
+        call. Whatever goes wrong here, every waiter of the batch is answered and the lane
+        goes on: a waiter left pending would wait for ever."""
         try:
             if done.cancelled():
-                error: BaseException | None = asyncio.CancelledError()
-            else:
-                error = done.exception()
-            if error is not None:  # handed to every waiter
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                return
-            vectors = done.result()
+                raise asyncio.CancelledError
+            vectors = done.result()  # the model's error, if it raised
+            if len(vectors) != sum(len(item.texts) for item in batch):
+                raise RuntimeError(
+                    f"the model returned {len(vectors)} vectors for "
+                    f"{sum(len(item.texts) for item in batch)} texts"
+                )
             start = 0
             for item in batch:
                 end = start + len(item.texts)
                 if not item.future.done():
                     item.future.set_result(vectors[start:end])
                 start = end
+        except BaseException as exc:  # handed to every waiter still waiting
+            _fail(batch, exc)
         finally:
             self._next(lane)
 

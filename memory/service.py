@@ -2,6 +2,22 @@
 
 Async, and never blocking the event loop: embedding goes through the ``BatchingEmbedder``
 (worker thread, micro-batched) and every store or outbox call runs in a worker thread.
+
+Concurrency (the rules a change must keep):
+
+- The embedding cache (``_vectors``) and the in-flight map (``_inflight``: text -> the task
+  of the model call embedding it, and its row) are touched on the event loop only, never in a
+  thread, so they need no lock. A text is in ``_inflight`` exactly while its call's task
+  runs; the task removes it when it ends, however it ends. A caller waits on a shielded task:
+  its cancellation (a client gone) leaves the call to the others. A recall waits at most
+  ``embed_timeout`` seconds for its query's vector (then it fails, and the chat answers
+  without memories): a stalled model must not hold requests for ever.
+- Lock order, outermost first: ``Writer.lock`` (an asyncio lock: writes, deletes, updates
+  and erasures of the store are serialized with the writer's batches) -> the store's own
+  locks (``HybridStore``'s per-namespace stripes, then ``LexicalIndex``'s writer lock; its
+  readers are per thread and take none) -> the ``Outbox``'s lock (SQLite, one connection).
+  No code takes an outer lock while holding an inner one; the outbox and the store never
+  call back into the service.
 """
 
 from __future__ import annotations
@@ -36,6 +52,10 @@ from memory.records import (
 from memory.store import MemoryStore, NamespaceCount, Version
 
 log = logging.getLogger("memgate.service")
+
+
+class EmbeddingTimeout(Exception):
+    """The embedding model did not answer in time (a recall fails; the chat goes on)."""
 
 
 class StillQueued(Exception):
@@ -94,6 +114,7 @@ class MemoryService:
         vector_cache: int = 4096,
         gap_batch: int = 16,
         shared: bool = False,
+        embed_timeout: float = 30.0,
     ) -> None:
         """``shared``: other gateways write to ``store`` too (a Chroma server), and may erase
         namespaces this one holds queued writes of."""
@@ -103,6 +124,7 @@ class MemoryService:
         )
         self.outbox = outbox
         self.shared = shared
+        self.embed_timeout = embed_timeout
         self.settings = recall or RecallSettings()
         self.writer = Writer(
             outbox, self._write_batch, batch_size=writer_batch, coalesce=writer_coalesce
@@ -200,15 +222,26 @@ class MemoryService:
         return where
 
     async def _collect(
-        self, texts: Sequence[str], where: dict[str, Vectors | tuple[asyncio.Future[Vectors], int]]
+        self,
+        texts: Sequence[str],
+        where: dict[str, Vectors | tuple[asyncio.Future[Vectors], int]],
+        wait_seconds: float | None = None,
     ) -> Vectors:
+        """The vectors of ``texts`` once their calls are done (within ``wait_seconds``, else
+        ``EmbeddingTimeout``; the calls themselves go on for their other waiters)."""
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
         found: dict[str, Vectors] = {}
         for text, place in where.items():
             if isinstance(place, tuple):
                 future, i = place
-                found[text] = (await asyncio.shield(future))[i]
+                try:
+                    vectors = await asyncio.wait_for(asyncio.shield(future), wait_seconds)
+                except TimeoutError as exc:
+                    raise EmbeddingTimeout(
+                        f"the embedding model gave no vector within {wait_seconds} s"
+                    ) from exc
+                found[text] = vectors[i]
             else:
                 found[text] = place
         return np.stack([found[t] for t in texts])
@@ -276,7 +309,7 @@ class MemoryService:
         lexical = asyncio.ensure_future(
             asyncio.to_thread(self.store.search_text, namespace, query, candidates, where)
         )
-        embedding = asyncio.ensure_future(self._collect([query], query_at))
+        embedding = asyncio.ensure_future(self._collect([query], query_at, self.embed_timeout))
         queued: asyncio.Future[Vectors] | None = None
         erasure: asyncio.Future[builtins.list[Memory]] | None = None
         try:

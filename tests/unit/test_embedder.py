@@ -1,0 +1,115 @@
+"""The embedding lanes and the service's wait for a vector when things go wrong: a model
+that raises, or answers the wrong number of rows, an executor shut down, a caller cancelled,
+a model that hangs. No waiter may be left waiting for ever; every wait here is bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memory.embedder import BatchingEmbedder, Vectors
+from memory.outbox import Outbox
+from memory.service import EmbeddingTimeout, MemoryService
+from tests.fakes import FakeEmbedder, MemStore
+
+BOUND = 5.0  # seconds: far beyond what any of these takes when it works
+
+
+class Faulty(FakeEmbedder):
+    """Raises, or answers one row short, on the calls it is told to; else a FakeEmbedder."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        what = self.plan.pop(0) if self.plan else "ok"
+        if what == "raise":
+            raise ValueError("the model broke")
+        vectors = super().embed(texts)
+        return vectors[:-1] if what == "short" else vectors
+
+
+def test_a_model_that_raises_fails_its_waiters_and_the_lane_goes_on() -> None:
+    async def run() -> None:
+        model = Faulty()
+        lanes = BatchingEmbedder(model)
+        for background in (False, True):
+            model.plan = ["raise"]
+            with pytest.raises(ValueError, match="the model broke"):
+                await asyncio.wait_for(lanes.embed(["a", "b"], background=background), BOUND)
+            model.plan = ["short"]
+            with pytest.raises(RuntimeError, match="1 vectors for 2 texts"):
+                await asyncio.wait_for(lanes.embed(["a", "b"], background=background), BOUND)
+            got = await asyncio.wait_for(lanes.embed(["a"], background=background), BOUND)
+            assert got.shape == (1, model.dimension)
+        lanes.close()
+
+    asyncio.run(run())
+
+
+def test_a_shut_down_executor_fails_at_once_and_the_other_lane_still_works() -> None:
+    async def run() -> None:
+        lanes = BatchingEmbedder(FakeEmbedder())
+        lanes.close()  # the background lane's threads are gone
+        with pytest.raises(RuntimeError):
+            await asyncio.wait_for(lanes.embed(["late"], background=True), BOUND)
+        with pytest.raises(RuntimeError):  # and again: the lane gave its turn back
+            await asyncio.wait_for(lanes.embed(["later"], background=True), BOUND)
+        got = await asyncio.wait_for(lanes.embed(["query"]), BOUND)
+        assert got.shape[0] == 1
+
+    asyncio.run(run())
+
+
+def test_a_cancelled_caller_leaves_the_shared_call_to_the_others(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    class Slow(FakeEmbedder):
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            gate.wait(BOUND)
+            return super().embed(texts)
+
+    async def run() -> None:
+        service = MemoryService(MemStore(), Slow(), Outbox(tmp_path / "q.sqlite3"))
+        first = asyncio.ensure_future(service._embed_texts(["shared text"]))
+        second = asyncio.ensure_future(service._embed_texts(["shared text"]))
+        await asyncio.sleep(0)
+        first.cancel()  # a client that went away
+        gate.set()
+        vectors = await asyncio.wait_for(second, BOUND)
+        assert vectors.shape == (1, 256)
+        assert first.cancelled()
+        assert service._inflight == {}  # nothing left claiming to be in flight
+        np.testing.assert_allclose(
+            await asyncio.wait_for(service._embed_texts(["shared text"]), BOUND), vectors
+        )  # and it was cached
+        service.embedder.close()
+
+    asyncio.run(run())
+
+
+def test_a_recall_waits_for_its_vector_only_so_long(tmp_path: Path) -> None:
+    gate = threading.Event()
+
+    class Hung(FakeEmbedder):
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            gate.wait(BOUND)
+            return super().embed(texts)
+
+    async def run() -> None:
+        service = MemoryService(
+            MemStore(), Hung(), Outbox(tmp_path / "q.sqlite3"), embed_timeout=0.05
+        )
+        with pytest.raises(EmbeddingTimeout):
+            await asyncio.wait_for(service.recall("a", "where do I live?"), BOUND)
+        gate.set()  # the model comes back: recall works again
+        assert await asyncio.wait_for(service.recall("a", "where do I live?"), BOUND) == []
+        service.embedder.close()
+
+    asyncio.run(run())
