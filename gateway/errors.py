@@ -18,6 +18,7 @@ Every error a client can see has the body
 
     memory.store.StoreUnavailable    503 service_unavailable, code store_unavailable (the
                                      memory layer's own error, mapped here; its text is logged)
+    memory.service.EmbeddingTimeout  503 service_unavailable, code embedder_unavailable
 
 Upstream 4xx/5xx answers are not errors of ours: their status and body are relayed as they are.
 Litestar's own exceptions (unknown route, wrong method, validation) and anything unexpected are
@@ -34,6 +35,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+from memory.service import EmbeddingTimeout
 from memory.store import StoreUnavailable
 
 log = logging.getLogger("memgate")
@@ -176,6 +178,15 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
             "service_unavailable",
             None,
             "store_unavailable",
+        )
+    elif isinstance(exc, EmbeddingTimeout):
+        log.warning("embedding timed out on %s %s: %s", request.method, request.url.path, exc)
+        status = 503
+        body = error_body(
+            "the embedding model did not answer in time; try again shortly",
+            "service_unavailable",
+            None,
+            "embedder_unavailable",
         )
     elif isinstance(exc, RecursionError):  # JSON nested deeper than the decoder goes
         status = 400

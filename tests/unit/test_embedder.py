@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -92,6 +93,40 @@ def test_a_cancelled_caller_leaves_the_shared_call_to_the_others(tmp_path: Path)
         service.embedder.close()
 
     asyncio.run(run())
+
+
+def test_a_hung_model_is_a_503_on_the_memory_api_and_no_memories_in_a_chat(
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import AppHarness, completion
+    from tests.unit.test_chat import assert_openai_error
+
+    harness = AppHarness(tmp_path)
+    harness.upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion("fine"))
+    )
+    with harness.client() as client:
+        service = harness.app.state["gateway"].service
+        service.embed_timeout = 0.05
+        gate = threading.Event()
+        real = harness.embedder.embed
+
+        def hung(texts: Sequence[str]) -> Vectors:
+            gate.wait(BOUND)
+            return real(texts)
+
+        harness.embedder.embed = hung  # type: ignore[method-assign]
+        try:
+            r = client.post("/v1/memory/search?namespace=h", json={"query": "anything"})
+            assert assert_openai_error(r, 503)["code"] == "embedder_unavailable"
+            r = client.post(
+                "/v1/memory/chat/completions?namespace=h",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi there"}]},
+            )
+            assert r.status_code == 200
+            assert r.headers["x-memory-error"].startswith("recall failed")
+        finally:
+            gate.set()
 
 
 def test_a_recall_waits_for_its_vector_only_so_long(tmp_path: Path) -> None:
