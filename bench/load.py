@@ -49,7 +49,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from procs import stop_process, tail
+from procs import free_port, stop_process, tail, wait_ready
 from stats import percentile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -361,12 +360,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _die_with_parent() -> None:
     """In the child: get SIGTERM if the benchmark dies without cleaning up (Linux only)."""
     with contextlib.suppress(Exception):
@@ -412,25 +405,14 @@ def stop_child(child: Child) -> None:
 
 
 def wait_http(url: str, child: Child, timeout: float, *, want_ready: bool) -> float:
-    """Poll ``url`` until it answers 200; seconds waited."""
-    start = time.perf_counter()
-    last = "no answer"
-    with httpx.Client(timeout=10.0, trust_env=False) as client:
-        while True:
-            child.check_alive()
-            try:
-                response = client.get(url)
-                if response.status_code == 200:
-                    return time.perf_counter() - start
-                last = f"HTTP {response.status_code}: {response.text[:300]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            if time.perf_counter() - start > timeout:
-                what = "ready" if want_ready else "up"
-                raise RuntimeError(
-                    f"{url} not {what} after {timeout:.0f} s ({last}); log:\n{tail(child.logfile)}"
-                )
-            time.sleep(0.25)
+    """Poll ``url`` until it answers 200 while ``child`` lives; seconds waited."""
+    return wait_ready(
+        url,
+        timeout,
+        alive=child.check_alive,
+        logfile=child.logfile,
+        what="ready" if want_ready else "up",
+    )
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

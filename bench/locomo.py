@@ -50,7 +50,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from procs import stop_process, tail
+from procs import free_port, stop_process, tail, wait_ready
 from stats import percentile
 
 CATEGORIES: dict[int, str] = {
@@ -338,12 +337,6 @@ def check(response: httpx.Response) -> Any:
     return response.json()
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def serve_command(port: int, data_dir: Path) -> list[str]:
     script = Path(sys.executable).with_name("memgate")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "gateway.cli"]
@@ -363,33 +356,24 @@ def serve_command(port: int, data_dir: Path) -> list[str]:
     ]
 
 
-def wait_ready(
+def gateway_ready(
     url: str,
     timeout: float,
     proc: subprocess.Popen[bytes] | None = None,
     logfile: Path | None = None,
 ) -> float:
     """Poll ``/readyz`` until it answers 200; seconds waited."""
-    start = time.perf_counter()
-    last = "no answer"
-    with httpx.Client(base_url=url, timeout=10.0, trust_env=proc is None) as client:
-        while True:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(
-                    f"memgate serve exited with code {proc.returncode} before it was ready; "
-                    f"its log:\n{tail(logfile, 40) if logfile else ''}"
-                )
-            try:
-                response = client.get("/readyz")
-                if response.status_code == 200:
-                    return time.perf_counter() - start
-                last = f"HTTP {response.status_code}: {response.text[:500]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            if time.perf_counter() - start > timeout:
-                extra = f"\nits log:\n{tail(logfile, 40)}" if logfile else ""
-                raise RuntimeError(f"{url}/readyz not ready after {timeout:.0f} s ({last}){extra}")
-            time.sleep(0.5)
+
+    def alive() -> None:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(
+                f"memgate serve exited with code {proc.returncode} before it was ready; "
+                f"its log:\n{tail(logfile, 40) if logfile else ''}"
+            )
+
+    return wait_ready(
+        url + "/readyz", timeout, alive=alive, logfile=logfile, trust_env=proc is None
+    )
 
 
 @contextmanager
@@ -417,7 +401,7 @@ def local_gateway(
                 start_new_session=True,  # Ctrl-C reaches us; we stop it after cleaning up
                 env={**os.environ, **(env or {})},
             )
-        info["ready_seconds"] = wait_ready(url, READY_TIMEOUT, proc, logfile)
+        info["ready_seconds"] = gateway_ready(url, READY_TIMEOUT, proc, logfile)
         log(f"memgate ready on {url} after {info['ready_seconds']:.1f} s")
         yield url, info
     finally:
@@ -934,7 +918,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.url:
             url = args.url.rstrip("/")
             gateway_info["url"] = url
-            gateway_info["ready_seconds"] = wait_ready(url, READY_TIMEOUT)
+            gateway_info["ready_seconds"] = gateway_ready(url, READY_TIMEOUT)
             results[0] = run(
                 url,
                 conversations,

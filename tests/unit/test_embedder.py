@@ -148,3 +148,113 @@ def test_a_recall_waits_for_its_vector_only_so_long(tmp_path: Path) -> None:
         service.embedder.close()
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("fail", [True, False])
+def test_batching_embedder_merges_concurrent_callers(fail: bool) -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+
+    class Flaky:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            if fail:
+                raise RuntimeError("boom")
+            return inner.embed(texts)
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Flaky())
+        results = await asyncio.gather(
+            *(batching.embed([f"text {i}"]) for i in range(20)), return_exceptions=True
+        )
+        if fail:
+            assert all(isinstance(r, RuntimeError) for r in results)
+        else:
+            assert all(r.shape == (1, inner.dimension) for r in results)  # type: ignore[union-attr]
+            assert len(inner.calls) < 20  # merged into fewer model calls
+
+    asyncio.run(run())
+
+
+def test_background_embeddings_never_hold_up_a_query() -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+    release = threading.Event()
+    threads: dict[str, str] = {}
+
+    class Slow:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            threads[texts[0]] = threading.current_thread().name
+            if texts[0].startswith("stored"):
+                release.wait(10)  # a long batch of the writer's
+            return inner.embed(texts)
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Slow())
+        stored = asyncio.ensure_future(batching.embed(["stored text"], background=True))
+        await asyncio.sleep(0.05)
+        query = await asyncio.wait_for(batching.embed(["query"]), 5)  # not queued behind it
+        assert query.shape == (1, inner.dimension)
+        assert not stored.done()
+        release.set()
+        assert (await stored).shape == (1, inner.dimension)
+        batching.close()
+
+    asyncio.run(run())
+    assert threads["stored text"].startswith("memgate-embed-bg")
+    assert not threads["query"].startswith("memgate-embed-bg")
+
+
+def test_a_background_backlog_is_embedded_at_normal_priority() -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+    threads: list[str] = []
+
+    class Recording:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            threads.append(threading.current_thread().name)
+            return inner.embed(texts)
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Recording(), busy_batch=8)
+        await batching.embed(["one"], background=True)
+        await batching.embed([f"text {i}" for i in range(8)], background=True)
+        batching.close()
+
+    asyncio.run(run())
+    assert threads[0].startswith("memgate-embed-bg")
+    assert threads[1].startswith("memgate-embed-busy")
+
+
+def test_a_bulk_embedding_uses_both_lanes_and_keeps_the_order() -> None:
+    from memory.embedder import BatchingEmbedder
+
+    inner = FakeEmbedder()
+    threads: set[str] = set()
+
+    class Recording:
+        dimension = inner.dimension
+
+        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
+            threads.add(threading.current_thread().name.split("_")[0])
+            return inner.embed(texts)
+
+    texts = [f"text number {i}" for i in range(40)]
+
+    async def run() -> None:
+        batching = BatchingEmbedder(Recording(), busy_batch=8)
+        vectors = await batching.embed_bulk(texts)
+        assert np.allclose(vectors, inner.embed(texts))
+        batching.close()
+
+    asyncio.run(run())
+    assert any(t.startswith("memgate-embed-busy") for t in threads)
+    assert any(not t.startswith("memgate-embed") for t in threads)

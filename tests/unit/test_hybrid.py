@@ -241,11 +241,13 @@ def test_dense_hits_come_from_the_index_or_else_the_store(tmp_path: Path) -> Non
 
 def test_a_search_during_an_erase_never_brings_erased_memories_back(tmp_path: Path) -> None:
     import threading
-    import time
+
+    started, release = threading.Event(), threading.Event()
 
     class SlowErase(MemStore):
         def delete_namespace(self, namespace: str) -> int:
-            time.sleep(0.3)  # a slow store: the erase is under way for a while
+            started.set()  # a slow store: the erase is under way until released
+            release.wait(10)
             return super().delete_namespace(namespace)
 
     embedder = FakeEmbedder()
@@ -254,9 +256,15 @@ def test_a_search_during_an_erase_never_brings_erased_memories_back(tmp_path: Pa
     assert store.search_text("a", "Porto", 5)
     eraser = threading.Thread(target=store.delete_namespace, args=("a",))
     eraser.start()
-    time.sleep(0.1)
-    store.search_text("a", "Porto", 5)  # while the store is still erasing
-    eraser.join()
+    assert started.wait(10)
+    searcher = threading.Thread(target=store.search_text, args=("a", "Porto", 5))
+    searcher.start()  # while the store is still erasing (it may wait for the erase's lock)
+    searcher.join(0.2)
+    release.set()
+    eraser.join(10)
+    searcher.join(10)
+    assert not eraser.is_alive()
+    assert not searcher.is_alive()
     fresh = Memory(id="new", namespace="a", content="A new start", created_at=100.0)
     store.add([fresh], embedder.embed([fresh.content]))
     assert store.search_text("a", "Porto", 5) == []

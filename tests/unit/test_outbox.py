@@ -1,11 +1,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
-
-import numpy as np
-import pytest
 
 from memory.outbox import Outbox
 from memory.records import Exchange, Memory
@@ -15,6 +11,10 @@ from tests.fakes import FakeEmbedder, MemStore
 
 def mem(mid: str, ns: str = "a", text: str = "hello") -> Memory:
     return Memory(id=mid, namespace=ns, content=text)
+
+
+def _service(tmp_path: Path, store: MemStore) -> MemoryService:
+    return MemoryService(store, FakeEmbedder(), Outbox(tmp_path / "q.sqlite3"))
 
 
 def test_outbox_is_a_durable_fifo(tmp_path: Path) -> None:
@@ -42,19 +42,6 @@ def test_outbox_is_a_durable_fifo(tmp_path: Path) -> None:
     assert reopened.purge_namespace("b") == 2
     assert reopened.pending("b") == []
     assert reopened.depth() == 0
-
-
-def test_recall_sees_the_newest_queued_memories(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "q.sqlite3", recent=3)
-    box.put([mem(str(i)) for i in range(5)])
-    assert [m.id for m in box.pending("a")] == ["2", "3", "4"]
-    assert box.depth() == 5  # all still queued for the writer
-    box.close()
-    assert [m.id for m in Outbox(tmp_path / "q.sqlite3", recent=3).pending("a")] == ["2", "3", "4"]
-
-
-def _service(tmp_path: Path, store: MemStore) -> MemoryService:
-    return MemoryService(store, FakeEmbedder(), Outbox(tmp_path / "q.sqlite3"))
 
 
 def test_writer_drains_and_recall_sees_queued_items(tmp_path: Path) -> None:
@@ -139,173 +126,3 @@ def test_erasing_a_namespace_removes_queued_items_too(tmp_path: Path) -> None:
         assert await service.recall("a", "queued stored") == []
 
     asyncio.run(run())
-
-
-@pytest.mark.parametrize("fail", [True, False])
-def test_batching_embedder_merges_concurrent_callers(fail: bool) -> None:
-    from memory.embedder import BatchingEmbedder
-
-    inner = FakeEmbedder()
-
-    class Flaky:
-        dimension = inner.dimension
-
-        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
-            if fail:
-                raise RuntimeError("boom")
-            return inner.embed(texts)
-
-    async def run() -> None:
-        batching = BatchingEmbedder(Flaky())
-        results = await asyncio.gather(
-            *(batching.embed([f"text {i}"]) for i in range(20)), return_exceptions=True
-        )
-        if fail:
-            assert all(isinstance(r, RuntimeError) for r in results)
-        else:
-            assert all(r.shape == (1, inner.dimension) for r in results)  # type: ignore[union-attr]
-            assert len(inner.calls) < 20  # merged into fewer model calls
-
-    asyncio.run(run())
-
-
-def test_concurrent_recalls_and_writer_embed_each_text_once(tmp_path: Path) -> None:
-    store = MemStore()
-
-    async def run() -> None:
-        embedder = FakeEmbedder()
-        service = MemoryService(store, embedder, Outbox(tmp_path / "q.sqlite3"))
-        await service.remember(Exchange(namespace="a", user="my cat is Tom", assistant="ok Tom"))
-        await asyncio.gather(*(service.recall("a", "what is my cat") for _ in range(20)))
-        service.writer.start()
-        await service.writer.stop()
-        texts = [t for call in embedder.calls for t in call]
-        assert sorted(texts) == ["my cat is Tom", "ok Tom", "what is my cat"]
-        assert store.count("a") == 2
-
-    asyncio.run(run())
-
-
-def test_background_embeddings_never_hold_up_a_query() -> None:
-    from memory.embedder import BatchingEmbedder
-
-    inner = FakeEmbedder()
-    release = threading.Event()
-    threads: dict[str, str] = {}
-
-    class Slow:
-        dimension = inner.dimension
-
-        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
-            threads[texts[0]] = threading.current_thread().name
-            if texts[0].startswith("stored"):
-                release.wait(10)  # a long batch of the writer's
-            return inner.embed(texts)
-
-    async def run() -> None:
-        batching = BatchingEmbedder(Slow())
-        stored = asyncio.ensure_future(batching.embed(["stored text"], background=True))
-        await asyncio.sleep(0.05)
-        query = await asyncio.wait_for(batching.embed(["query"]), 5)  # not queued behind it
-        assert query.shape == (1, inner.dimension)
-        assert not stored.done()
-        release.set()
-        assert (await stored).shape == (1, inner.dimension)
-        batching.close()
-
-    asyncio.run(run())
-    assert threads["stored text"].startswith("memgate-embed-bg")
-    assert not threads["query"].startswith("memgate-embed-bg")
-
-
-def test_a_background_backlog_is_embedded_at_normal_priority() -> None:
-    from memory.embedder import BatchingEmbedder
-
-    inner = FakeEmbedder()
-    threads: list[str] = []
-
-    class Recording:
-        dimension = inner.dimension
-
-        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
-            threads.append(threading.current_thread().name)
-            return inner.embed(texts)
-
-    async def run() -> None:
-        batching = BatchingEmbedder(Recording(), busy_batch=8)
-        await batching.embed(["one"], background=True)
-        await batching.embed([f"text {i}" for i in range(8)], background=True)
-        batching.close()
-
-    asyncio.run(run())
-    assert threads[0].startswith("memgate-embed-bg")
-    assert threads[1].startswith("memgate-embed-busy")
-
-
-def test_a_small_write_waits_for_the_gap_after_a_search() -> None:
-    """Events, not the clock: a gap that waits when it should not would hit the 30 s
-    max_wait, far past the 5 s bound of each step."""
-    from memory.service import SearchTracker
-
-    async def run() -> None:
-        tracker = SearchTracker(recent=30.0, max_wait=30.0)
-        await asyncio.wait_for(tracker.gap(), 5)  # no search yet: at once
-
-        release = asyncio.Event()
-
-        async def search() -> None:
-            with tracker.searching():
-                await release.wait()
-
-        task = asyncio.create_task(search())
-        await asyncio.sleep(0)  # the search is running
-        waiting = asyncio.create_task(tracker.gap())
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert not waiting.done()  # it waits for the running search to end
-        release.set()
-        await asyncio.wait_for(waiting, 5)
-        await task
-
-        # a search ended just now: the gap waits for the end of the next one
-        waiting = asyncio.create_task(tracker.gap())
-        for _ in range(5):
-            await asyncio.sleep(0)
-        assert not waiting.done()
-        with tracker.searching():
-            pass
-        await asyncio.wait_for(waiting, 5)
-
-        # and never longer than max_wait
-        brief = SearchTracker(recent=30.0, max_wait=0.01)
-        with brief.searching():
-            pass
-        await asyncio.wait_for(brief.gap(), 5)
-
-    asyncio.run(run())
-
-
-def test_a_bulk_embedding_uses_both_lanes_and_keeps_the_order() -> None:
-    from memory.embedder import BatchingEmbedder
-
-    inner = FakeEmbedder()
-    threads: set[str] = set()
-
-    class Recording:
-        dimension = inner.dimension
-
-        def embed(self, texts: list[str]):  # type: ignore[no-untyped-def]
-            threads.add(threading.current_thread().name.split("_")[0])
-            return inner.embed(texts)
-
-    texts = [f"text number {i}" for i in range(40)]
-
-    async def run() -> None:
-        batching = BatchingEmbedder(Recording(), busy_batch=8)
-        vectors = await batching.embed_bulk(texts)
-        assert np.allclose(vectors, inner.embed(texts))
-        batching.close()
-
-    asyncio.run(run())
-    assert any(t.startswith("memgate-embed-busy") for t in threads)
-    assert any(not t.startswith("memgate-embed") for t in threads)

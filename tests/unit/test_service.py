@@ -1,0 +1,89 @@
+"""MemoryService: recall over the store and the write queue, one model call per text, the
+writer's wait for a gap between searches."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from memory.outbox import Outbox
+from memory.records import Exchange, Memory
+from memory.service import MemoryService
+from tests.fakes import FakeEmbedder, MemStore
+
+
+def mem(mid: str, ns: str = "a", text: str = "hello") -> Memory:
+    return Memory(id=mid, namespace=ns, content=text)
+
+
+def _service(tmp_path: Path, store: MemStore) -> MemoryService:
+    return MemoryService(store, FakeEmbedder(), Outbox(tmp_path / "q.sqlite3"))
+
+
+def test_recall_sees_the_newest_queued_memories(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "q.sqlite3", recent=3)
+    box.put([mem(str(i)) for i in range(5)])
+    assert [m.id for m in box.pending("a")] == ["2", "3", "4"]
+    assert box.depth() == 5  # all still queued for the writer
+    box.close()
+    assert [m.id for m in Outbox(tmp_path / "q.sqlite3", recent=3).pending("a")] == ["2", "3", "4"]
+
+
+def test_concurrent_recalls_and_writer_embed_each_text_once(tmp_path: Path) -> None:
+    store = MemStore()
+
+    async def run() -> None:
+        embedder = FakeEmbedder()
+        service = MemoryService(store, embedder, Outbox(tmp_path / "q.sqlite3"))
+        await service.remember(Exchange(namespace="a", user="my cat is Tom", assistant="ok Tom"))
+        await asyncio.gather(*(service.recall("a", "what is my cat") for _ in range(20)))
+        service.writer.start()
+        await service.writer.stop()
+        texts = [t for call in embedder.calls for t in call]
+        assert sorted(texts) == ["my cat is Tom", "ok Tom", "what is my cat"]
+        assert store.count("a") == 2
+
+    asyncio.run(run())
+
+
+def test_a_small_write_waits_for_the_gap_after_a_search() -> None:
+    """Events, not the clock: a gap that waits when it should not would hit the 30 s
+    max_wait, far past the 5 s bound of each step."""
+    from memory.service import SearchTracker
+
+    async def run() -> None:
+        tracker = SearchTracker(recent=30.0, max_wait=30.0)
+        await asyncio.wait_for(tracker.gap(), 5)  # no search yet: at once
+
+        release = asyncio.Event()
+
+        async def search() -> None:
+            with tracker.searching():
+                await release.wait()
+
+        task = asyncio.create_task(search())
+        await asyncio.sleep(0)  # the search is running
+        waiting = asyncio.create_task(tracker.gap())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()  # it waits for the running search to end
+        release.set()
+        await asyncio.wait_for(waiting, 5)
+        await task
+
+        # a search ended just now: the gap waits for the end of the next one
+        waiting = asyncio.create_task(tracker.gap())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not waiting.done()
+        with tracker.searching():
+            pass
+        await asyncio.wait_for(waiting, 5)
+
+        # and never longer than max_wait
+        brief = SearchTracker(recent=30.0, max_wait=0.01)
+        with brief.searching():
+            pass
+        await asyncio.wait_for(brief.gap(), 5)
+
+    asyncio.run(run())
