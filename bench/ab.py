@@ -26,17 +26,9 @@ from pathlib import Path
 
 import httpx
 from fleet import chat, preload, wait_drained
-from load import (
-    Child,
-    free_port,
-    gateway_env,
-    log,
-    memory_texts,
-    question_texts,
-    start_child,
-    stop_child,
-    wait_http,
-)
+from loadbench.children import Child, gateway_env, log, start_child, stop_child, wait_http
+from loadbench.texts import memory_texts, question_texts
+from procs import free_port
 from stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,19 +36,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from load import (
-    MODEL,
+from loadbench import MODEL
+from loadbench.children import (
     Child,
     child_pids,
-    free_port,
     gateway_env,
     log,
-    memory_texts,
-    question_texts,
     start_child,
     stop_child,
     wait_http,
 )
+from loadbench.texts import memory_texts, question_texts
+from procs import free_port
 from stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]
