@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
 import logging
 import socket
 import sys
@@ -119,6 +120,33 @@ def guarded_http(header_timeout: float, body_timeout: float) -> Any:
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
             super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            """A request the HTTP parser refuses (a malformed or oversized head) gets an
+            OpenAI-shaped error too, not uvicorn's plain text."""
+            body = json.dumps(
+                {
+                    "error": {
+                        "message": f"{msg.rstrip('.')}: the request is not valid HTTP/1.1 "
+                        "(or its head is too large)",
+                        "type": "invalid_request_error",
+                        "param": None,
+                        "code": "invalid_http",
+                    }
+                }
+            ).encode()
+            head = [b"HTTP/1.1 400 Bad Request\r\n"]
+            for name, value in self.server_state.default_headers:
+                head.extend([name, b": ", value, b"\r\n"])
+            head.extend(
+                [
+                    b"content-type: application/json\r\n",
+                    b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                    b"connection: close\r\n\r\n",
+                ]
+            )
+            self.transport.write(b"".join(head) + body)
+            self.transport.close()
 
     return GuardedHttpTools
 

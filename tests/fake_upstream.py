@@ -382,12 +382,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a loopback port in a thread; yields its base URL."""
+def serve_in_thread(app: Any, port: int | None = None, http: Any = "auto") -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a loopback port in a thread; yields its base URL.
+    ``http``: uvicorn's protocol (``gateway.server.guarded_http(...)`` as ``memgate serve``)."""
     import uvicorn
 
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", http=http
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -4,6 +4,7 @@ a full disk, slow clients, a slow upstream, a client that leaves before its answ
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import time
@@ -124,6 +125,29 @@ def test_slow_clients_are_cut_and_others_still_served(strict: GatewayProcess) ->
             closed += 1
         conn.close()
     assert closed == len(slow)
+
+
+def test_a_request_http_cannot_parse_gets_an_openai_error(strict: GatewayProcess) -> None:
+    """A malformed request line and a 90 KB URL are refused by the HTTP parser, before the
+    app: still a JSON error body a client can read."""
+    port = int(strict.url.rsplit(":", 1)[1])
+    for request in (
+        b"GET /v1/models\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/memory/memories?filter="
+        + b"%E0%A0%80" * 10_000
+        + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    ):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(request)
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert b"content-type: application/json" in head.lower()
+        error = json.loads(body)["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert error["code"] == "invalid_http"
 
 
 def test_the_upstream_timeout_is_the_whole_answers(

@@ -6,6 +6,7 @@ gateway of its own holding the same data every run."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,11 @@ ARGS = [
     "--disable-sync",
 ]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+# README's screenshots: rewritten only when asked (MEMGATE_SCREENSHOTS=docs), so that a test run
+# leaves the tracked files alone; otherwise they go beside the other artifacts
+DOCS = Path(__file__).resolve().parents[2] / (
+    "docs" if os.environ.get("MEMGATE_SCREENSHOTS") == "docs" else "artifacts"
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +95,13 @@ def test_inspector_search_page_delete_erase(gateway: GatewayProcess, page: Page)
     expect(page).to_have_title("Memory inspector · memgate")
     # the landing page lists the namespaces (no keys configured: everyone is admin)
     card = page.locator(f'.ns-card[data-namespace="{name}"]')
-    while not card.count() and page.get_by_role("button", name="Show more namespaces").is_visible():
-        page.get_by_role("button", name="Show more namespaces").click()
+    cards = page.locator("#ns-list .ns-card")
+    more = page.get_by_role("button", name="Show more namespaces")
+    expect(cards.first).to_be_visible()  # the first page has come
+    while not card.count() and more.is_visible():
+        shown = cards.count()
+        more.click()
+        expect(cards).not_to_have_count(shown)  # that page came before the next click
     expect(card).to_contain_text("25 memories")
     page.get_by_label("Namespace", exact=True).fill(name)
     page.get_by_role("button", name="Open namespace").click()

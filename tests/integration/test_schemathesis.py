@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.generation import GenerationMode
 
+from gateway.server import guarded_http
 from tests.conftest import AppHarness, completion
 from tests.fake_upstream import serve_in_thread
 
@@ -44,7 +45,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             },
         )
     )
-    with serve_in_thread(harness.app) as url:
+    # served as `memgate serve` serves it: the guarded httptools protocol, whose refusal of a
+    # malformed or oversized request head is OpenAI-shaped too
+    with serve_in_thread(harness.app, http=guarded_http(10.0, 60.0)) as url:
         yield url
 
 
