@@ -30,10 +30,10 @@ log = logging.getLogger("memgate.chat")
 ChatBody = dict[str, Any]
 
 
-def parse_chat_body(raw: bytes) -> ChatBody:
-    """Decode and check the fields the gateway reads; everything else is left as it is."""
+def decode_object(raw: bytes, expected: str) -> dict[str, Any]:
+    """The JSON object a request body holds (``expected`` names it in the errors)."""
     if not raw.strip():
-        raise BadRequest("the request body is empty: expected a JSON chat completions request")
+        raise BadRequest(f"the request body is empty: expected a JSON {expected}")
     try:
         body = msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
@@ -42,6 +42,12 @@ def parse_chat_body(raw: bytes) -> ChatBody:
         raise BadRequest(TOO_DEEP, code="invalid_json") from exc
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def parse_chat_body(raw: bytes) -> ChatBody:
+    """Decode and check the fields the gateway reads; everything else is left as it is."""
+    body = decode_object(raw, "chat completions request")
     model = body.get("model")
     if model is None:
         raise BadRequest(

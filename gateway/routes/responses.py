@@ -6,7 +6,7 @@ and the response's output text are remembered as the exchange."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -17,11 +17,12 @@ from gateway.auth import Principal
 from gateway.errors import BadRequest
 from gateway.inject import memory_message
 from gateway.routes.chat import (
-    TOO_DEEP,
     MemoryChat,
     conversation,
+    decode_object,
     describe_tool_calls,
     forward,
+    new_user_text,
     upstream_client_headers,
 )
 from gateway.state import GatewayState
@@ -35,16 +36,7 @@ ResponsesBody = dict[str, Any]
 def parse_responses_body(raw: bytes) -> ResponsesBody:
     """Decode and check the fields the gateway reads (model, input, instructions, stream);
     everything else goes to the upstream as it is."""
-    if not raw.strip():
-        raise BadRequest("the request body is empty: expected a JSON Responses API request")
-    try:
-        body = msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"the request body is not valid JSON: {exc}") from exc
-    except RecursionError as exc:
-        raise BadRequest(TOO_DEEP, code="invalid_json") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the request body must be a JSON object")
+    body = decode_object(raw, "Responses API request")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest(
@@ -99,19 +91,6 @@ def output_text(response: Mapping[str, Any]) -> str:
     return text
 
 
-def new_input_text(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The user turn this request adds: its user messages after the last assistant one."""
-    texts: list[str] = []
-    for message in reversed(messages):
-        if message.get("role") == "assistant":
-            break
-        if message.get("role") == "user":
-            text = content_text(message.get("content")).strip()
-            if text:
-                texts.append(text)
-    return "\n".join(reversed(texts))
-
-
 class MemoryResponse(MemoryChat):
     """One Responses API request with memory: the chat's recall and remember, the Responses
     API's shapes."""
@@ -127,7 +106,7 @@ class MemoryResponse(MemoryChat):
 
     async def remember_stream(self, acc: StreamAccumulator) -> bool:
         reply = output_text(acc.response) if acc.response else acc.text.strip()
-        return await self.remember(new_input_text(self.messages), reply, self.body["model"])
+        return await self.remember(new_user_text(self.messages), reply, self.body["model"])
 
     async def remember_json(self, content: bytes) -> None:
         try:
@@ -138,7 +117,7 @@ class MemoryResponse(MemoryChat):
             return  # not a response: nothing to remember
         if answer.get("status") not in {"completed", "incomplete"}:
             return  # failed, cancelled or still in progress (background): no answer yet
-        user = new_input_text(self.messages)
+        user = new_user_text(self.messages)
         await self.remember(user, output_text(answer), self.body["model"])
 
 
