@@ -5,6 +5,11 @@ embeds queued memories in batches, upserts them into the store (ids are fixed at
 so a replay after a crash cannot duplicate), and only then deletes them from the outbox.
 Whatever is queued when the process starts is replayed. While the store is down, items stay
 queued and the writer retries with backoff.
+
+Locks, outermost first: ``Writer.lock`` (asyncio: one store write, delete or erasure at a
+time, see ``memory.service``) -> ``Outbox._lock`` (the SQLite connection: every statement and
+transaction) -> ``Outbox._queued_lock`` (the in-memory copy of what is queued, by namespace).
+``_queued_lock`` is never held while taking ``_lock``, and no SQLite call runs under it alone.
 """
 
 from __future__ import annotations

@@ -78,9 +78,12 @@ def test_writer_keeps_items_while_store_is_down_then_lands_them_once(tmp_path: P
         service = _service(tmp_path, store)
         service.writer.start()
         await service.remember(Exchange(namespace="a", user="u1", assistant="a1", created_at=1.0))
-        await asyncio.sleep(0.3)
-        assert service.outbox.depth() == 2
+        for _ in range(500):  # until the writer has tried, and failed (bounded: 10 s)
+            if service.writer.last_error:
+                break
+            await asyncio.sleep(0.02)
         assert service.writer.last_error
+        assert service.outbox.depth() == 2
         store.down = False
         for _ in range(300):
             if service.outbox.depth() == 0:

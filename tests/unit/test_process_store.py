@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -126,11 +127,12 @@ def test_the_child_ignores_the_gateways_signals_and_ends_with_its_pipe(
     pid = child_pid(store)
     os.kill(pid, signal.SIGTERM)  # e.g. a Ctrl-C for the whole terminal: not for the child
     os.kill(pid, signal.SIGINT)
-    time.sleep(0.2)
-    assert store.count("a") == 0
-    assert child_pid(store) == pid
     child = store._child
     assert child is not None
+    with pytest.raises(subprocess.TimeoutExpired):  # it does not die of them (waits 0.5 s)
+        child.process.wait(0.5)
+    assert store.count("a") == 0
+    assert child_pid(store) == pid
     store.close()
     assert child.process.poll() is not None
     with pytest.raises(StoreUnavailable):
@@ -149,8 +151,9 @@ def test_a_second_child_waits_for_the_first_to_let_go(tmp_path: Path) -> None:
 
     thread = threading.Thread(target=open_second)
     thread.start()
-    time.sleep(1.0)
-    assert opened == []  # still waiting for the lock
+    thread.join(1.0)
+    assert thread.is_alive()  # still waiting for the lock after a second
+    assert opened == []
     closed_at = time.monotonic()
     first.close()
     thread.join(30)
