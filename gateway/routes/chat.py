@@ -338,6 +338,24 @@ async def _nothing(_: StreamAccumulator) -> bool:
     return True
 
 
+def memory_namespace(
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    body: Mapping[str, Any],
+    *,
+    path_namespace: str | None,
+    query_namespace: str | None,
+) -> str:
+    """The namespace a memory request (chat or Responses) names, from its configured sources,
+    which the key must be allowed to use."""
+    ns = gw.namespaces.resolve(
+        path=path_namespace, query=query_namespace, headers=request.headers, body=body
+    )
+    principal.require_namespace(ns)
+    return ns
+
+
 async def _memory_chat(
     gw: GatewayState,
     principal: Principal,
@@ -348,10 +366,9 @@ async def _memory_chat(
 ) -> Response[Any]:
     started = time.time()
     body = parse_chat_body(await request.body())
-    ns = gw.namespaces.resolve(
-        path=path_namespace, query=query_namespace, headers=request.headers, body=body
+    ns = memory_namespace(
+        gw, principal, request, body, path_namespace=path_namespace, query_namespace=query_namespace
     )
-    principal.require_namespace(ns)
     chat = MemoryChat(gw, ns, body, started, conversation(request.headers))
     hits = await chat.recall()
     if hits:

@@ -22,6 +22,7 @@ from gateway.routes.chat import (
     decode_object,
     describe_tool_calls,
     forward,
+    memory_namespace,
     new_user_text,
     upstream_client_headers,
 )
@@ -131,10 +132,9 @@ async def _memory_responses(
 ) -> Response[Any]:
     started = time.time()
     body = parse_responses_body(await request.body())
-    ns = gw.namespaces.resolve(
-        path=path_namespace, query=query_namespace, headers=request.headers, body=body
+    ns = memory_namespace(
+        gw, principal, request, body, path_namespace=path_namespace, query_namespace=query_namespace
     )
-    principal.require_namespace(ns)
     chat = MemoryResponse(gw, ns, body, started, metadata=conversation(request.headers))
     hits = await chat.recall()
     if hits:
