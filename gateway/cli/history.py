@@ -44,6 +44,7 @@ from memory.records import (
     created_problem,
     from_rfc3339,
     metadata_problem,
+    micros_later,
     role_problem,
     to_rfc3339,
 )
@@ -290,7 +291,7 @@ def _read_item(history: History, where: str, item: Any) -> None:
                 continue
             if base is not None and message.get("created_at") is None:
                 # The line's time, a microsecond apart a message, so that they keep their order.
-                stamp = to_rfc3339(base + (index - 1) * 1e-6)
+                stamp = to_rfc3339(micros_later(base, index - 1))
                 message = {**message, "created_at": stamp}  # noqa: PLW2901
             _read_record(history, inner, message)
         return

@@ -24,7 +24,7 @@ from typing import Any
 
 from gateway.cli.client import ClientError, GatewayClient
 from gateway.cli.history import Record, existing_keys, export_line
-from memory.records import to_rfc3339
+from memory.records import micros_later, to_rfc3339
 
 MAX_BATCH = 1000  # the add endpoint's limit
 MAX_BATCH_BYTES = 2_000_000  # well under the gateway's default 4 MiB body limit
@@ -117,6 +117,7 @@ class Importer:
         self.landed = landed
         self.in_flight = 0  # memories sent whose request has not been answered yet
         self.error: ClientError | None = None
+        # records without a time get the import's start, one microsecond apart, in file order
         self._start = time.time()
         self._index = 0
         self._requests: queue.SimpleQueue[list[Item] | None] = queue.SimpleQueue()
@@ -172,7 +173,7 @@ class Importer:
         for key, record in todo:
             body = record.body(key)
             if record.created_at is None:
-                body["created_at"] = to_rfc3339(self._start + self._index * 1e-6)
+                body["created_at"] = to_rfc3339(micros_later(self._start, self._index))
             self._index += 1
             yield body, record.where
 
