@@ -557,7 +557,7 @@ def score(
 
 # ``[recall]`` keys that change what is stored or indexed: a configuration that changes one
 # is loaded into a data folder of its own.
-INDEX_KEYS = frozenset({"pair_gap_seconds"})
+INDEX_KEYS = frozenset({"pair_gap_seconds", "segment_weight"})
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,7 @@ from urllib.parse import urlparse
 
 import msgspec
 
-from memory.embedder import Vectors
-from memory.records import Filter, Hit, Memory, Metadata
+from memory.records import Filter, Hit, Memory, Metadata, Vectors
 from memory.store import Changes, NamespaceCount, StoreUnavailable, Version, page_of
 
 log = logging.getLogger("memgate.store")

@@ -36,15 +36,16 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
-Vectors = NDArray[np.float32]
+from memory.records import Vectors
+from memory.segments import segments, spans
 
 
 @runtime_checkable
@@ -148,7 +149,43 @@ class OnnxEmbedder:
     def embed(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
         if not texts:
             return np.zeros((0, self._dimension), dtype=np.float32)
-        out = []
+        return np.concatenate(
+            [
+                _unit(_pool(hidden, mask))
+                for hidden, mask, _ in self._passes(texts, batch_size, offsets=False)
+            ]
+        )
+
+    def embed_segmented(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:
+        """``embed_segmented``'s rows in one pass: each segment's vector is the mean of its
+        tokens' embeddings in the whole text (a segment past the model's token window gets a
+        zero row, which never lifts its memory)."""
+        wholes: list[Vectors] = []
+        parts: list[Vectors] = []
+        done = 0
+        for hidden, mask, encoded in self._passes(texts, batch_size, offsets=True):
+            wholes.append(_unit(_pool(hidden, mask)))
+            for row, encoding in enumerate(encoded):
+                for a, b in spans(texts[done + row]):
+                    tokens = [
+                        t
+                        for t, (x, y) in enumerate(encoding.offsets)
+                        if mask[row, t] and y > x and x >= a and y <= b
+                    ]
+                    vector = np.zeros((1, self._dimension), dtype=np.float32)
+                    if tokens:
+                        vector = _unit(hidden[row, tokens].mean(axis=0, keepdims=True))
+                    parts.append(vector)
+            done += len(encoded)
+        if not wholes:
+            return np.zeros((0, self._dimension), dtype=np.float32)
+        return np.concatenate([*wholes, *parts])
+
+    def _passes(
+        self, texts: Sequence[str], batch_size: int, *, offsets: bool
+    ) -> Iterator[tuple[Vectors, NDArray[np.int64], list[Any]]]:
+        """The model's token embeddings (and the attention mask, and the encodings) of
+        ``texts``, a batch at a time."""
         for start in range(0, len(texts), batch_size):
             encoded = self._tokenizer.encode_batch(list(texts[start : start + batch_size]))
             ids = np.array([e.ids for e in encoded], dtype=np.int64)
@@ -157,20 +194,49 @@ class OnnxEmbedder:
             if "token_type_ids" in self._inputs:
                 feed["token_type_ids"] = np.zeros_like(ids)
             hidden = np.asarray(self._session.run(None, feed)[0], dtype=np.float32)
-            if hidden.ndim == 3:  # token embeddings: mean over the real tokens
-                weights = mask[..., None].astype(np.float32)
-                hidden = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-            norms = np.linalg.norm(hidden, axis=1, keepdims=True)
-            out.append(hidden / np.maximum(norms, 1e-12))
-        return np.concatenate(out).astype(np.float32)
+            yield hidden, mask, encoded if offsets else []
+
+
+def _pool(hidden: Vectors, mask: NDArray[np.int64]) -> Vectors:
+    """Sentence vectors from a model's output: the mean over the real tokens of token
+    embeddings (a model that pools itself gives them as they are)."""
+    if hidden.ndim != 3:
+        return hidden
+    weights = mask[..., None].astype(np.float32)
+    return cast("Vectors", (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9))
+
+
+def _unit(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return cast("Vectors", (vectors / np.maximum(norms, 1e-12)).astype(np.float32))
+
+
+def embed_segmented(embedder: Embedder, texts: Sequence[str]) -> Vectors:
+    """The vectors of ``texts``, then those of each text's ``segments`` in order (one block
+    of rows after the other). An embedder with ``embed_segmented`` of its own pools them from
+    the whole text's token embeddings in the same pass; any other embeds the segments as
+    texts."""
+    own = getattr(embedder, "embed_segmented", None)
+    if own is not None:
+        return cast("Vectors", own(texts))
+    return embedder.embed([*texts, *(part for text in texts for part in segments(text))])
+
+
+def segment_rows(texts: Sequence[str]) -> int:
+    """How many segment rows ``embed_segmented`` adds after the rows of ``texts``."""
+    return sum(len(spans(text)) for text in texts)
 
 
 class _Pending:
-    __slots__ = ("future", "texts")
+    __slots__ = ("future", "parts", "segmented", "texts")
 
-    def __init__(self, texts: Sequence[str], future: asyncio.Future[Vectors]) -> None:
+    def __init__(
+        self, texts: Sequence[str], future: asyncio.Future[Vectors], *, segmented: bool = False
+    ) -> None:
         self.texts = texts
         self.future = future
+        self.segmented = segmented
+        self.parts = segment_rows(texts) if segmented else 0  # rows after the texts' own
 
 
 class _Lane:
@@ -253,32 +319,41 @@ class BatchingEmbedder:
     def dimension(self) -> int:
         return self.embedder.dimension
 
-    async def embed(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
+    async def embed(
+        self, texts: Sequence[str], *, background: bool = False, segmented: bool = False
+    ) -> Vectors:
         if not texts:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        return await self.submit(texts, background=background)
+        return await self.submit(texts, background=background, segmented=segmented)
 
-    def submit(self, texts: Sequence[str], *, background: bool = False) -> asyncio.Future[Vectors]:
-        """Queue ``texts`` and return the future of their vectors. When the lane has room, the
+    def submit(
+        self, texts: Sequence[str], *, background: bool = False, segmented: bool = False
+    ) -> asyncio.Future[Vectors]:
+        """Queue ``texts`` and return the future of their vectors (``segmented``: followed by
+        their segments', as ``embed_segmented`` gives them). When the lane has room, the
         model call is handed to its thread right now, not on a later turn of the loop."""
         lane = self._background if background else self._foreground
         future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        lane.queue.append(_Pending(texts, future))
+        lane.queue.append(_Pending(texts, future, segmented=segmented))
         if lane.running < lane.concurrency:
             lane.running += 1
             self._next(lane)
         return future
 
-    async def embed_bulk(self, texts: Sequence[str]) -> Vectors:
+    async def embed_bulk(self, texts: Sequence[str], *, segmented: bool = False) -> Vectors:
         """Many texts at once (an import through the memory API): half of them go through
         the background lane as a backlog (normal priority), so that both cores embed."""
         half = len(texts) // 2
         if half < self._background.busy_batch:
-            return await self.embed(texts)
+            return await self.embed(texts, segmented=segmented)
         first, second = await asyncio.gather(
-            self.embed(texts[:half]), self.embed(texts[half:], background=True)
+            self.embed(texts[:half], segmented=segmented),
+            self.embed(texts[half:], background=True, segmented=segmented),
         )
-        return np.concatenate([first, second])
+        if not segmented:
+            return np.concatenate([first, second])
+        rest = len(texts) - half  # the texts' own rows first, then the segments'
+        return np.concatenate([first[:half], second[:rest], first[half:], second[rest:]])
 
     def _next(self, lane: _Lane) -> None:
         """Start the lane's next model call, on everything queued (up to ``max_batch`` texts),
@@ -287,14 +362,24 @@ class BatchingEmbedder:
         while lane.queue:
             batch: list[_Pending] = []
             size = 0
-            while lane.queue and (not batch or size + len(lane.queue[0].texts) <= self.max_batch):
+            segmented = lane.queue[0].segmented  # a batch is of one kind
+            while (
+                lane.queue
+                and lane.queue[0].segmented == segmented
+                and (not batch or size + len(lane.queue[0].texts) <= self.max_batch)
+            ):
                 item = lane.queue.pop(0)
                 batch.append(item)
                 size += len(item.texts)
             texts = [t for item in batch for t in item.texts]
+            model = (
+                functools.partial(embed_segmented, self.embedder)
+                if segmented
+                else self.embedder.embed
+            )
             try:
                 call = asyncio.get_running_loop().run_in_executor(
-                    lane.executor_for(size), self.embedder.embed, texts
+                    lane.executor_for(size), model, texts
                 )
             except Exception as exc:
                 _fail(batch, exc)
@@ -311,16 +396,21 @@ class BatchingEmbedder:
             if done.cancelled():
                 raise asyncio.CancelledError
             vectors = done.result()  # the model's error, if it raised
-            if len(vectors) != sum(len(item.texts) for item in batch):
+            own = sum(len(item.texts) for item in batch)
+            if len(vectors) != own + sum(item.parts for item in batch):
                 raise RuntimeError(
-                    f"the model returned {len(vectors)} vectors for "
-                    f"{sum(len(item.texts) for item in batch)} texts"
+                    f"the model returned {len(vectors)} vectors for {own} texts"
+                    f" and {sum(item.parts for item in batch)} segments"
                 )
-            start = 0
+            start, part = 0, own  # a segmented batch: every text's row, then the segments'
             for item in batch:
                 end = start + len(item.texts)
+                rows = vectors[start:end]
+                if item.parts:
+                    rows = np.concatenate([rows, vectors[part : part + item.parts]])
+                    part += item.parts
                 if not item.future.done():
-                    item.future.set_result(vectors[start:end])
+                    item.future.set_result(rows)
                 start = end
         except BaseException as exc:  # handed to every waiter still waiting
             _fail(batch, exc)

@@ -40,9 +40,8 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from memory.embedder import Vectors
 from memory.lexical import LexicalIndex, NamespaceIndex
-from memory.records import Filter, Hit, Memory, id_micros, matches, sort_key
+from memory.records import Filter, Hit, Memory, Vectors, id_micros, matches, sort_key
 from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount, Version
 
 log = logging.getLogger("memgate.store")
@@ -252,6 +251,16 @@ class HybridStore:
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> builtins.list[tuple[str, float]]:
         return self.store.nearest(namespace, vector, k, where)
+
+    def segment_vectors(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        """The copy's encoded segment vectors (``memory.segments``) of those of
+        ``memory_ids`` that have them."""
+        return self.lexical.segment_vectors(namespace, memory_ids)
+
+    def keep_segments(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
+        """Keep segment vectors in the copy, beside their memories (dropped with them):
+        (memory id, the content they were computed from, encoded vectors)."""
+        self.lexical.keep_segments(namespace, items)
 
     def search_text(
         self, namespace: str, text: str, k: int, where: Filter | None = None

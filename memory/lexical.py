@@ -13,6 +13,9 @@ namespace (by ``created_at``, when at most ``pair_gap`` seconds apart), since a 
 only makes sense with the turn it answers. A memory's lexical score is the best of its own
 BM25 score and ``pair_weight`` times the score of either pair it belongs to.
 
+Beside a memory, its segment vectors (``memory.segments``: its sentences embedded one by one)
+are kept when it has them; they go when it goes.
+
 All of it is derived data: the store is the truth, and ``HybridStore`` keeps these copies in
 step with it. Removed memories are remembered as ``gone`` (their place in the listing), so a
 page cursor naming one still says where its page ended.
@@ -139,6 +142,7 @@ CREATE TABLE IF NOT EXISTS gone (
     mid TEXT PRIMARY KEY, created_us INTEGER NOT NULL, at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
+CREATE TABLE IF NOT EXISTS segs (rid INTEGER PRIMARY KEY, vectors BLOB NOT NULL);
 """
 
 _SEARCH = (
@@ -268,6 +272,7 @@ class NamespaceIndex:
         following = self._neighbour(rid, after=True)
         self.db.execute("DELETE FROM plain WHERE rowid = ?", (rid,))
         self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
+        self.db.execute("DELETE FROM segs WHERE rid = ?", (rid,))
         self.db.execute("DELETE FROM docs WHERE rid = ?", (rid,))
         if following is not None:
             self._relink(following)
@@ -293,10 +298,29 @@ class NamespaceIndex:
         """Make the index hold exactly ``memories`` (one transaction: a reader sees the old
         index or the new one)."""
         with self.transaction():
-            for table in ("docs", "plain", "pair", "gone"):
+            # segment vectors are kept for the memories that come back unchanged
+            kept = [
+                (mid, content, bytes(blob))
+                for mid, content, blob in self.db.execute(
+                    "SELECT d.mid, d.content, s.vectors FROM docs d JOIN segs s ON s.rid = d.rid"
+                )
+            ]
+            for table in ("docs", "plain", "pair", "gone", "segs"):
                 self.db.execute(f"DELETE FROM {table}")
             for memory in sorted(memories, key=lambda m: (m.created_at, m.id)):
                 self._put(memory)
+            self.keep_segments(kept)
+
+    def keep_segments(self, items: Iterable[tuple[str, str, bytes]]) -> None:
+        """Keep memories' encoded segment vectors (``memory.segments``), given as (id,
+        content the vectors were computed from, vectors): those of memories the index does
+        not hold, or holds with another content (removed or changed meanwhile), are dropped."""
+        with self.transaction():
+            self.db.executemany(
+                "INSERT OR REPLACE INTO segs(rid, vectors) "
+                "SELECT rid, ? FROM docs WHERE mid = ? AND content = ?",
+                [(blob, mid, content) for mid, content, blob in items],
+            )
 
     def set_state(self, **values: Any) -> None:
         self.db.executemany(
@@ -340,6 +364,17 @@ class NamespaceIndex:
             (_ENCODE(list(memory_ids)),),
         ).fetchone()
         return {m.id: m for m in _DECODE_LIST(found)}
+
+    def segment_vectors(self, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        """The encoded segment vectors of those of ``memory_ids`` that have them."""
+        if not memory_ids:
+            return {}
+        rows = self.db.execute(
+            "SELECT d.mid, s.vectors FROM docs d JOIN segs s ON s.rid = d.rid "
+            "WHERE d.mid IN (SELECT value FROM json_each(?))",
+            (_ENCODE(list(memory_ids)),),
+        )
+        return {mid: bytes(blob) for mid, blob in rows}
 
     def page(self, before: tuple[int, str] | None, limit: int) -> list[Memory]:
         """Up to ``limit`` memories, newest first (by ``records.sort_key``), that stand
@@ -495,6 +530,13 @@ class LexicalIndex:
 
     def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
         return self.run(namespace, lambda index: index.memories(memory_ids)) or {}
+
+    def segment_vectors(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        return self.run(namespace, lambda index: index.segment_vectors(memory_ids)) or {}
+
+    def keep_segments(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
+        if items:
+            self.run(namespace, lambda index: index.keep_segments(items))
 
     def page(self, namespace: str, before: tuple[int, str] | None, limit: int) -> list[Memory]:
         return self.run(namespace, lambda index: index.page(before, limit)) or []

@@ -33,8 +33,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from memory.embedder import Vectors
-from memory.records import Filter, Hit, Memory
+from memory.records import Filter, Hit, Memory, Vectors
 from memory.store import Changes, MemoryStore, NamespaceCount, StoreUnavailable, Version
 
 log = logging.getLogger("memgate.store")

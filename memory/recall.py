@@ -36,6 +36,7 @@ class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     recency_weight: float = 0.0
     recency_half_life_days: float = 30.0
     content_free_weight: float = 0.5
+    segment_weight: float = 1.0
 
     @property
     def recency_half_life(self) -> float:

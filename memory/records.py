@@ -10,6 +10,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import numpy as np
+from numpy.typing import NDArray
+
+Vectors = NDArray[np.float32]  # rows of vectors, each L2-normalised
 
 MetadataValue = str | int | float | bool
 Metadata = dict[str, MetadataValue]

@@ -36,7 +36,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from memory.embedder import BatchingEmbedder, Embedder, Vectors
+from memory.embedder import BatchingEmbedder, Embedder
+from memory.hybrid import HybridStore
 from memory.outbox import Outbox, Queued, Writer
 from memory.recall import RecallSettings, hybrid, rank
 from memory.records import (
@@ -44,11 +45,13 @@ from memory.records import (
     Filter,
     Hit,
     Memory,
+    Vectors,
     cursor_at,
     id_micros,
     matches,
     micros,
 )
+from memory.segments import encode, rescore, spans
 from memory.store import MemoryStore, NamespaceCount, Version
 
 log = logging.getLogger("memgate.service")
@@ -137,6 +140,17 @@ class MemoryService:
         self._background: set[asyncio.Future[Vectors]] = set()
         self._searches = SearchTracker()
         self._gap_batch = gap_batch
+        # Segment vectors (memory.segments) live in the store's local copy: only a
+        # HybridStore has one. Memories met in a recall without theirs are filled in the
+        # background, one task at a time per memory.
+        self._segments = (
+            store if isinstance(store, HybridStore) and self.settings.segment_weight > 0 else None
+        )
+        self._filling: set[str] = set()
+        # Encoded segment vectors by text, from the segmented model calls of ``remember``
+        # (the writer takes them from here), on the event loop only, like ``_vectors``.
+        self._segment_cache: OrderedDict[str, bytes] = OrderedDict()
+        self._fills: set[asyncio.Future[None]] = set()
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -146,12 +160,14 @@ class MemoryService:
             return
         memories = [item.memory for item in items]
         vectors = await self._vectors_for(memories)
+        kept = await self._segments_for(memories)
         if len(memories) <= self._gap_batch:
             # Light traffic: a store write stalls the store's searches while it runs (embedded
             # Chroma holds its process's GIL), so a short one waits for the gap after a
             # search. A bigger batch means a backlog: it is written at once.
             await self._searches.gap()
         await asyncio.to_thread(self.store.add, memories, vectors)
+        await asyncio.to_thread(self._keep_segments, kept)
         # A namespace erased through another gateway while this batch was being written: the
         # erasure covers what was queued before it, which this write may have brought back.
         still = {item.seq for item in await self._not_erased(items)}
@@ -193,13 +209,17 @@ class MemoryService:
     async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
         return await self._embed_texts([m.content for m in memories], background=True)
 
-    async def _embed_texts(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
+    async def _embed_texts(
+        self, texts: Sequence[str], *, background: bool = False, segmented: bool = False
+    ) -> Vectors:
         """Vectors for ``texts``: cached, being embedded for another caller, or embedded now
         in one model call (see ``_request``)."""
-        return await self._collect(texts, self._request(texts, background=background))
+        return await self._collect(
+            texts, self._request(texts, background=background, segmented=segmented)
+        )
 
     def _request(
-        self, texts: Sequence[str], *, background: bool = False
+        self, texts: Sequence[str], *, background: bool = False, segmented: bool = False
     ) -> dict[str, Vectors | tuple[asyncio.Future[Vectors], int]]:
         """Where each text's vector is: cached, or (future, row) of a model call, another
         caller's or one started here and now. Each call runs as its own task, so a caller
@@ -215,8 +235,9 @@ class MemoryService:
             else:
                 todo.append(text)
         if todo:
-            call = self.embedder.submit(todo, background=background)
-            task = asyncio.ensure_future(self._cache(todo, call))
+            segmented = segmented and self._segments is not None
+            call = self.embedder.submit(todo, background=background, segmented=segmented)
+            task = asyncio.ensure_future(self._cache(todo, call, segmented=segmented))
             for i, text in enumerate(todo):
                 self._inflight[text] = where[text] = (task, i)
         return where
@@ -246,14 +267,24 @@ class MemoryService:
                 found[text] = place
         return np.stack([found[t] for t in texts])
 
-    async def _cache(self, texts: builtins.list[str], call: asyncio.Future[Vectors]) -> Vectors:
+    async def _cache(
+        self, texts: builtins.list[str], call: asyncio.Future[Vectors], *, segmented: bool = False
+    ) -> Vectors:
+        """The call's vectors, cached by text (a segmented call's segment rows too, after
+        the texts' own, which are what its waiters read)."""
         try:
             vectors = await call
-            for text, vector in zip(texts, vectors, strict=True):
+            for text, vector in zip(texts, vectors, strict=False):
                 self._vectors[text] = vector
                 self._vectors.move_to_end(text)
             while len(self._vectors) > self._vector_cache:
                 self._vectors.popitem(last=False)
+            if segmented:
+                for memory_text, blob in _encoded_parts(texts, vectors):
+                    self._segment_cache[memory_text] = blob
+                    self._segment_cache.move_to_end(memory_text)
+                while len(self._segment_cache) > self._vector_cache:
+                    self._segment_cache.popitem(last=False)
             return vectors
         finally:
             for text in texts:
@@ -267,7 +298,7 @@ class MemoryService:
         # Embed the new texts now, in the background: the next recall of this namespace reads
         # them from the queue and finds their vectors ready, as will the writer.
         task = asyncio.ensure_future(
-            self._embed_texts([m.content for m in memories], background=True)
+            self._embed_texts([m.content for m in memories], background=True, segmented=True)
         )
         self._background.add(task)
         task.add_done_callback(self._background_done)
@@ -280,10 +311,93 @@ class MemoryService:
 
     async def add(self, memories: Sequence[Memory]) -> None:
         """Embed and store memories now (the direct memory API)."""
-        vectors = await self.embedder.embed_bulk([m.content for m in memories])
+        vectors, kept = await self._embed_memories(memories)
         # Under the writer's lock, so that a concurrent erase is never interleaved with it.
         async with self.writer.lock:
             await asyncio.to_thread(self.store.add, memories, vectors)
+            await asyncio.to_thread(self._keep_segments, kept)
+
+    # -- segment vectors (memory.segments) ---------------------------------------------------
+
+    def _multi(self, memories: Iterable[Memory]) -> builtins.list[Memory]:
+        """The memories that get segment vectors (none when they are off)."""
+        if self._segments is None:
+            return []
+        return [m for m in memories if spans(m.content)]
+
+    async def _embed_memories(
+        self, memories: Sequence[Memory]
+    ) -> tuple[Vectors, builtins.list[tuple[Memory, bytes]]]:
+        """The memories' vectors and their encoded segment vectors, in one bulk model call."""
+        segmented = self._segments is not None
+        rows = await self.embedder.embed_bulk([m.content for m in memories], segmented=segmented)
+        return rows[: len(memories)], _with_parts(memories, rows) if segmented else []
+
+    async def _segments_for(
+        self, memories: Sequence[Memory]
+    ) -> builtins.list[tuple[Memory, bytes]]:
+        """The encoded segment vectors of the memories that get them: from the segmented
+        calls of ``remember``, else from one call now (in the background lane)."""
+        multi = self._multi(memories)
+        out = [(m, blob) for m in multi if (blob := self._segment_cache.get(m.content))]
+        rest = [m for m in multi if m.content not in self._segment_cache]
+        if rest:
+            rows = await self.embedder.embed(
+                [m.content for m in rest], background=True, segmented=True
+            )
+            out += _with_parts(rest, rows)
+        return out
+
+    def _keep_segments(self, kept: Sequence[tuple[Memory, bytes]]) -> None:
+        """Keep encoded segment vectors beside their memories (in a worker thread)."""
+        if self._segments is None or not kept:
+            return
+        by_ns: dict[str, builtins.list[tuple[str, str, bytes]]] = {}
+        for memory, blob in kept:
+            by_ns.setdefault(memory.namespace, []).append((memory.id, memory.content, blob))
+        for namespace, items in by_ns.items():
+            self._segments.keep_segments(namespace, items)
+
+    def _dense(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None
+    ) -> tuple[builtins.list[Hit], builtins.list[Memory]]:
+        """The dense ranking, rescored with the candidates' segment vectors (in a worker
+        thread); and the candidates that should have segment vectors and have none yet."""
+        hits = self.store.search(namespace, vector, k, where)
+        if self._segments is None:
+            return hits, []
+        multi = self._multi(h.memory for h in hits)
+        if not multi:
+            return hits, []
+        found = self._segments.segment_vectors(namespace, [m.id for m in multi])
+        missing = [m for m in multi if m.id not in found]
+        return rescore(hits, found, vector, self.settings.segment_weight), missing
+
+    def _fill_segments(self, memories: Sequence[Memory]) -> None:
+        """Embed and keep, in the background, the segment vectors of memories that have
+        none (written through another gateway, or before they existed)."""
+        todo = [m for m in memories if m.id not in self._filling]
+        if not todo:
+            return
+        self._filling.update(m.id for m in todo)
+
+        async def fill() -> None:
+            try:
+                rows = await self.embedder.embed(
+                    [m.content for m in todo], background=True, segmented=True
+                )
+                await asyncio.to_thread(self._keep_segments, _with_parts(todo, rows))
+            finally:
+                self._filling.difference_update(m.id for m in todo)
+
+        task = asyncio.ensure_future(fill())
+        self._fills.add(task)
+        task.add_done_callback(self._fill_done)
+
+    def _fill_done(self, task: asyncio.Future[None]) -> None:
+        self._fills.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not fill segment vectors: %s", task.exception())
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -320,9 +434,11 @@ class MemoryService:
                     erasure = asyncio.ensure_future(self._unerased(namespace, pending))
             query_vec = (await embedding)[0]
             with self._searches.searching():
-                dense = await asyncio.to_thread(
-                    self.store.search, namespace, query_vec, candidates, where
+                dense, unsegmented = await asyncio.to_thread(
+                    self._dense, namespace, query_vec, candidates, where
                 )
+            if unsegmented:
+                self._fill_segments(unsegmented)
             matched = await lexical if dense else []
             hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
             if queued is not None:
@@ -394,9 +510,10 @@ class MemoryService:
         changed = msgspec.structs.replace(current, **changes)
         if changed == current:
             return current
-        vectors = await self.embedder.embed_bulk([changed.content])
+        vectors, kept = await self._embed_memories([changed])
         await asyncio.to_thread(self.store.keep_version, current, time.time())
         await asyncio.to_thread(self.store.add, [changed], vectors)
+        await asyncio.to_thread(self._keep_segments, kept)
         return changed
 
     async def versions(self, namespace: str, memory_id: str) -> builtins.list[Version]:
@@ -430,6 +547,8 @@ class MemoryService:
         """Write what is queued (for at most ``flush_seconds``), then stop the writer and the
         embedder; the store and the queue are their owner's to close."""
         await self.writer.stop(flush_seconds)
+        for task in builtins.list(self._fills):
+            task.cancel()
         self.embedder.close()
 
     async def adopt(self, queues: Iterable[Path]) -> int:
@@ -529,6 +648,22 @@ def _discard(*futures: asyncio.Future[Any] | None) -> None:
         future.cancel()
         if future.done() and not future.cancelled():
             future.exception()
+
+
+def _encoded_parts(texts: Sequence[str], rows: Vectors) -> Iterator[tuple[str, bytes]]:
+    """The texts with segments and their encoded segment vectors, from a segmented call's
+    rows (the texts' own, then every text's segments in order)."""
+    at = len(texts)
+    for text in texts:
+        count = len(spans(text))
+        if count:
+            yield text, encode(rows[at : at + count])
+            at += count
+
+
+def _with_parts(memories: Sequence[Memory], rows: Vectors) -> builtins.list[tuple[Memory, bytes]]:
+    by_text = dict(_encoded_parts([m.content for m in memories], rows))
+    return [(m, by_text[m.content]) for m in memories if m.content in by_text]
 
 
 def _now() -> float:

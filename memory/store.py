@@ -17,8 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import msgspec
 
-from memory.embedder import Vectors
-from memory.records import Filter, Hit, Memory, id_micros, matches, sort_key
+from memory.records import Filter, Hit, Memory, Vectors, id_micros, matches, sort_key
 
 
 class StoreUnavailable(Exception):

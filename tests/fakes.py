@@ -11,8 +11,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from memory.embedder import Vectors
-from memory.records import Filter, Hit, Memory, matches
+from memory.records import Filter, Hit, Memory, Vectors, matches
 from memory.store import Changes, NamespaceCount, StoreUnavailable, Version, page_of
 
 _WORD = re.compile(r"\w+")

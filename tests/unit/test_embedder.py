@@ -13,8 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from memory.embedder import BatchingEmbedder, Vectors
+from memory.embedder import BatchingEmbedder
 from memory.outbox import Outbox
+from memory.records import Vectors
 from memory.service import EmbeddingTimeout, MemoryService
 from tests.fakes import FakeEmbedder, MemStore
 
