@@ -24,6 +24,9 @@ the done-callbacks run there; the worker threads see only the texts and return v
   are resolved exactly once: rows on success, the error otherwise (the model raising, a
   wrong number of rows, an executor shut down before the call could start). No waiter is
   ever left pending, so a lane cannot stall its later callers.
+- A batch holds plain requests or segmented ones (texts whose segments' rows follow
+  theirs: ``embed_segmented``), never both; each waiter gets its texts' rows, then its
+  segments' rows.
 - A waiter that is cancelled does not cancel the model call (others may share it); its
   future is skipped when the rows arrive.
 """
@@ -166,14 +169,15 @@ class OnnxEmbedder:
         for hidden, mask, encoded in self._passes(texts, batch_size, offsets=True):
             wholes.append(_unit(_pool(hidden, mask)))
             for row, encoding in enumerate(encoded):
-                for a, b in spans(texts[done + row]):
-                    tokens = [
-                        t
-                        for t, (x, y) in enumerate(encoding.offsets)
-                        if mask[row, t] and y > x and x >= a and y <= b
-                    ]
+                places = spans(texts[done + row])
+                if not places:
+                    continue
+                offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+                real = (mask[row] > 0) & (offsets[:, 1] > offsets[:, 0])  # no special tokens
+                for a, b in places:
+                    tokens = real & (offsets[:, 0] >= a) & (offsets[:, 1] <= b)
                     vector = np.zeros((1, self._dimension), dtype=np.float32)
-                    if tokens:
+                    if tokens.any():
                         vector = _unit(hidden[row, tokens].mean(axis=0, keepdims=True))
                     parts.append(vector)
             done += len(encoded)

@@ -12,6 +12,9 @@ Concurrency (the rules a change must keep):
   its cancellation (a client gone) leaves the call to the others. A recall waits at most
   ``embed_timeout`` seconds for its query's vector (then it fails, and the chat answers
   without memories): a stalled model must not hold requests for ever.
+- The segment-vector cache (``_segment_cache``: text -> encoded segment vectors of the
+  segmented calls of ``remember``, which the writer stores) and the set of memories whose
+  segment vectors are being filled in (``_filling``) are event-loop-only state too.
 - Lock order, outermost first: ``Writer.lock`` (an asyncio lock: writes, deletes, updates
   and erasures of the store are serialized with the writer's batches) -> the store's own
   locks (``HybridStore``'s per-namespace stripes, then ``LexicalIndex``'s writer lock; its
