@@ -1,0 +1,237 @@
+"""Recall quality in seconds: the product's recall, in-process, on both checks.
+
+Runs what ``MemoryService.recall`` runs for a stored namespace (the real model and its
+segment vectors, the real lexical index, ``rescore``, ``hybrid`` and ``rank``), with a
+brute-force cosine in place of Chroma's HNSW index, on the LoCoMo development subset and on
+the generated chat histories of ``history_check.py``. Vectors are cached under ``--cache``,
+so a second run with other settings takes seconds: use it to try a setting before measuring
+it through the API (``locomo.py``, ``history_check.py``), whose figures it matches within a
+point or two (exactly without segment vectors).
+
+    python bench/recall_offline.py ../shared/locomo/locomo-dev.json \\
+        [--set segment_weight=0] [--set fusion_k=60] [--candidates 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import history_check
+import locomo
+import msgspec
+import numpy as np
+
+from memory.embedder import OnnxEmbedder
+from memory.lexical import NamespaceIndex
+from memory.recall import RecallSettings, hybrid, rank
+from memory.records import Hit, Memory, Vectors
+from memory.segments import encode, rescore, spans
+
+CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
+
+
+@dataclass
+class Question:
+    text: str
+    kind: str
+    evidence: tuple[str, ...]
+    older: tuple[str, ...] = ()
+
+
+@dataclass
+class Namespace:
+    name: str
+    memories: list[Memory]
+    questions: list[Question]
+    vectors: Vectors = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    queries: Vectors = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+    segments: dict[str, bytes] = field(default_factory=dict)
+    index: NamespaceIndex | None = None
+
+
+def locomo_namespaces(path: Path) -> list[Namespace]:
+    out = []
+    for conv in locomo.load_conversations(path):
+        memories = [
+            Memory(
+                id=t.dia_id,
+                namespace=conv.sample_id,
+                content=t.content,
+                created_at=datetime.strptime(t.created_at, "%Y-%m-%dT%H:%M:%SZ")
+                .replace(tzinfo=UTC)
+                .timestamp()
+                if t.created_at
+                else 0.0,
+            )
+            for t in conv.turns
+        ]
+        questions = [
+            Question(q.text, CATEGORIES.get(q.category, str(q.category)), q.evidence)
+            for q in conv.questions
+            if q.text.strip()
+        ]
+        out.append(Namespace(conv.sample_id, memories, questions))
+    return out
+
+
+def history_namespaces(seed: int) -> list[Namespace]:
+    out = []
+    for h in history_check.generate(seed, 6, 90):
+        memories = [
+            Memory(
+                id=m.mid,
+                namespace=h.persona,
+                content=m.text,
+                role=m.role,
+                created_at=float(int(m.created.timestamp())),  # as the API stores it
+            )
+            for m in h.messages
+        ]
+        questions = [Question(p.text, p.kind, p.evidence, p.older) for p in h.probes]
+        out.append(Namespace(h.persona, memories, questions))
+    return out
+
+
+class Vectorizer:
+    """The product's embedder, its rows cached on disk by the texts they are of."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache = cache
+        cache.mkdir(parents=True, exist_ok=True)
+        self._model: OnnxEmbedder | None = None
+
+    def model(self) -> OnnxEmbedder:
+        if self._model is None:
+            self._model = OnnxEmbedder(threads=2)
+        return self._model
+
+    def rows(self, kind: str, texts: list[str]) -> Vectors:
+        digest = hashlib.sha256("\x00".join([kind, *texts]).encode()).hexdigest()[:32]
+        file = self.cache / f"{kind}-{digest}.npy"
+        if file.exists():
+            return np.asarray(np.load(file), dtype=np.float32)
+        model = self.model()
+        rows = model.embed_segmented(texts) if kind == "segmented" else model.embed(texts)
+        np.save(file, rows)
+        return rows
+
+
+def prepare(
+    namespaces: Sequence[Namespace], vectorizer: Vectorizer, folder: Path, settings: RecallSettings
+) -> None:
+    for ns in namespaces:
+        texts = [m.content for m in ns.memories]
+        rows = vectorizer.rows("segmented", texts)
+        ns.vectors = rows[: len(texts)]
+        at = len(texts)
+        for memory in ns.memories:
+            count = len(spans(memory.content))
+            if count:
+                ns.segments[memory.id] = encode(rows[at : at + count])
+                at += count
+        ns.queries = vectorizer.rows("plain", [q.text for q in ns.questions])
+        ns.index = NamespaceIndex(
+            folder / f"{ns.name}.sqlite3", pair_gap=settings.pair_gap_seconds, pair_weight=0.8
+        )
+        ns.index.put(ns.memories)
+
+
+def recall(ns: Namespace, number: int, settings: RecallSettings, candidates: int) -> list[str]:
+    """What ``MemoryService.recall`` returns for question ``number`` (ids, best first)."""
+    assert ns.index is not None
+    question, query = ns.questions[number], ns.queries[number]
+    cosines = ns.vectors @ query
+    top = np.argsort(-cosines)[:candidates]
+    dense = [Hit(ns.memories[i], float(cosines[i]), float(cosines[i])) for i in top]
+    if settings.segment_weight > 0:
+        found = {h.memory.id: ns.segments[h.memory.id] for h in dense if h.memory.id in ns.segments}
+        dense = rescore(dense, found, query, settings.segment_weight)[: settings.candidates]
+    ns.index.pair_weight = settings.pair_weight
+    lexical = ns.index.search(question.text, settings.candidates) if settings.lexical else []
+    hits = hybrid(dense, lexical, k=settings.candidates, fusion_k=settings.fusion_k)
+    ranked = rank(
+        hits,
+        floor=settings.similarity_floor,
+        content_free_weight=settings.content_free_weight,
+    )
+    return [h.memory.id for h in ranked]
+
+
+def recall_at(evidence: Sequence[str], found: Sequence[str], k: int, known: set[str]) -> float:
+    if not evidence:
+        return 1.0
+    return sum(1 for e in evidence if e in known and e in found[:k]) / len(evidence)
+
+
+def report(
+    title: str, namespaces: Sequence[Namespace], settings: RecallSettings, candidates: int
+) -> str:
+    rows: dict[str, list[tuple[float, float]]] = {}
+    newer = changed = 0
+    for ns in namespaces:
+        known = {m.id for m in ns.memories}
+        for number, q in enumerate(ns.questions):
+            found = recall(ns, number, settings, candidates)
+            row = (recall_at(q.evidence, found, 5, known), recall_at(q.evidence, found, 10, known))
+            rows.setdefault(q.kind, []).append(row)
+            rows.setdefault("overall", []).append(row)
+            if q.older:
+                changed += 1
+                top = found[:10]
+                latest = q.evidence[0]
+                if latest in top and all(
+                    o not in top or top.index(o) > top.index(latest) for o in q.older
+                ):
+                    newer += 1
+    lines = [f"## {title}", "", "| Questions | Count | R@5 | R@10 |", "|---|---:|---:|---:|"]
+    for kind, values in sorted(rows.items(), key=lambda item: item[0] == "overall"):
+        r5 = 100 * sum(v[0] for v in values) / len(values)
+        r10 = 100 * sum(v[1] for v in values) / len(values)
+        lines.append(f"| {kind} | {len(values)} | {r5:.1f} | {r10:.1f} |")
+    if changed:
+        lines += ["", f"Newer fact first: {100 * newer / changed:.1f}% of {changed}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data", type=Path, help="a LoCoMo JSON file (locomo10.json layout)")
+    parser.add_argument("--seed", type=int, default=7, help="of the generated histories")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a [recall] setting"
+    )
+    parser.add_argument(
+        "--candidates",
+        type=int,
+        default=None,
+        help="dense candidates rescored by their segments (default: recall.candidates)",
+    )
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "memgate-rx")
+    args = parser.parse_args(argv)
+    values: dict[str, str] = dict(item.partition("=")[::2] for item in args.set)
+    settings = msgspec.convert(values, RecallSettings, strict=False)
+    candidates = args.candidates or settings.candidates
+    vectorizer = Vectorizer(args.cache)
+    with tempfile.TemporaryDirectory() as folder:
+        checks = [
+            ("LoCoMo", locomo_namespaces(args.data)),
+            (f"History check (seed {args.seed})", history_namespaces(args.seed)),
+        ]
+        for title, namespaces in checks:
+            prepare(namespaces, vectorizer, Path(folder), settings)
+            print(report(title, namespaces, settings, candidates))
+            for ns in namespaces:
+                if ns.index is not None:
+                    ns.index.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
