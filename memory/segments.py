@@ -56,6 +56,11 @@ def spans(text: str) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out[:MAX_SEGMENTS]] if len(out) > 1 else []
 
 
+def has_segments(text: str) -> bool:
+    """Whether ``spans`` finds any (cheap when the text has no sentence or line break)."""
+    return _BOUNDARY.search(text) is not None and bool(spans(text))
+
+
 def segments(text: str) -> list[str]:
     """The texts of ``spans``."""
     return [text[a:b] for a, b in spans(text)]
@@ -78,17 +83,19 @@ def rescore(
     encoded segment vectors by memory id), best first."""
     if weight <= 0 or not found:
         return list(hits)
-    dimension = int(query.shape[0])
-    out: list[Hit] = []
-    for hit in hits:
-        blob = found.get(hit.memory.id)
-        mixed = -1.0
-        if blob is not None:
-            best = float((decode(blob, dimension) @ query).max())
-            mixed = weight * best + (1.0 - weight) * hit.cosine
+    lifted = [i for i, hit in enumerate(hits) if hit.memory.id in found]
+    if not lifted:
+        return list(hits)
+    blobs = [found[hits[i].memory.id] for i in lifted]
+    row_bytes = 2 * int(query.shape[0])  # float16
+    starts = np.cumsum([0] + [len(blob) // row_bytes for blob in blobs[:-1]])
+    cosines = decode(b"".join(blobs), int(query.shape[0])) @ query  # one product for all
+    best = np.maximum.reduceat(cosines, starts)
+    out = list(hits)
+    for i, segment in zip(lifted, best.tolist(), strict=True):
+        hit = hits[i]
+        mixed = weight * segment + (1.0 - weight) * hit.cosine
         if mixed > hit.cosine:
-            out.append(msgspec.structs.replace(hit, score=mixed, similarity=mixed))
-        else:
-            out.append(hit)
+            out[i] = msgspec.structs.replace(hit, score=mixed, similarity=mixed)
     out.sort(key=lambda h: h.score, reverse=True)
     return out

@@ -54,7 +54,7 @@ from memory.records import (
     matches,
     micros,
 )
-from memory.segments import encode, rescore, spans
+from memory.segments import encode, has_segments, rescore, spans
 from memory.store import MemoryStore, NamespaceCount, Version
 
 log = logging.getLogger("memgate.service")
@@ -326,7 +326,7 @@ class MemoryService:
         """The memories that get segment vectors (none when they are off)."""
         if self._segments is None:
             return []
-        return [m for m in memories if spans(m.content)]
+        return [m for m in memories if has_segments(m.content)]
 
     async def _embed_memories(
         self, memories: Sequence[Memory]
@@ -367,13 +367,10 @@ class MemoryService:
         """The dense ranking, rescored with the candidates' segment vectors (in a worker
         thread); and the candidates that should have segment vectors and have none yet."""
         hits = self.store.search(namespace, vector, k, where)
-        if self._segments is None:
+        if self._segments is None or not hits:
             return hits, []
-        multi = self._multi(h.memory for h in hits)
-        if not multi:
-            return hits, []
-        found = self._segments.segment_vectors(namespace, [m.id for m in multi])
-        missing = [m for m in multi if m.id not in found]
+        found = self._segments.segment_vectors(namespace, [h.memory.id for h in hits])
+        missing = self._multi(h.memory for h in hits if h.memory.id not in found)
         return rescore(hits, found, vector, self.settings.segment_weight), missing
 
     def _fill_segments(self, memories: Sequence[Memory]) -> None:

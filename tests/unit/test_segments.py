@@ -13,7 +13,7 @@ from memory.lexical import LexicalIndex, NamespaceIndex
 from memory.outbox import Outbox
 from memory.recall import RecallSettings
 from memory.records import Exchange, Hit, Memory
-from memory.segments import MAX_SEGMENTS, decode, encode, rescore, segments
+from memory.segments import MAX_SEGMENTS, decode, encode, has_segments, rescore, segments
 from memory.service import MemoryService
 from tests.conftest import wait_until
 from tests.fakes import FakeEmbedder, MemStore
@@ -36,6 +36,9 @@ def test_segments_are_sentences_or_lines_of_a_text_that_has_several() -> None:
         "I moved to Porto. Thanks! Any tips?",
         "first line here",
     ]
+    assert not has_segments("I live in Porto.")
+    assert not has_segments("I moved. Thanks!")
+    assert has_segments(FACT)
     many = " ".join(f"This is sentence number {i}." for i in range(20))
     assert len(segments(many)) == MAX_SEGMENTS
 
