@@ -13,7 +13,7 @@ Concurrency (the rules a change must keep):
   ``embed_timeout`` seconds for its query's vector (then it fails, and the chat answers
   without memories): a stalled model must not hold requests for ever.
 - The segment-vector cache (``_segment_cache``: text -> encoded segment vectors of the
-  segmented calls of ``remember``, which the writer stores) and the set of memories whose
+  model calls of ``_request``, which the writer stores) and the set of memories whose
   segment vectors are being filled in (``_filling``) are event-loop-only state too.
 - Lock order, outermost first: ``Writer.lock`` (an asyncio lock: writes, deletes, updates
   and erasures of the store are serialized with the writer's batches) -> the store's own
@@ -150,7 +150,7 @@ class MemoryService:
             store if isinstance(store, HybridStore) and self.settings.segment_weight > 0 else None
         )
         self._filling: set[str] = set()
-        # Encoded segment vectors by text, from the segmented model calls of ``remember``
+        # Encoded segment vectors by text, from the segmented model calls of ``_request``
         # (the writer takes them from here), on the event loop only, like ``_vectors``.
         self._segment_cache: OrderedDict[str, bytes] = OrderedDict()
         self._fills: set[asyncio.Future[None]] = set()
@@ -212,17 +212,13 @@ class MemoryService:
     async def _vectors_for(self, memories: Sequence[Memory]) -> Vectors:
         return await self._embed_texts([m.content for m in memories], background=True)
 
-    async def _embed_texts(
-        self, texts: Sequence[str], *, background: bool = False, segmented: bool = False
-    ) -> Vectors:
+    async def _embed_texts(self, texts: Sequence[str], *, background: bool = False) -> Vectors:
         """Vectors for ``texts``: cached, being embedded for another caller, or embedded now
         in one model call (see ``_request``)."""
-        return await self._collect(
-            texts, self._request(texts, background=background, segmented=segmented)
-        )
+        return await self._collect(texts, self._request(texts, background=background))
 
     def _request(
-        self, texts: Sequence[str], *, background: bool = False, segmented: bool = False
+        self, texts: Sequence[str], *, background: bool = False
     ) -> dict[str, Vectors | tuple[asyncio.Future[Vectors], int]]:
         """Where each text's vector is: cached, or (future, row) of a model call, another
         caller's or one started here and now. Each call runs as its own task, so a caller
@@ -238,7 +234,10 @@ class MemoryService:
             else:
                 todo.append(text)
         if todo:
-            segmented = segmented and self._segments is not None
+            # With segment vectors on, every call is segmented: they cost no model call of
+            # their own, the writer finds a text's segments cached whoever embedded it (a chat's
+            # query is its user turn), and the lanes' batches stay of one kind.
+            segmented = self._segments is not None
             call = self.embedder.submit(todo, background=background, segmented=segmented)
             task = asyncio.ensure_future(self._cache(todo, call, segmented=segmented))
             for i, text in enumerate(todo):
@@ -301,7 +300,7 @@ class MemoryService:
         # Embed the new texts now, in the background: the next recall of this namespace reads
         # them from the queue and finds their vectors ready, as will the writer.
         task = asyncio.ensure_future(
-            self._embed_texts([m.content for m in memories], background=True, segmented=True)
+            self._embed_texts([m.content for m in memories], background=True)
         )
         self._background.add(task)
         task.add_done_callback(self._background_done)

@@ -182,3 +182,26 @@ def test_segmented_calls_give_each_caller_its_rows() -> None:
         batching.close()
 
     asyncio.run(run())
+
+
+def test_a_chat_embeds_its_user_turn_once_segments_included(tmp_path: Path) -> None:
+    """The query of a chat is its user turn: the recall's model call gives its segment vectors
+    too, and the writer stores them without embedding the turn again."""
+    store = _store(tmp_path)
+    embedder = FakeEmbedder()
+
+    async def run() -> None:
+        service = MemoryService(
+            store, embedder, Outbox(tmp_path / "q.sqlite3"), recall=RecallSettings(lexical=False)
+        )
+        await service.recall("a", FACT)
+        await service.remember(Exchange(namespace="a", user=FACT, assistant="Sure."))
+        service.writer.start()
+        await service.writer.stop()
+
+    asyncio.run(run())
+    texts = [t for call in embedder.calls for t in call]
+    assert texts.count(FACT) == 1
+    assert sorted(texts) == sorted([FACT, *segments(FACT), "Sure."])
+    user = next(m for m in store.list("a", limit=10)[0] if m.role == "user")
+    assert set(store.segment_vectors("a", [user.id])) == {user.id}
