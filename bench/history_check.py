@@ -505,6 +505,12 @@ class Figures:
     changed: int
 
 
+def newer_first(hits: Sequence[str], latest: str, older: Sequence[str]) -> bool:
+    """Whether the latest statement of a changed fact is in the top 10 above every older one."""
+    top = list(hits[:10])
+    return latest in top and all(o not in top or top.index(o) > top.index(latest) for o in older)
+
+
 def figures(histories: Sequence[History], results: list[list[list[str]]]) -> Figures:
     rows: dict[str, list[dict[int, float]]] = defaultdict(list)
     newer_ok = changed = 0
@@ -516,12 +522,7 @@ def figures(histories: Sequence[History], results: list[list[list[str]]]) -> Fig
             rows["overall"].append(row)
             if probe.kind == "changed":
                 changed += 1
-                top = hits[:10]
-                newest = probe.evidence[0]
-                if newest in top and all(
-                    o not in top or top.index(o) > top.index(newest) for o in probe.older
-                ):
-                    newer_ok += 1
+                newer_ok += newer_first(hits, probe.evidence[0], probe.older)
     recall = {
         kind: {k: sum(r[k] for r in rs) / len(rs) for k in (5, 10)} for kind, rs in rows.items()
     }

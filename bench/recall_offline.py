@@ -164,12 +164,6 @@ def recall(ns: Namespace, number: int, settings: RecallSettings, candidates: int
     return [h.memory.id for h in ranked]
 
 
-def recall_at(evidence: Sequence[str], found: Sequence[str], k: int, known: set[str]) -> float:
-    if not evidence:
-        return 1.0
-    return sum(1 for e in evidence if e in known and e in found[:k]) / len(evidence)
-
-
 def report(
     title: str, namespaces: Sequence[Namespace], settings: RecallSettings, candidates: int
 ) -> str:
@@ -179,17 +173,15 @@ def report(
         known = {m.id for m in ns.memories}
         for number, q in enumerate(ns.questions):
             found = recall(ns, number, settings, candidates)
-            row = (recall_at(q.evidence, found, 5, known), recall_at(q.evidence, found, 10, known))
+            row = (
+                locomo.recall_at(q.evidence, found, 5, known),
+                locomo.recall_at(q.evidence, found, 10, known),
+            )
             rows.setdefault(q.kind, []).append(row)
             rows.setdefault("overall", []).append(row)
             if q.older:
                 changed += 1
-                top = found[:10]
-                latest = q.evidence[0]
-                if latest in top and all(
-                    o not in top or top.index(o) > top.index(latest) for o in q.older
-                ):
-                    newer += 1
+                newer += history_check.newer_first(found, q.evidence[0], q.older)
     lines = [f"## {title}", "", "| Questions | Count | R@5 | R@10 |", "|---|---:|---:|---:|"]
     for kind, values in sorted(rows.items(), key=lambda item: item[0] == "overall"):
         r5 = 100 * sum(v[0] for v in values) / len(values)
