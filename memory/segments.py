@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from typing import cast
 
 import msgspec
 import numpy as np
@@ -75,27 +76,35 @@ def decode(blob: bytes, dimension: int) -> Vectors:
     return np.frombuffer(blob, dtype=np.float16).reshape(-1, dimension).astype(np.float32)
 
 
+def lift(cosines: Vectors, blobs: Sequence[bytes | None], query: Vectors, weight: float) -> Vectors:
+    """Each cosine raised to ``weight * s + (1 - weight) * cosine`` when that is higher, for
+    the best cosine ``s`` of its memory's segment vectors (``blobs``: encoded, or None for a
+    memory without them). One matrix product for all."""
+    out = np.array(cosines, dtype=np.float32)
+    have = [i for i, blob in enumerate(blobs) if blob]
+    if weight <= 0 or not have:
+        return out
+    chosen = [cast("bytes", blobs[i]) for i in have]
+    dimension = int(query.shape[0])
+    starts = np.cumsum([0] + [len(blob) // (2 * dimension) for blob in chosen[:-1]])  # float16
+    best = np.maximum.reduceat(decode(b"".join(chosen), dimension) @ query, starts)
+    mixed = weight * best + (1.0 - weight) * out[have]
+    out[have] = np.maximum(out[have], mixed)
+    return out
+
+
 def rescore(
     hits: Sequence[Hit], found: Mapping[str, bytes], query: Vectors, weight: float
 ) -> list[Hit]:
-    """Dense ``hits`` (scored by cosine), each scored by the better of its cosine and
-    ``weight * s + (1 - weight) * cosine`` for its best segment's cosine ``s`` (``found``:
-    encoded segment vectors by memory id), best first."""
-    if weight <= 0 or not found:
+    """Dense ``hits`` (scored by cosine) rescored by ``lift`` (``found``: encoded segment
+    vectors by memory id), best first."""
+    if weight <= 0 or not any(hit.memory.id in found for hit in hits):
         return list(hits)
-    lifted = [i for i, hit in enumerate(hits) if hit.memory.id in found]
-    if not lifted:
-        return list(hits)
-    blobs = [found[hits[i].memory.id] for i in lifted]
-    row_bytes = 2 * int(query.shape[0])  # float16
-    starts = np.cumsum([0] + [len(blob) // row_bytes for blob in blobs[:-1]])
-    cosines = decode(b"".join(blobs), int(query.shape[0])) @ query  # one product for all
-    best = np.maximum.reduceat(cosines, starts)
-    out = list(hits)
-    for i, segment in zip(lifted, best.tolist(), strict=True):
-        hit = hits[i]
-        mixed = weight * segment + (1.0 - weight) * hit.cosine
-        if mixed > hit.cosine:
-            out[i] = msgspec.structs.replace(hit, score=mixed, similarity=mixed)
+    before = np.array([hit.cosine for hit in hits], dtype=np.float32)
+    after = lift(before, [found.get(hit.memory.id) for hit in hits], query, weight)
+    out = [
+        msgspec.structs.replace(hit, score=float(new), similarity=float(new)) if new > old else hit
+        for hit, old, new in zip(hits, before, after, strict=True)
+    ]
     out.sort(key=lambda h: h.score, reverse=True)
     return out

@@ -54,7 +54,7 @@ from memory.records import (
     matches,
     micros,
 )
-from memory.segments import encode, has_segments, rescore, spans
+from memory.segments import encode, has_segments, lift, rescore, spans
 from memory.store import MemoryStore, NamespaceCount, Version
 
 log = logging.getLogger("memgate.service")
@@ -442,6 +442,9 @@ class MemoryService:
             hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
             if queued is not None:
                 cosines = (await queued) @ query_vec
+                if self._segments is not None:  # as they will be once stored
+                    cached = [self._segment_cache.get(m.content) for m in pending]
+                    cosines = lift(cosines, cached, query_vec, self.settings.segment_weight)
                 keep = {m.id for m in await erasure} if erasure is not None else None
                 hits.extend(
                     hit

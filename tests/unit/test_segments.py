@@ -205,3 +205,18 @@ def test_a_chat_embeds_its_user_turn_once_segments_included(tmp_path: Path) -> N
     assert sorted(texts) == sorted([FACT, *segments(FACT), "Sure."])
     user = next(m for m in store.list("a", limit=10)[0] if m.role == "user")
     assert set(store.segment_vectors("a", [user.id])) == {user.id}
+
+
+def test_a_queued_memory_is_lifted_by_its_sentences_as_a_stored_one_is(tmp_path: Path) -> None:
+    async def run(weight: float) -> list[str]:
+        folder = tmp_path / str(weight)
+        store = _store(folder)
+        service = _service(folder, store, weight)
+        await service.add([Memory(id="near", namespace="a", content=NEAR, created_at=1.0)])
+        await service.remember(Exchange(namespace="a", user=FACT, assistant="Sure."))
+        await asyncio.gather(*service._background)  # its vectors, sentences included
+        hits = await service.recall("a", QUERY)  # the writer never ran: FACT is queued
+        return [h.memory.content for h in hits][:2]
+
+    assert asyncio.run(run(0.0)) == [NEAR, FACT]
+    assert asyncio.run(run(1.0)) == [FACT, NEAR]
