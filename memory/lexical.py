@@ -13,7 +13,7 @@ namespace (by ``created_at``, when at most ``pair_gap`` seconds apart), since a 
 only makes sense with the turn it answers. A memory's lexical score is the best of its own
 BM25 score and ``pair_weight`` times the score of either pair it belongs to.
 
-Beside a memory, its segment vectors (``memory.segments``: its sentences embedded one by one)
+Beside a memory, its segment vectors (``memory.segments``: a vector for each of its sentences)
 are kept when it has them; they go when it goes.
 
 All of it is derived data: the store is the truth, and ``HybridStore`` keeps these copies in

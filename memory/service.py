@@ -338,8 +338,8 @@ class MemoryService:
     async def _segments_for(
         self, memories: Sequence[Memory]
     ) -> builtins.list[tuple[Memory, bytes]]:
-        """The encoded segment vectors of the memories that get them: from the segmented
-        calls of ``remember``, else from one call now (in the background lane)."""
+        """The encoded segment vectors of the memories that get them: from the cache of
+        ``_request``'s calls, else from one call now (in the background lane)."""
         multi = self._multi(memories)
         out = [(m, blob) for m in multi if (blob := self._segment_cache.get(m.content))]
         rest = [m for m in multi if m.content not in self._segment_cache]
@@ -382,10 +382,7 @@ class MemoryService:
 
         async def fill() -> None:
             try:
-                rows = await self.embedder.embed(
-                    [m.content for m in todo], background=True, segmented=True
-                )
-                await asyncio.to_thread(self._keep_segments, _with_parts(todo, rows))
+                await asyncio.to_thread(self._keep_segments, await self._segments_for(todo))
             finally:
                 self._filling.difference_update(m.id for m in todo)
 
