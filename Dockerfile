@@ -34,7 +34,9 @@ COPY memory ./memory
 RUN pip install --no-deps --no-build-isolation . && pip check
 
 # Fail the build, not the first request, if the default embedder (built from the default
-# settings, as the gateway builds it) cannot load its model offline.
+# settings, as the gateway builds it) cannot load its model offline. This also builds the
+# model's int8 copy (embedder.int8) into the image, where every start finds it.
+ENV MEMGATE_EMBEDDER_CACHE_DIR=/app/models
 RUN cd / && python -c "import os; from gateway.app import open_embedder; from gateway.config import load_settings; e = open_embedder(load_settings(None, os.environ)); v = e.embed(['memgate build check']); assert v.shape == (1, e.dimension), v.shape; print('embedder:', e.name, e.dimension)"
 
 RUN useradd --create-home memgate && mkdir /data && chown memgate /data

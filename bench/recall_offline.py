@@ -102,18 +102,21 @@ def history_namespaces(seed: int) -> list[Namespace]:
 class Vectorizer:
     """The product's embedder, its rows cached on disk by the texts they are of."""
 
-    def __init__(self, cache: Path) -> None:
+    def __init__(self, cache: Path, model_file: Path | None = None) -> None:
         self.cache = cache
         cache.mkdir(parents=True, exist_ok=True)
+        self.model_file = model_file
         self._model: OnnxEmbedder | None = None
 
     def model(self) -> OnnxEmbedder:
+        """The product's default model (its int8 copy), or ``model_file`` as it is."""
         if self._model is None:
-            self._model = OnnxEmbedder(threads=2)
+            self._model = OnnxEmbedder(self.model_file, threads=2, int8=self.model_file is None)
         return self._model
 
     def rows(self, kind: str, texts: list[str]) -> Vectors:
-        digest = hashlib.sha256("\x00".join([kind, *texts]).encode()).hexdigest()[:32]
+        model = str(self.model().model_file.resolve())
+        digest = hashlib.sha256("\x00".join([kind, model, *texts]).encode()).hexdigest()[:32]
         file = self.cache / f"{kind}-{digest}.npy"
         if file.exists():
             return np.asarray(np.load(file), dtype=np.float32)
@@ -124,8 +127,14 @@ class Vectorizer:
 
 
 def prepare(
-    namespaces: Sequence[Namespace], vectorizer: Vectorizer, folder: Path, settings: RecallSettings
+    namespaces: Sequence[Namespace],
+    vectorizer: Vectorizer,
+    folder: Path,
+    settings: RecallSettings,
+    queries: Vectorizer | None = None,
 ) -> None:
+    """Vectors and a lexical index for each namespace: the memories' from ``vectorizer``, the
+    questions' from ``queries`` (default: the same; another model reads a store one wrote)."""
     for ns in namespaces:
         texts = [m.content for m in ns.memories]
         rows = vectorizer.rows("segmented", texts)
@@ -136,7 +145,7 @@ def prepare(
             if count:
                 ns.segments[memory.id] = encode(rows[at : at + count])
                 at += count
-        ns.queries = vectorizer.rows("plain", [q.text for q in ns.questions])
+        ns.queries = (queries or vectorizer).rows("plain", [q.text for q in ns.questions])
         ns.index = NamespaceIndex(
             folder / f"{ns.name}.sqlite3", pair_gap=settings.pair_gap_seconds, pair_weight=0.8
         )
@@ -206,18 +215,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="dense candidates rescored by their segments (default: recall.candidates)",
     )
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "memgate-rx")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="an ONNX model file, run as it is (default: the product's)",
+    )
+    parser.add_argument(
+        "--memory-model",
+        type=Path,
+        default=None,
+        help="the ONNX model that embedded the memories (default: --model)",
+    )
     args = parser.parse_args(argv)
     values: dict[str, str] = dict(item.partition("=")[::2] for item in args.set)
     settings = msgspec.convert(values, RecallSettings, strict=False)
     candidates = args.candidates or settings.candidates
-    vectorizer = Vectorizer(args.cache)
+    queries = Vectorizer(args.cache, args.model)
+    vectorizer = Vectorizer(args.cache, args.memory_model) if args.memory_model else queries
     with tempfile.TemporaryDirectory() as folder:
         checks = [
             ("LoCoMo", locomo_namespaces(args.data)),
             (f"History check (seed {args.seed})", history_namespaces(args.seed)),
         ]
         for title, namespaces in checks:
-            prepare(namespaces, vectorizer, Path(folder), settings)
+            prepare(namespaces, vectorizer, Path(folder), settings, queries)
             print(report(title, namespaces, settings, candidates))
             for ns in namespaces:
                 if ns.index is not None:

@@ -148,7 +148,12 @@ def open_embedder(settings: Settings) -> Embedder:
 
     conf = settings.embedder
     if conf.backend == "onnx":
-        return OnnxEmbedder(conf.model_path or None, threads=conf.threads)
+        return OnnxEmbedder(
+            conf.model_path or None,
+            threads=conf.threads,
+            int8=conf.int8,
+            cache_dir=conf.cache_dir or None,
+        )
     if conf.backend == "torch":
         return SentenceTransformerEmbedder(
             conf.model_path or None, device=conf.device, threads=conf.threads

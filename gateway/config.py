@@ -95,6 +95,10 @@ class EmbedderSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     threads: int = 1
     max_batch: int = 64
     concurrency: int = 1
+    # onnx: run an int8 copy of the model (built once, kept in cache_dir); false: the file as is
+    int8: bool = True
+    # where the int8 copy is kept (empty: $XDG_CACHE_HOME/memgate, or ~/.cache/memgate)
+    cache_dir: str = ""
 
 
 class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

