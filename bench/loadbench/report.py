@@ -15,9 +15,11 @@ from loadbench import ADD_BATCH, NAMESPACE, REPO, TEXTS_PER_EXCHANGE
 
 # -- targets -----------------------------------------------------------------------------------
 
-MEMORY_ADDED_P50_MS = 20.0
-MEMORY_ADDED_P99_MS = 60.0
-PASSTHROUGH_ADDED_P50_MS = 2.0
+# issue "Close to the limit" (earlier: 20 / 60 ms and 2 ms)
+MEMORY_ADDED_P50_MS = 12.0
+MEMORY_ADDED_P99_MS = 35.0
+MEMORY_FLOOR_SHARE = 1.5
+PASSTHROUGH_ADDED_P50_MS = 1.0
 EMBED_LIMIT_SHARE = 0.8
 RECALL_RATIO_MAX = 1.3
 
@@ -103,6 +105,22 @@ def targets_table(results: dict[str, Any]) -> list[dict[str, Any]]:
             "met": m99 <= MEMORY_ADDED_P99_MS,
         }
     )
+    if embed.get("rows") and recall:
+        # the floor: what a memory chat cannot avoid, one query embedded and one search of
+        # the namespace (each alone, in this process)
+        one = float(embed["rows"][0]["single_text_ms_p50"])
+        search = float(recall["small_p50_ms"])
+        floor = one + search
+        rows.append(
+            {
+                "target": "memory chat added latency p50, c=1, vs the floor",
+                "figure": f"{m50:.1f} ms = {m50 / floor:.2f} x {floor:.1f} ms (one query "
+                f"embedded {one:.1f} + one search of a {recall['namespace_size'] // 1000}k "
+                f"namespace {search:.1f})",
+                "limit": f"<= {MEMORY_FLOOR_SHARE} x",
+                "met": m50 <= MEMORY_FLOOR_SHARE * floor,
+            }
+        )
     p50 = added("passthrough", 1, "p50_ms")
     rows.append(
         {
