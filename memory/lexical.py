@@ -21,10 +21,7 @@ step with it. Removed memories are remembered as ``gone`` (their place in the li
 page cursor naming one still says where its page ended.
 
 Locks: the pool's lock guards which files are open (never held while a file is used); each
-open file has its own lock, held for every statement or transaction on it; reads of memories
-by id (the dense hits' memories and segment vectors) go through a second connection to the
-file with a lock of its own, so that they never wait behind a BM25 search or a write (WAL:
-readers see the last commit and block nobody).
+open file has its own lock, held for every statement or transaction on it.
 """
 
 from __future__ import annotations
@@ -177,8 +174,6 @@ class NamespaceIndex:
         self.pair_gap = pair_gap
         self.pair_weight = pair_weight
         self.lock = threading.Lock()
-        self.lookup_lock = threading.Lock()  # for ``memories`` and ``segment_vectors``
-        self._lookup_db: sqlite3.Connection | None = None
         self.users = 0  # guarded by the pool's lock
         self.closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,22 +354,11 @@ class NamespaceIndex:
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [(memory, score) for score, _, memory in rows]
 
-    def _lookups(self) -> sqlite3.Connection:
-        """The second connection (opened on first use), read-only; the caller holds
-        ``lookup_lock``."""
-        if self._lookup_db is None:
-            db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA query_only = 1")
-            self._lookup_db = db
-        return self._lookup_db
-
     def memories(self, memory_ids: Sequence[str]) -> dict[str, Memory]:
-        """The indexed memories among ``memory_ids``, by id (one statement, on the second
-        connection: the caller holds ``lookup_lock``, not ``lock``)."""
+        """The indexed memories among ``memory_ids``, by id (one statement)."""
         if not memory_ids:
             return {}
-        db = self._lookups()
-        (found,) = db.execute(
+        (found,) = self.db.execute(
             "SELECT json_group_array(json(CAST(payload AS TEXT))) FROM docs "
             "WHERE mid IN (SELECT value FROM json_each(?))",
             (_ENCODE(list(memory_ids)),),
@@ -382,11 +366,10 @@ class NamespaceIndex:
         return {m.id: m for m in _DECODE_LIST(found)}
 
     def segment_vectors(self, memory_ids: Sequence[str]) -> dict[str, bytes]:
-        """The encoded segment vectors of those of ``memory_ids`` that have them (on the
-        second connection, as ``memories``)."""
+        """The encoded segment vectors of those of ``memory_ids`` that have them."""
         if not memory_ids:
             return {}
-        rows = self._lookups().execute(
+        rows = self.db.execute(
             "SELECT d.mid, s.vectors FROM docs d JOIN segs s ON s.rid = d.rid "
             "WHERE d.mid IN (SELECT value FROM json_each(?))",
             (_ENCODE(list(memory_ids)),),
@@ -418,14 +401,8 @@ class NamespaceIndex:
         return (int(row[0]), memory_id) if row else None
 
     def close(self) -> None:
-        """Close both connections (the caller holds ``lock``; a lookup in progress ends
-        first)."""
         self.closed = True
         self.db.close()
-        with self.lookup_lock:
-            if self._lookup_db is not None:
-                self._lookup_db.close()
-                self._lookup_db = None
 
 
 class LexicalIndex:
@@ -489,29 +466,19 @@ class LexicalIndex:
         file (nothing indexed), which a read need not create."""
         return self._run(namespace, work, create=False)
 
-    def lookup(self, namespace: str, work: Callable[[NamespaceIndex], T]) -> T | None:
-        """``work`` (``memories``, ``segment_vectors``) on the namespace's second connection,
-        under its lookup lock: beside a search or a write. None when there is no file."""
-        return self._run(namespace, work, create=False, lookup=True)
-
     def write(self, namespace: str, work: Callable[[NamespaceIndex], T]) -> T:
         """``work`` on the namespace's file (created if missing), under its lock."""
         return cast("T", self._run(namespace, work, create=True))  # never None: created
 
     def _run(
-        self,
-        namespace: str,
-        work: Callable[[NamespaceIndex], T],
-        *,
-        create: bool,
-        lookup: bool = False,
+        self, namespace: str, work: Callable[[NamespaceIndex], T], *, create: bool
     ) -> T | None:
         while True:
             index = self._acquire(namespace, create=create)
             if index is None:
                 return None
             try:
-                with index.lookup_lock if lookup else index.lock:
+                with index.lock:
                     if not index.closed:
                         return work(index)
             finally:
@@ -562,10 +529,10 @@ class LexicalIndex:
         return self.run(namespace, lambda index: index.search(text, limit)) or []
 
     def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
-        return self.lookup(namespace, lambda index: index.memories(memory_ids)) or {}
+        return self.run(namespace, lambda index: index.memories(memory_ids)) or {}
 
     def segment_vectors(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
-        return self.lookup(namespace, lambda index: index.segment_vectors(memory_ids)) or {}
+        return self.run(namespace, lambda index: index.segment_vectors(memory_ids)) or {}
 
     def keep_segments(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
         if items:

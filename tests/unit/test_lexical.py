@@ -124,40 +124,6 @@ def test_a_file_in_use_is_not_closed_and_a_dropped_one_is_reopened(tmp_path: Pat
     index.close()
 
 
-def test_lookups_by_id_do_not_wait_for_a_search_or_a_write(tmp_path: Path) -> None:
-    """The dense hits' memories are read on a second connection: a BM25 search or a write
-    holding the file's lock does not delay them, and they see the last commit."""
-    import threading
-
-    index = LexicalIndex(tmp_path / "index")
-    index.add([mem("1", "walrus", 1), mem("2", "narwhal", 2)])
-    index.keep_segments("a", [("1", "walrus", b"v1")])
-    started, release = threading.Event(), threading.Event()
-
-    def busy(ix: object) -> int:  # a long search or write on the main connection
-        started.set()
-        release.wait(5)
-        return 1
-
-    worker = threading.Thread(target=index.write, args=("a", busy))
-    worker.start()
-    try:
-        assert started.wait(5)
-        assert set(index.memories("a", ["1", "2", "3"])) == {"1", "2"}
-        assert index.segment_vectors("a", ["1", "2"]) == {"1": b"v1"}
-    finally:
-        release.set()
-        worker.join(5)
-    index.add([mem("4", "dugong", 3)])
-    assert set(index.memories("a", ["4"])) == {"4"}  # committed: seen
-    index.delete("a", ["1"])
-    assert index.memories("a", ["1"]) == {}
-    assert index.segment_vectors("a", ["1"]) == {}
-    index.drop("a")
-    assert index.memories("a", ["2"]) == {}  # no file
-    index.close()
-
-
 def test_pages_newest_first_and_the_place_of_removed_memories(tmp_path: Path) -> None:
     index = LexicalIndex(tmp_path / "index")
     index.add([mem(f"m{i}", f"text {i}", float(i)) for i in range(5)])
