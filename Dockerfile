@@ -39,6 +39,10 @@ RUN pip install --no-deps --no-build-isolation . && pip check
 ENV MEMGATE_EMBEDDER_CACHE_DIR=/app/models
 RUN cd / && python -c "import os; from gateway.app import open_embedder; from gateway.config import load_settings; e = open_embedder(load_settings(None, os.environ)); v = e.embed(['memgate build check']); assert v.shape == (1, e.dimension), v.shape; print('embedder:', e.name, e.dimension)"
 
+# Both int8 copies (8-bit weights for CPUs with VNNI, 7-bit for those without): the host that
+# runs the image may not be the one that built it.
+RUN python -c "from memory.int8 import packaged_copies; print(*packaged_copies('/app/models'))"
+
 RUN useradd --create-home memgate && mkdir /data && chown memgate /data
 USER memgate
 

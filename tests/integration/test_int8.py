@@ -3,6 +3,7 @@ vectors are the float model's within quantization error; the embedder runs it by
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -48,6 +49,23 @@ def test_the_copy_is_built_once_and_reused(tmp_path: Path, monkeypatch: pytest.M
 
     monkeypatch.setattr(int8, "_quantize", rebuild)
     assert int8_copy(source(), folder) == first
+
+
+def test_an_image_holds_both_copies(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Dockerfile's step: 8-bit and 7-bit weights, so that a container on either kind of
+    CPU finds the copy it needs without building it."""
+    from memory.int8 import packaged_copies
+
+    made = packaged_copies(tmp_path)
+    assert [p.name for p in made] == [copy_name(source(), False), copy_name(source(), True)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in made)
+    for cpu_without_vnni in (False, True):  # each kind of CPU finds its own, nothing built
+        monkeypatch.setattr(int8, "reduced_range", functools.partial(bool, cpu_without_vnni))
+        monkeypatch.setattr(int8, "_quantize", lambda *a: pytest.fail("built again"))
+        assert int8_copy(source(), tmp_path) == made[cpu_without_vnni]
+    dockerfile = (Path(__file__).parents[2] / "Dockerfile").read_text()
+    assert "packaged_copies('/app/models')" in dockerfile
+    assert "ENV MEMGATE_EMBEDDER_CACHE_DIR=/app/models" in dockerfile
 
 
 def test_an_unwritable_folder_gets_a_copy_for_this_run(
