@@ -32,7 +32,7 @@ from memory.embedder import OnnxEmbedder
 from memory.lexical import NamespaceIndex
 from memory.recall import RecallSettings, hybrid, rank
 from memory.records import Hit, Memory, Vectors
-from memory.segments import encode, rescore, spans
+from memory.segments import encoded_parts, rescore
 
 CATEGORIES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
 
@@ -139,12 +139,8 @@ def prepare(
         texts = [m.content for m in ns.memories]
         rows = vectorizer.rows("segmented", texts)
         ns.vectors = rows[: len(texts)]
-        at = len(texts)
-        for memory in ns.memories:
-            count = len(spans(memory.content))
-            if count:
-                ns.segments[memory.id] = encode(rows[at : at + count])
-                at += count
+        by_text = dict(encoded_parts(texts, rows))
+        ns.segments = {m.id: by_text[m.content] for m in ns.memories if m.content in by_text}
         ns.queries = (queries or vectorizer).rows("plain", [q.text for q in ns.questions])
         ns.index = NamespaceIndex(
             folder / f"{ns.name}.sqlite3", pair_gap=settings.pair_gap_seconds, pair_weight=0.8

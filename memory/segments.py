@@ -22,7 +22,7 @@ until the service fills them in.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import cast
 
 import msgspec
@@ -74,6 +74,17 @@ def encode(vectors: Vectors) -> bytes:
 
 def decode(blob: bytes, dimension: int) -> Vectors:
     return np.frombuffer(blob, dtype=np.float16).reshape(-1, dimension).astype(np.float32)
+
+
+def encoded_parts(texts: Sequence[str], rows: Vectors) -> Iterator[tuple[str, bytes]]:
+    """The texts with segments and their encoded segment vectors, from a segmented model
+    call's rows (the texts' own, then every text's segments in order)."""
+    at = len(texts)
+    for text in texts:
+        count = len(spans(text))
+        if count:
+            yield text, encode(rows[at : at + count])
+            at += count
 
 
 def lift(cosines: Vectors, blobs: Sequence[bytes | None], query: Vectors, weight: float) -> Vectors:

@@ -54,7 +54,7 @@ from memory.records import (
     matches,
     micros,
 )
-from memory.segments import encode, has_segments, lift, rescore, spans
+from memory.segments import encoded_parts, has_segments, lift, rescore
 from memory.store import MemoryStore, NamespaceCount, Version
 
 log = logging.getLogger("memgate.service")
@@ -276,13 +276,13 @@ class MemoryService:
         the texts' own, which are what its waiters read)."""
         try:
             vectors = await call
-            for text, vector in zip(texts, vectors, strict=False):
+            for text, vector in zip(texts, vectors[: len(texts)], strict=True):
                 self._vectors[text] = vector
                 self._vectors.move_to_end(text)
             while len(self._vectors) > self._vector_cache:
                 self._vectors.popitem(last=False)
             if segmented:
-                for memory_text, blob in _encoded_parts(texts, vectors):
+                for memory_text, blob in encoded_parts(texts, vectors):
                     self._segment_cache[memory_text] = blob
                     self._segment_cache.move_to_end(memory_text)
                 while len(self._segment_cache) > self._vector_cache:
@@ -649,19 +649,8 @@ def _discard(*futures: asyncio.Future[Any] | None) -> None:
             future.exception()
 
 
-def _encoded_parts(texts: Sequence[str], rows: Vectors) -> Iterator[tuple[str, bytes]]:
-    """The texts with segments and their encoded segment vectors, from a segmented call's
-    rows (the texts' own, then every text's segments in order)."""
-    at = len(texts)
-    for text in texts:
-        count = len(spans(text))
-        if count:
-            yield text, encode(rows[at : at + count])
-            at += count
-
-
 def _with_parts(memories: Sequence[Memory], rows: Vectors) -> builtins.list[tuple[Memory, bytes]]:
-    by_text = dict(_encoded_parts([m.content for m in memories], rows))
+    by_text = dict(encoded_parts([m.content for m in memories], rows))
     return [(m, by_text[m.content]) for m in memories if m.content in by_text]
 
 
