@@ -18,7 +18,14 @@ from typing import Any, TextIO
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from gateway.cli.client import EXIT_ERROR, EXIT_INPUT, ClientError, GatewayClient
@@ -301,7 +308,7 @@ def _send_all(
             args.namespace,
             summary,
             batch_size=args.batch_size,
-            landed=lambda n: progress.advance(task, n),
+            landed=lambda n: _moved(progress, task, n),
         ) as importer:
             try:
                 for source in found:
@@ -331,6 +338,13 @@ def _send_all(
         return EXIT_INTERRUPTED
     _print_summary(summary, args, err, fmt)
     return EXIT_ERROR if summary.failed else 0
+
+
+def _moved(progress: Progress, task: TaskID, n: int) -> None:
+    """A request landed: the line shows it now, not at the next timed refresh (a fast gateway
+    lands a whole batch between two of those)."""
+    progress.advance(task, n)
+    progress.refresh()
 
 
 def _interrupted(err: Console, summary: ImportSummary, *, in_flight: int) -> None:
