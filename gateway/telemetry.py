@@ -8,7 +8,6 @@ request is handled. ``render()`` gives the Prometheus text exposition for ``GET 
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import re
@@ -16,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import msgspec
 import prometheus_client
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -156,14 +156,24 @@ class Metrics:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object a line: ts, level, logger, message, request_id, and any ``extra``."""
+    """One JSON object a line: ts, level, logger, message, request_id, and any ``extra``
+    (values JSON cannot hold are written as their ``str``)."""
 
     _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
+    _encode = msgspec.json.Encoder(enc_hook=str).encode
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second: tuple[int, str] = (-1, "")  # the last second formatted, and its text
 
     def format(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached = self._second
+        if cached[0] != second:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            cached = self._second = (second, stamp)
         out: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{cached[1]}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -177,7 +187,7 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return self._encode(out).decode()
 
 
 def telemetry_middleware(metrics: Metrics) -> Callable[[ASGIApp], ASGIApp]:

@@ -40,13 +40,17 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
+from memory.bm25 import Postings, Tokenizer, decode_counts, encode_counts, phrase_tokens
 from memory.records import Memory, micros
 
 _TOKEN = re.compile(r"\w+")
 _ENCODE = msgspec.json.Encoder().encode
 _DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
 _DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
+_DECODE_PAYLOADS = msgspec.json.Decoder(list[tuple[int, Memory]]).decode
 _GONE_KEPT = 7 * 86400.0  # how long the place of a removed memory is remembered
+_TOKENIZE = "porter unicode61"  # the FTS5 tables' tokenizer
+_WORD_TOKENS: dict[str, tuple[str, ...]] = {}  # a query word's FTS5 tokens (one tokenizer)
 T = TypeVar("T")
 STOPWORDS = frozenset(
     [
@@ -131,19 +135,20 @@ CREATE TABLE IF NOT EXISTS docs (
     created_us INTEGER NOT NULL,
     prev INTEGER,
     content TEXT NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    toks BLOB
 );
 CREATE INDEX IF NOT EXISTS docs_time ON docs(created_at, rid);
 CREATE INDEX IF NOT EXISTS docs_order ON docs(created_us, mid);
 CREATE INDEX IF NOT EXISTS docs_prev ON docs(prev);
-CREATE VIRTUAL TABLE IF NOT EXISTS plain USING fts5(body, tokenize='porter unicode61');
-CREATE VIRTUAL TABLE IF NOT EXISTS pair USING fts5(body, tokenize='porter unicode61');
+CREATE VIRTUAL TABLE IF NOT EXISTS plain USING fts5(body, tokenize='{t}');
+CREATE VIRTUAL TABLE IF NOT EXISTS pair USING fts5(body, tokenize='{t}');
 CREATE TABLE IF NOT EXISTS gone (
     mid TEXT PRIMARY KEY, created_us INTEGER NOT NULL, at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS segs (rid INTEGER PRIMARY KEY, vectors BLOB NOT NULL);
-"""
+""".replace("{t}", _TOKENIZE)
 
 _SEARCH = (
     "WITH p AS (SELECT rowid AS rid, -bm25(plain) AS s FROM plain "
@@ -182,9 +187,16 @@ class NamespaceIndex:
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(_SCHEMA)
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(docs)")}
+            if "toks" not in columns:  # a copy made before the in-memory BM25 search
+                self.db.execute("ALTER TABLE docs ADD COLUMN toks BLOB")
+            self.tokenizer = Tokenizer(self.db, _TOKENIZE)
         except BaseException:
             self.db.close()
             raise
+        # The BM25 search's posting lists (memory.bm25), read from the file at the first
+        # search and kept in step by every write; None: to be read again.
+        self.postings: Postings | None = None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -197,6 +209,7 @@ class NamespaceIndex:
             yield
             self.db.execute("COMMIT")
         except BaseException:
+            self.postings = None  # it may hold what is rolled back
             self.db.execute("ROLLBACK")
             raise
 
@@ -204,11 +217,13 @@ class NamespaceIndex:
 
     def put(self, memories: Iterable[Memory]) -> None:
         """Index memories; one already indexed is replaced if it changed."""
+        ordered = sorted(memories, key=lambda m: (m.created_at, m.id))
         with self.transaction():
-            for memory in sorted(memories, key=lambda m: (m.created_at, m.id)):
-                self._put(memory)
+            counts = self.tokenizer.counts([m.content for m in ordered])
+            for memory, tokens in zip(ordered, counts, strict=True):
+                self._put(memory, tokens)
 
-    def _put(self, memory: Memory) -> None:
+    def _put(self, memory: Memory, tokens: dict[str, int]) -> None:
         payload = _ENCODE(memory)
         row = self.db.execute(
             "SELECT rid, payload FROM docs WHERE mid = ?", (memory.id,)
@@ -218,12 +233,21 @@ class NamespaceIndex:
                 return
             self._remove(int(row[0]))
         cur = self.db.execute(
-            "INSERT INTO docs(mid, created_at, created_us, content, payload) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (memory.id, memory.created_at, micros(memory.created_at), memory.content, payload),
+            "INSERT INTO docs(mid, created_at, created_us, content, payload, toks) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                memory.id,
+                memory.created_at,
+                micros(memory.created_at),
+                memory.content,
+                payload,
+                encode_counts(tokens),
+            ),
         )
         rid = int(cur.lastrowid or 0)
         self.db.execute("INSERT INTO plain(rowid, body) VALUES (?, ?)", (rid, memory.content))
+        if self.postings is not None:
+            self.postings.add(rid, tokens)
         self.db.execute("DELETE FROM gone WHERE mid = ?", (memory.id,))
         self._relink(rid)
         following = self._neighbour(rid, after=True)
@@ -267,6 +291,8 @@ class NamespaceIndex:
         self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
         if pair_text is not None:
             self.db.execute("INSERT INTO pair(rowid, body) VALUES (?, ?)", (rid, pair_text))
+        if self.postings is not None:
+            self.postings.pair(rid, before)
 
     def _remove(self, rid: int) -> None:
         following = self._neighbour(rid, after=True)
@@ -274,6 +300,8 @@ class NamespaceIndex:
         self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
         self.db.execute("DELETE FROM segs WHERE rid = ?", (rid,))
         self.db.execute("DELETE FROM docs WHERE rid = ?", (rid,))
+        if self.postings is not None:
+            self.postings.remove(rid)
         if following is not None:
             self._relink(following)
 
@@ -307,8 +335,8 @@ class NamespaceIndex:
             ]
             for table in ("docs", "plain", "pair", "gone", "segs"):
                 self.db.execute(f"DELETE FROM {table}")
-            for memory in sorted(memories, key=lambda m: (m.created_at, m.id)):
-                self._put(memory)
+            self.postings = Postings() if self.postings is not None else None
+            self.put(memories)
             self.keep_segments(kept)
 
     def keep_segments(self, items: Iterable[tuple[str, str, bytes]]) -> None:
@@ -346,6 +374,19 @@ class NamespaceIndex:
         terms = query_terms(text)
         if not terms or limit <= 0:
             return []
+        phrases = phrase_tokens(self.tokenizer, terms, _WORD_TOKENS)
+        if all(len(tokens) == 1 for tokens in phrases):
+            ranked = self._postings().search([t[0] for t in phrases], limit, self.pair_weight)
+            if not ranked:
+                return []
+            (found,) = self.db.execute(
+                "SELECT json_group_array(json_array(rid, json(CAST(payload AS TEXT)))) "
+                "FROM docs WHERE rid IN (SELECT value FROM json_each(?))",
+                (_ENCODE([rid for _, rid in ranked]),),
+            ).fetchone()
+            by_rid = dict(_DECODE_PAYLOADS(found))
+            return [(by_rid[rid], score) for score, rid in ranked]
+        # A word FTS5 splits (``a_b``) is a phrase: FTS5 matches it in its own index.
         match = " OR ".join(f'"{t}"' for t in terms)
         (found,) = self.db.execute(
             _SEARCH, {"q": match, "n": limit, "w": self.pair_weight}
@@ -353,6 +394,35 @@ class NamespaceIndex:
         rows = _DECODE_ROWS(found)
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [(memory, score) for score, _, memory in rows]
+
+    def _postings(self) -> Postings:
+        """The posting lists, read from the file the first time (token counts a copy made
+        before they were kept lacks are counted now, and kept)."""
+        if self.postings is not None and not self.postings.worn:
+            return self.postings
+        rows = self.db.execute("SELECT rid, prev, toks, content FROM docs ORDER BY rid").fetchall()
+        missing = [(rid, content) for rid, _, toks, content in rows if toks is None]
+        counted = dict(
+            zip(
+                [rid for rid, _ in missing],
+                self.tokenizer.counts([content for _, content in missing]),
+                strict=True,
+            )
+        )
+        if counted:
+            with self.transaction():
+                self.db.executemany(
+                    "UPDATE docs SET toks = ? WHERE rid = ?",
+                    [(encode_counts(c), rid) for rid, c in counted.items()],
+                )
+        postings = Postings()
+        for rid, _, toks, _ in rows:
+            postings.add(rid, counted[rid] if toks is None else decode_counts(toks))
+        for rid, prev, _, _ in rows:
+            if prev is not None:
+                postings.pair(rid, prev)
+        self.postings = postings
+        return postings
 
     def memories(self, memory_ids: Sequence[str]) -> dict[str, Memory]:
         """The indexed memories among ``memory_ids``, by id (one statement)."""

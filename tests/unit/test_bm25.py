@@ -1,0 +1,177 @@
+"""The in-memory BM25 search (``memory.bm25``) against FTS5's own ``bm25()`` over the same file:
+the same memories, the same scores, in the same order, through inserts out of time order,
+changes, removals, a rebuild from the file and a copy made before token counts were kept."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from memory.lexical import _DECODE_ROWS, _SEARCH, NamespaceIndex, query_terms
+from memory.records import Memory
+
+WORDS = [
+    *("cat", "cats", "running", "run", "ran", "dog", "Lisbon", "Porto", "moved", "move"),
+    *("café", "cafe", "the", "a", "guitar", "play", "playing", "music", "job", "jobs"),
+    *("work", "worked", "hello", "thanks", "sister", "brother", "paint", "painting"),
+    *("naïve", "naive", "2023", "May", "may", "Über", "uber"),
+]
+
+
+def fts5(index: NamespaceIndex, text: str, limit: int) -> list[tuple[str, float]]:
+    """What the FTS5 statement alone answers."""
+    terms = query_terms(text)
+    if not terms:
+        return []
+    match = " OR ".join(f'"{t}"' for t in terms)
+    (found,) = index.db.execute(
+        _SEARCH, {"q": match, "n": limit, "w": index.pair_weight}
+    ).fetchone()
+    rows = _DECODE_ROWS(found)
+    rows.sort(key=lambda row: (-row[0], row[1]))
+    return [(m.id, round(s, 6)) for s, _, m in rows]
+
+
+def in_memory(index: NamespaceIndex, text: str, limit: int) -> list[tuple[str, float]]:
+    return [(m.id, round(s, 6)) for m, s in index.search(text, limit)]
+
+
+def same_ranking(got: list[tuple[str, float]], want: list[tuple[str, float]], limit: int) -> None:
+    """The same scores in the same order, and the same memories at each score (two memories
+    whose scores are equal but for the last bit may stand in either order; a tie at the cut
+    may keep either)."""
+    assert [s for _, s in got] == [s for _, s in want]
+    groups: dict[float, tuple[set[str], set[str]]] = {}
+    for (a, score), (b, _) in zip(got, want, strict=True):
+        groups.setdefault(score, (set(), set()))
+        groups[score][0].add(a)
+        groups[score][1].add(b)
+    last = want[-1][1] if len(want) == limit else None
+    for score, (mine, theirs) in groups.items():
+        if score != last:
+            assert mine == theirs, score
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_scores_and_order_are_fts5s(tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
+    memories: list[Memory] = []
+    clock = 1_700_000_000.0
+    compared = 0
+    for step in range(40):
+        batch = []
+        for _ in range(rng.randint(1, 30)):
+            clock += rng.choice([1, 10, 100, 5000])
+            at = clock - rng.choice([50, 20_000]) if rng.random() < 0.2 else clock
+            text = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 25)))
+            batch.append(
+                Memory(
+                    id=f"m{len(memories) + len(batch)}", namespace="n", content=text, created_at=at
+                )
+            )
+        index.put(batch)
+        memories += batch
+        if rng.random() < 0.3:
+            gone = {m.id for m in rng.sample(memories, min(len(memories), rng.randint(1, 5)))}
+            index.remove(gone)
+            memories = [m for m in memories if m.id not in gone]
+        if rng.random() < 0.2:
+            i = rng.randrange(len(memories))
+            memories[i] = msgspec.structs.replace(
+                memories[i], content=memories[i].content + " paint"
+            )
+            index.put([memories[i]])
+        if step == 20:
+            index.postings = None  # read again from the file
+        for _ in range(5):
+            query = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 6)))
+            limit = rng.choice([5, 20, 50])
+            same_ranking(in_memory(index, query, limit), fts5(index, query, limit), limit)
+            compared += 1
+    assert index.postings is not None
+    assert compared == 200
+    index.close()
+
+
+def test_a_copy_without_token_counts_gets_them_at_its_first_search(tmp_path: Path) -> None:
+    path = tmp_path / "ns.sqlite3"
+    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    index.put(
+        [
+            Memory(
+                id=str(i), namespace="n", content=f"my sister plays the guitar {i}", created_at=i
+            )
+            for i in range(20)
+        ]
+    )
+    before = fts5(index, "sister guitar", 10)
+    index.close()
+    # as a file made before the counts were kept: no such column
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE docs DROP COLUMN toks")
+    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    assert index.db.execute("SELECT COUNT(*) FROM docs WHERE toks IS NULL").fetchone() == (20,)
+    assert in_memory(index, "sister guitar", 10) == before
+    assert index.db.execute("SELECT COUNT(*) FROM docs WHERE toks IS NULL").fetchone() == (0,)
+    index.close()
+
+
+def test_a_word_fts5_splits_is_searched_as_a_phrase_by_fts5(tmp_path: Path) -> None:
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=0, pair_weight=0.8)
+    index.put(
+        [
+            Memory(id="1", namespace="n", content="call snake_case here", created_at=1),
+            Memory(id="2", namespace="n", content="a snake and a case", created_at=100),
+        ]
+    )
+    # "snake_case" is one word to the query's split, two tokens to FTS5: a phrase
+    assert [m.id for m, _ in index.search("snake_case", 10)] == ["1"]
+    index.close()
+
+
+def test_a_failed_write_leaves_no_trace_in_the_posting_lists(tmp_path: Path) -> None:
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=0, pair_weight=0.8)
+    index.put([Memory(id="1", namespace="n", content="guitar lessons", created_at=1)])
+    assert [m.id for m, _ in index.search("guitar", 5)] == ["1"]
+
+    class Boom(Exception):
+        pass
+
+    def failing_write() -> None:
+        with index.transaction():
+            index.put([Memory(id="2", namespace="n", content="guitar strings", created_at=2)])
+            raise Boom
+
+    with pytest.raises(Boom):
+        failing_write()
+    assert [m.id for m, _ in index.search("guitar", 5)] == ["1"]
+    index.close()
+
+
+def test_lists_mostly_of_removed_memories_are_read_again(tmp_path: Path) -> None:
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
+    index.put(
+        [
+            Memory(id=str(i), namespace="n", content=f"word{i % 7} common {i}", created_at=i)
+            for i in range(3000)
+        ]
+    )
+    first = index.search("common word3", 20)
+    worn = index.postings
+    assert worn is not None
+    assert not worn.worn
+    index.remove([str(i) for i in range(0, 3000, 3)] + [str(i) for i in range(1, 3000, 3)])
+    assert worn.worn  # 2,000 of 3,000 slots dead
+    got = in_memory(index, "common word3", 20)
+    assert index.postings is not None
+    assert index.postings is not worn
+    assert not index.postings.worn
+    assert len(index.postings.rids) == 1000
+    same_ranking(got, fts5(index, "common word3", 20), 20)
+    assert {m.id for m, _ in first} != {mid for mid, _ in got}
+    index.close()
