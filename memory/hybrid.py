@@ -239,13 +239,21 @@ class HybridStore:
     ) -> builtins.list[Hit]:
         """The dense ranking, its memories read from the local copy (the store is asked only
         for ids and cosines, which is cheaper; it is asked for the ones the copy lacks)."""
+        return self.search_segmented(namespace, vector, k, where)[0]
+
+    def search_segmented(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
+    ) -> tuple[builtins.list[Hit], dict[str, bytes]]:
+        """``search``, and the copy's encoded segment vectors of the hits that have them,
+        read with their memories."""
         ranked = self.store.nearest(namespace, vector, k, where)
-        found = self.lexical.memories(namespace, [mid for mid, _ in ranked])
-        missing = [mid for mid, _ in ranked if mid not in found]
+        ids = [mid for mid, _ in ranked]
+        found, segments = self.lexical.memories_and_segments(namespace, ids)
+        missing = [mid for mid in ids if mid not in found]
         if missing:
             fetched = self.store.get_many(namespace, missing)
             found.update((m.id, m) for m in fetched)
-        return [Hit(found[mid], cos, cos) for mid, cos in ranked if mid in found]
+        return [Hit(found[mid], cos, cos) for mid, cos in ranked if mid in found], segments
 
     def nearest(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None

@@ -604,6 +604,16 @@ class LexicalIndex:
     def segment_vectors(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         return self.run(namespace, lambda index: index.segment_vectors(memory_ids)) or {}
 
+    def memories_and_segments(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> tuple[dict[str, Memory], dict[str, bytes]]:
+        """``memories`` and ``segment_vectors`` together: the namespace's lock is taken once
+        (under load a recall waits its turn for it once, not twice)."""
+        found = self.run(
+            namespace, lambda index: (index.memories(memory_ids), index.segment_vectors(memory_ids))
+        )
+        return found or ({}, {})
+
     def keep_segments(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
         if items:
             self.run(namespace, lambda index: index.keep_segments(items))

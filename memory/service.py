@@ -365,10 +365,11 @@ class MemoryService:
     ) -> tuple[builtins.list[Hit], builtins.list[Memory]]:
         """The dense ranking, rescored with the candidates' segment vectors (in a worker
         thread); and the candidates that should have segment vectors and have none yet."""
-        hits = self.store.search(namespace, vector, k, where)
-        if self._segments is None or not hits:
+        if self._segments is None:
+            return self.store.search(namespace, vector, k, where), []
+        hits, found = self._segments.search_segmented(namespace, vector, k, where)
+        if not hits:
             return hits, []
-        found = self._segments.segment_vectors(namespace, [h.memory.id for h in hits])
         missing = self._multi(h.memory for h in hits if h.memory.id not in found)
         return rescore(hits, found, vector, self.settings.segment_weight), missing
 
@@ -442,12 +443,11 @@ class MemoryService:
                 if self._segments is not None:  # as they will be once stored
                     cached = [self._segment_cache.get(m.content) for m in pending]
                     cosines = lift(cosines, cached, query_vec, self.settings.segment_weight)
-                keep = {m.id for m in await erasure} if erasure is not None else None
-                hits.extend(
-                    hit
-                    for hit in _pending_hits(hits, pending, cosines)
-                    if keep is None or hit.memory.id in keep
-                )
+                if erasure is not None:
+                    keep = {m.id for m in await erasure}
+                    chosen = [i for i, m in enumerate(pending) if m.id in keep]
+                    pending, cosines = [pending[i] for i in chosen], cosines[chosen]
+                hits.extend(_pending_hits(hits, pending, cosines, candidates))
         finally:
             _discard(lexical, embedding, queued, erasure)
         return rank(
@@ -659,18 +659,30 @@ def _now() -> float:
 
 
 def _pending_hits(
-    stored: builtins.list[Hit], pending: Sequence[Memory], cosines: Vectors
+    stored: builtins.list[Hit], pending: Sequence[Memory], cosines: Vectors, limit: int
 ) -> builtins.list[Hit]:
-    """Hits for memories still queued, scored like the store's hits: their cosine when the
-    store ranks by cosine; with fused scores, the score of the weakest stored hit at least as
-    similar (a hair below it), or the best score when none is."""
-    fused = any(h.score != h.cosine for h in stored)
-    out = []
-    for memory, cosine in zip(pending, cosines, strict=True):
-        similarity = float(cosine)
-        score = similarity
-        if fused:
-            above = [h.score for h in stored if h.cosine >= similarity]
-            score = min(above) * 0.999 if above else max(h.score for h in stored)
-        out.append(Hit(memory, score, similarity))
-    return out
+    """Hits for the ``limit`` most similar memories still queued (the store's side is cut at
+    as many), scored like the store's hits: their cosine when the store ranks by cosine; with
+    fused scores, the score of the weakest stored hit at least as similar (a hair below it),
+    or the best score when none is. Vectorised: a queue grows under load, and every recall of
+    its namespace reads it."""
+    if len(pending) > limit:
+        chosen = np.argsort(-cosines, kind="stable")[:limit]
+        pending, cosines = [pending[i] for i in chosen], cosines[chosen]
+    similarity = np.asarray(cosines, dtype=np.float64)
+    scores = similarity
+    if any(h.score != h.cosine for h in stored):  # fused
+        stored_cos = np.array([h.cosine for h in stored])
+        stored_score = np.array([h.score for h in stored])
+        order = np.argsort(-stored_cos, kind="stable")
+        # the weakest score among the n most similar stored hits, for every n
+        weakest = np.minimum.accumulate(stored_score[order])
+        # how many stored hits are at least as similar as each queued memory
+        ascending = stored_cos[order][::-1]
+        n = len(stored) - np.searchsorted(ascending, similarity, side="left")
+        best = float(stored_score.max())
+        scores = np.where(n > 0, weakest[np.maximum(n, 1) - 1] * 0.999, best)
+    return [
+        Hit(memory, float(score), float(cosine))
+        for memory, score, cosine in zip(pending, scores, similarity, strict=True)
+    ]

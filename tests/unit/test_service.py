@@ -6,9 +6,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from memory.outbox import Outbox
-from memory.records import Exchange, Memory
-from memory.service import MemoryService
+from memory.records import Exchange, Hit, Memory
+from memory.service import MemoryService, _pending_hits
 from tests.fakes import FakeEmbedder, MemStore
 
 
@@ -87,3 +90,43 @@ def test_a_small_write_waits_for_the_gap_after_a_search() -> None:
         await asyncio.wait_for(brief.gap(), 5)
 
     asyncio.run(run())
+
+
+def _pending_reference(
+    stored: list[Hit], pending: list[Memory], cosines: np.ndarray
+) -> list[tuple[str, float, float]]:
+    """The queued memories' scores as first written: one loop, every stored hit each."""
+    fused = any(h.score != h.cosine for h in stored)
+    out = []
+    for memory, cosine in zip(pending, cosines, strict=True):
+        similarity = float(cosine)
+        score = similarity
+        if fused:
+            above = [h.score for h in stored if h.cosine >= similarity]
+            score = min(above) * 0.999 if above else max(h.score for h in stored)
+        out.append((memory.id, score, similarity))
+    return out
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_queued_memories_are_scored_among_the_stored_hits(fused: bool) -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        stored = []
+        for i in range(int(rng.integers(0, 30))):
+            cosine = float(np.round(rng.uniform(0, 1), 2))  # ties too
+            score = float(rng.uniform(0, 0.4)) if fused else cosine
+            stored.append(Hit(mem(f"s{i}"), score, cosine))
+        pending = [mem(f"p{i}") for i in range(int(rng.integers(1, 80)))]
+        cosines = np.round(rng.uniform(0, 1, len(pending)), 2).astype(np.float32)
+        want = _pending_reference(stored, pending, cosines)
+        hits = _pending_hits(stored, pending, cosines, 100)
+        got = [(h.memory.id, h.score, h.cosine) for h in hits]
+        assert [g[0] for g in got] == [w[0] for w in want]
+        for (_, gs, gc), (_, ws, wc) in zip(got, want, strict=True):
+            assert gs == pytest.approx(ws, abs=1e-12)
+            assert gc == wc
+        # only the most similar are kept when there are more than the limit
+        cut = _pending_hits(stored, pending, cosines, 5)
+        best = sorted(want, key=lambda w: -w[2])[:5]
+        assert sorted(h.cosine for h in cut) == sorted(w[2] for w in best)
