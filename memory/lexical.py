@@ -51,6 +51,11 @@ _DECODE_PAYLOADS = msgspec.json.Decoder(list[tuple[int, Memory]]).decode
 _GONE_KEPT = 7 * 86400.0  # how long the place of a removed memory is remembered
 _TOKENIZE = "porter unicode61"  # the FTS5 tables' tokenizer
 _WORD_TOKENS: dict[str, tuple[str, ...]] = {}  # a query word's FTS5 tokens (one tokenizer)
+# When the BM25 search reads a namespace's posting lists (``memory.bm25``): at once for at most
+# this many memories (~6 ms a thousand), else after this many FTS5 searches since the file
+# was opened (reading them costs about ten FTS5 searches of the namespace).
+_SMALL = 2000
+_FTS_SEARCHES = 3
 T = TypeVar("T")
 STOPWORDS = frozenset(
     [
@@ -197,6 +202,7 @@ class NamespaceIndex:
         # The BM25 search's posting lists (memory.bm25), read from the file at the first
         # search and kept in step by every write; None: to be read again.
         self.postings: Postings | None = None
+        self._fts_searches = 0  # searches FTS5 answered since the file was opened
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -375,8 +381,9 @@ class NamespaceIndex:
         if not terms or limit <= 0:
             return []
         phrases = phrase_tokens(self.tokenizer, terms, _WORD_TOKENS)
-        if all(len(tokens) == 1 for tokens in phrases):
-            ranked = self._postings().search([t[0] for t in phrases], limit, self.pair_weight)
+        postings = self._postings_if_due()
+        if postings is not None and all(len(tokens) == 1 for tokens in phrases):
+            ranked = postings.search([t[0] for t in phrases], limit, self.pair_weight)
             if not ranked:
                 return []
             (found,) = self.db.execute(
@@ -386,7 +393,9 @@ class NamespaceIndex:
             ).fetchone()
             by_rid = dict(_DECODE_PAYLOADS(found))
             return [(by_rid[rid], score) for score, rid in ranked]
-        # A word FTS5 splits (``a_b``) is a phrase: FTS5 matches it in its own index.
+        # FTS5 itself: a big namespace's first searches since its file was opened (reading
+        # its posting lists costs about ten of them: a namespace searched once or twice never
+        # pays it), and a word FTS5 splits (``a_b``: a phrase, matched in FTS5's own index).
         match = " OR ".join(f'"{t}"' for t in terms)
         (found,) = self.db.execute(
             _SEARCH, {"q": match, "n": limit, "w": self.pair_weight}
@@ -395,13 +404,23 @@ class NamespaceIndex:
         rows.sort(key=lambda row: (-row[0], row[1]))
         return [(memory, score) for score, _, memory in rows]
 
+    def _postings_if_due(self) -> Postings | None:
+        """The posting lists, read now if the namespace is small or has been searched a few
+        times since its file was opened; else None (FTS5 answers this search)."""
+        if self.postings is not None:
+            return self._postings()  # read again if worn
+        self._fts_searches += 1
+        if self._fts_searches > _FTS_SEARCHES:
+            return self._postings()
+        (size,) = self.db.execute("SELECT COALESCE(MAX(rid), 0) FROM docs").fetchone()
+        return self._postings() if size <= _SMALL else None
+
     def _postings(self) -> Postings:
         """The posting lists, read from the file the first time (token counts a copy made
         before they were kept lacks are counted now, and kept)."""
         if self.postings is not None and not self.postings.worn:
             return self.postings
-        rows = self.db.execute("SELECT rid, prev, toks, content FROM docs ORDER BY rid").fetchall()
-        missing = [(rid, content) for rid, _, toks, content in rows if toks is None]
+        missing = self.db.execute("SELECT rid, content FROM docs WHERE toks IS NULL").fetchall()
         counted = dict(
             zip(
                 [rid for rid, _ in missing],
@@ -415,12 +434,11 @@ class NamespaceIndex:
                     "UPDATE docs SET toks = ? WHERE rid = ?",
                     [(encode_counts(c), rid) for rid, c in counted.items()],
                 )
-        postings = Postings()
-        for rid, _, toks, _ in rows:
-            postings.add(rid, counted[rid] if toks is None else decode_counts(toks))
-        for rid, prev, _, _ in rows:
-            if prev is not None:
-                postings.pair(rid, prev)
+        rows = self.db.execute("SELECT rid, prev, toks FROM docs ORDER BY rid").fetchall()
+        postings = Postings.build(
+            (rid, counted[rid] if toks is None else decode_counts(toks), prev)
+            for rid, prev, toks in rows
+        )
         self.postings = postings
         return postings
 

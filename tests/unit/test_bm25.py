@@ -11,6 +11,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from memory import lexical
 from memory.lexical import _DECODE_ROWS, _SEARCH, NamespaceIndex, query_terms
 from memory.records import Memory
 
@@ -153,7 +154,40 @@ def test_a_failed_write_leaves_no_trace_in_the_posting_lists(tmp_path: Path) -> 
     index.close()
 
 
-def test_lists_mostly_of_removed_memories_are_read_again(tmp_path: Path) -> None:
+def test_a_big_namespace_is_searched_by_fts5_until_it_has_been_searched_a_few_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lexical, "_SMALL", 10)
+    monkeypatch.setattr(lexical, "_FTS_SEARCHES", 3)
+    path = tmp_path / "ns.sqlite3"
+    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    index.put(
+        [
+            Memory(id=str(i), namespace="n", content=f"guitar {i % 5} lesson {i}", created_at=i)
+            for i in range(40)
+        ]
+    )
+    answers = []
+    for _ in range(3):
+        answers.append(in_memory(index, "guitar lesson 3", 10))
+        assert index.postings is None  # FTS5 answered
+    answers.append(in_memory(index, "guitar lesson 3", 10))
+    assert index.postings is not None  # the fourth read the posting lists
+    for got in answers:
+        same_ranking(got, answers[0], 10)
+    index.close()
+    # a small namespace reads them at its first search
+    monkeypatch.setattr(lexical, "_SMALL", 40)
+    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    same_ranking(in_memory(index, "guitar lesson 3", 10), answers[0], 10)
+    assert index.postings is not None
+    index.close()
+
+
+def test_lists_mostly_of_removed_memories_are_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lexical, "_SMALL", 10_000)
     index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
     index.put(
         [
