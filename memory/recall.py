@@ -8,6 +8,7 @@ budget for injection.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,6 +63,7 @@ _PHATIC_TEXT = """
 PHATIC = frozenset(_PHATIC_TEXT.split())
 
 
+@functools.lru_cache(maxsize=4096)  # the same memories come up recall after recall
 def content_free(text: str) -> bool:
     """Whether ``text`` holds no word beyond stopwords and acknowledgements (``PHATIC``): a
     turn such as "thanks!", "ok" or "You're welcome! Let me know if you need anything else."
@@ -71,6 +73,7 @@ def content_free(text: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize(text: str) -> str:
     """Case- and whitespace-folded text, for duplicate detection."""
     return _SPACE.sub(" ", text).strip().casefold()
