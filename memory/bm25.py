@@ -5,7 +5,7 @@ with the one before it).
 FTS5 scores every row that matches any query term, one row at a time (~1,100 of 10,000
 memories for a typical query here, twice: alone and paired), which made the BM25 search the
 largest piece of a recall's CPU. Here each term's rows are a posting list, and a query is a
-few vector operations over the namespace.
+few vector operations over its terms' rows.
 
 What is kept: for every memory, its tokens' counts (as FTS5's tokenizer makes them: the
 local copy stores them beside the memory, so that opening a namespace reads them instead of
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import sqlite3
 from array import array
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import msgspec
@@ -52,11 +53,11 @@ class Tokenizer:
         """Each text's tokens, in order."""
         if not texts:
             return []
-        self.db.executemany(
-            "INSERT INTO temp.tok(rowid, body) VALUES (?, ?)", list(enumerate(texts))
-        )
         out: list[list[str]] = [[] for _ in texts]
         try:
+            self.db.executemany(
+                "INSERT INTO temp.tok(rowid, body) VALUES (?, ?)", list(enumerate(texts))
+            )
             for doc, term in self.db.execute(
                 "SELECT doc, term FROM temp.tokv ORDER BY doc, offset"
             ):
@@ -67,13 +68,7 @@ class Tokenizer:
 
     def counts(self, texts: Sequence[str]) -> list[dict[str, int]]:
         """Each text's token counts."""
-        result = []
-        for tokens in self.tokens(texts):
-            counts: dict[str, int] = {}
-            for token in tokens:
-                counts[token] = counts.get(token, 0) + 1
-            result.append(counts)
-        return result
+        return [dict(Counter(tokens)) for tokens in self.tokens(texts)]
 
 
 def encode_counts(counts: dict[str, int]) -> bytes:

@@ -374,9 +374,10 @@ class NamespaceIndex:
         return {mid for (mid,) in self.db.execute("SELECT mid FROM docs")}
 
     def search(self, text: str, limit: int) -> list[tuple[Memory, float]]:
-        """Memories matching ``text``, best BM25 first, with their scores. One statement
-        returning one row: the calling thread gives up and takes back the GIL once, not once
-        a result row (which under load queues it behind busy threads)."""
+        """Memories matching ``text``, best BM25 first, with their scores: from the posting
+        lists in memory, or FTS5 itself (see ``_fts5``), which score alike. Each statement
+        returns one row: the calling thread gives up and takes back the GIL once, not once a
+        result row (which under load queues it behind busy threads)."""
         terms = query_terms(text)
         if not terms or limit <= 0:
             return []
@@ -393,9 +394,13 @@ class NamespaceIndex:
             ).fetchone()
             by_rid = dict(_DECODE_PAYLOADS(found))
             return [(by_rid[rid], score) for score, rid in ranked]
-        # FTS5 itself: a big namespace's first searches since its file was opened (reading
-        # its posting lists costs about ten of them: a namespace searched once or twice never
-        # pays it), and a word FTS5 splits (``a_b``: a phrase, matched in FTS5's own index).
+        return self._fts5(terms, limit)
+
+    def _fts5(self, terms: Sequence[str], limit: int) -> list[tuple[Memory, float]]:
+        """The search by FTS5 itself: a big namespace's first searches since its file was
+        opened (reading its posting lists costs about ten of them: a namespace searched once
+        or twice never pays it), and a word FTS5 splits (``a_b``: a phrase, matched in FTS5's
+        own index)."""
         match = " OR ".join(f'"{t}"' for t in terms)
         (found,) = self.db.execute(
             _SEARCH, {"q": match, "n": limit, "w": self.pair_weight}

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from memory import lexical
-from memory.lexical import _DECODE_ROWS, _SEARCH, NamespaceIndex, query_terms
+from memory.lexical import NamespaceIndex, query_terms
 from memory.records import Memory
 
 WORDS = [
@@ -24,17 +24,9 @@ WORDS = [
 
 
 def fts5(index: NamespaceIndex, text: str, limit: int) -> list[tuple[str, float]]:
-    """What the FTS5 statement alone answers."""
+    """What FTS5's own statement answers."""
     terms = query_terms(text)
-    if not terms:
-        return []
-    match = " OR ".join(f'"{t}"' for t in terms)
-    (found,) = index.db.execute(
-        _SEARCH, {"q": match, "n": limit, "w": index.pair_weight}
-    ).fetchone()
-    rows = _DECODE_ROWS(found)
-    rows.sort(key=lambda row: (-row[0], row[1]))
-    return [(m.id, round(s, 6)) for s, _, m in rows]
+    return [(m.id, round(s, 6)) for m, s in index._fts5(terms, limit)] if terms else []
 
 
 def in_memory(index: NamespaceIndex, text: str, limit: int) -> list[tuple[str, float]]:
