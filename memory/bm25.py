@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 from array import array
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -37,38 +38,56 @@ _DECODE = msgspec.msgpack.Decoder(dict[str, int]).decode
 
 
 class Tokenizer:
-    """FTS5's tokens of texts, from a scratch FTS5 table in the connection's temp schema
-    (same tokenizer as the index), read back through ``fts5vocab``."""
+    """FTS5's tokens of texts: a scratch FTS5 table with the index's tokenizer, in a private
+    in-memory database (made at first use), read back through ``fts5vocab``. Thread-safe;
+    query words' tokens are cached."""
 
-    def __init__(self, db: sqlite3.Connection, tokenize: str) -> None:
-        self.db = db
-        db.execute(
-            f"CREATE VIRTUAL TABLE IF NOT EXISTS temp.tok USING fts5(body, tokenize={tokenize!r})"
-        )
-        db.execute(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.tokv USING fts5vocab(temp, tok, instance)"
-        )
+    def __init__(self, tokenize: str, *, cached_words: int = 50_000) -> None:
+        self.tokenize = tokenize
+        self.cached_words = cached_words
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._words: dict[str, tuple[str, ...]] = {}
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        db.execute(f"CREATE VIRTUAL TABLE tok USING fts5(body, tokenize={self.tokenize!r})")
+        db.execute("CREATE VIRTUAL TABLE tokv USING fts5vocab(tok, instance)")
+        return db
 
     def tokens(self, texts: Sequence[str]) -> list[list[str]]:
         """Each text's tokens, in order."""
         if not texts:
             return []
         out: list[list[str]] = [[] for _ in texts]
-        try:
-            self.db.executemany(
-                "INSERT INTO temp.tok(rowid, body) VALUES (?, ?)", list(enumerate(texts))
-            )
-            for doc, term in self.db.execute(
-                "SELECT doc, term FROM temp.tokv ORDER BY doc, offset"
-            ):
-                out[doc].append(term)
-        finally:
-            self.db.execute("DELETE FROM temp.tok")
+        with self._lock:
+            if self._db is None:
+                self._db = self._connect()
+            try:
+                self._db.executemany(
+                    "INSERT INTO tok(rowid, body) VALUES (?, ?)", list(enumerate(texts))
+                )
+                for doc, term in self._db.execute(
+                    "SELECT doc, term FROM tokv ORDER BY doc, offset"
+                ):
+                    out[doc].append(term)
+            finally:
+                self._db.execute("DELETE FROM tok")
         return out
 
     def counts(self, texts: Sequence[str]) -> list[dict[str, int]]:
         """Each text's token counts."""
         return [dict(Counter(tokens)) for tokens in self.tokens(texts)]
+
+    def words(self, words: Sequence[str]) -> list[tuple[str, ...]]:
+        """Each query word's tokens (one or more: FTS5 splits ``a_b``; none for some)."""
+        todo = [w for w in dict.fromkeys(words) if w not in self._words]
+        if todo:
+            if len(self._words) + len(todo) > self.cached_words:
+                self._words = {}
+            self._words.update(zip(todo, map(tuple, self.tokens(todo)), strict=True))
+        cache = self._words
+        return [cache[w] if w in cache else tuple(self.tokens([w])[0]) for w in words]
 
 
 def encode_counts(counts: dict[str, int]) -> bytes:
@@ -276,16 +295,3 @@ class _Scores:
             slots, values = slots[keep], values[keep]
         best = np.lexsort((slots, -values))[:limit]
         return [(int(slots[i]), float(values[i])) for i in best]
-
-
-def phrase_tokens(
-    tokenizer: Tokenizer, words: Iterable[str], cache: dict[str, tuple[str, ...]]
-) -> list[tuple[str, ...]]:
-    """Each query word's FTS5 tokens (cached by word)."""
-    words = list(words)
-    todo = [w for w in dict.fromkeys(words) if w not in cache]
-    for word, tokens in zip(todo, tokenizer.tokens(todo), strict=True):
-        if len(cache) > 50_000:
-            cache.clear()
-        cache[word] = tuple(tokens)
-    return [cache[w] for w in words]

@@ -40,7 +40,7 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
-from memory.bm25 import Postings, Tokenizer, decode_counts, encode_counts, phrase_tokens
+from memory.bm25 import Postings, Tokenizer, decode_counts, encode_counts
 from memory.records import Memory, micros
 
 _TOKEN = re.compile(r"\w+")
@@ -50,7 +50,7 @@ _DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
 _DECODE_PAYLOADS = msgspec.json.Decoder(list[tuple[int, Memory]]).decode
 _GONE_KEPT = 7 * 86400.0  # how long the place of a removed memory is remembered
 _TOKENIZE = "porter unicode61"  # the FTS5 tables' tokenizer
-_WORD_TOKENS: dict[str, tuple[str, ...]] = {}  # a query word's FTS5 tokens (one tokenizer)
+_TOKENIZER = Tokenizer(_TOKENIZE)  # their tokens, for the BM25 search in memory
 # When the BM25 search reads a namespace's posting lists (``memory.bm25``): at once for at most
 # this many memories (~6 ms a thousand), else after this many FTS5 searches since the file
 # was opened (reading them costs about ten FTS5 searches of the namespace).
@@ -195,7 +195,6 @@ class NamespaceIndex:
             columns = {row[1] for row in self.db.execute("PRAGMA table_info(docs)")}
             if "toks" not in columns:  # a copy made before the in-memory BM25 search
                 self.db.execute("ALTER TABLE docs ADD COLUMN toks BLOB")
-            self.tokenizer = Tokenizer(self.db, _TOKENIZE)
         except BaseException:
             self.db.close()
             raise
@@ -225,7 +224,7 @@ class NamespaceIndex:
         """Index memories; one already indexed is replaced if it changed."""
         ordered = sorted(memories, key=lambda m: (m.created_at, m.id))
         with self.transaction():
-            counts = self.tokenizer.counts([m.content for m in ordered])
+            counts = _TOKENIZER.counts([m.content for m in ordered])
             for memory, tokens in zip(ordered, counts, strict=True):
                 self._put(memory, tokens)
 
@@ -381,7 +380,7 @@ class NamespaceIndex:
         terms = query_terms(text)
         if not terms or limit <= 0:
             return []
-        phrases = phrase_tokens(self.tokenizer, terms, _WORD_TOKENS)
+        phrases = _TOKENIZER.words(terms)
         postings = self._postings_if_due()
         if postings is not None and all(len(tokens) == 1 for tokens in phrases):
             ranked = postings.search([t[0] for t in phrases], limit, self.pair_weight)
@@ -429,7 +428,7 @@ class NamespaceIndex:
         counted = dict(
             zip(
                 [rid for rid, _ in missing],
-                self.tokenizer.counts([content for _, content in missing]),
+                _TOKENIZER.counts([content for _, content in missing]),
                 strict=True,
             )
         )
