@@ -115,27 +115,15 @@ class Postings:
 
     @classmethod
     def build(cls, rows: Iterable[tuple[int, dict[str, int], int | None]]) -> Postings:
-        """Posting lists of (rid, token counts, rid paired with or None), in rid order: what
-        ``add`` and ``pair`` make one at a time, in one pass."""
+        """Posting lists of (rid, token counts, rid paired with or None), in rid order."""
         p = cls()
-        terms, slot_of, rids, length = p.terms, p.slot_of, p.rids, p.length
         pairs = []
-        for slot, (rid, counts, before) in enumerate(rows):
-            slot_of[rid] = slot
-            rids.append(rid)
-            length.append(float(sum(counts.values())))
+        for rid, counts, before in rows:
+            p.add(rid, counts)
             if before is not None:
-                pairs.append((slot, before))
-            for term, n in counts.items():
-                entry = terms.get(term)
-                if entry is None:
-                    entry = terms[term] = (array("i"), array("i"))
-                entry[0].append(slot)
-                entry[1].append(n)
-        p.alive = array("b", bytes([1]) * len(rids))
-        p.partner = array("i", [-1]) * len(rids)
-        for slot, before in pairs:
-            p.partner[slot] = slot_of.get(before, -1)
+                pairs.append((rid, before))
+        for rid, before in pairs:
+            p.pair(rid, before)
         return p
 
     @property
