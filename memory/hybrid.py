@@ -239,16 +239,24 @@ class HybridStore:
     ) -> builtins.list[Hit]:
         """The dense ranking, its memories read from the local copy (the store is asked only
         for ids and cosines, which is cheaper; it is asked for the ones the copy lacks)."""
-        return self.search_segmented(namespace, vector, k, where)[0]
+        return self._search(namespace, vector, k, where, segmented=False)[0]
 
     def search_segmented(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> tuple[builtins.list[Hit], dict[str, bytes]]:
         """``search``, and the copy's encoded segment vectors of the hits that have them,
         read with their memories."""
+        return self._search(namespace, vector, k, where, segmented=True)
+
+    def _search(
+        self, namespace: str, vector: Vectors, k: int, where: Filter | None, *, segmented: bool
+    ) -> tuple[builtins.list[Hit], dict[str, bytes]]:
         ranked = self.store.nearest(namespace, vector, k, where)
         ids = [mid for mid, _ in ranked]
-        found, segments = self.lexical.memories_and_segments(namespace, ids)
+        if segmented:
+            found, segments = self.lexical.memories_and_segments(namespace, ids)
+        else:
+            found, segments = self.lexical.memories(namespace, ids), {}
         missing = [mid for mid in ids if mid not in found]
         if missing:
             fetched = self.store.get_many(namespace, missing)
