@@ -134,9 +134,7 @@ class Postings:
     # -- keeping it in step with the FTS5 tables ---------------------------------------------
 
     def add(self, rid: int, counts: dict[str, int]) -> None:
-        """A memory indexed alone (its FTS5 ``plain`` row)."""
-        if rid in self.slot_of:
-            self.remove(rid)
+        """A memory indexed alone (its FTS5 ``plain`` row; rowids are never reused)."""
         self.version += 1
         slot = len(self.rids)
         self.slot_of[rid] = slot
