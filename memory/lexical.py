@@ -179,10 +179,14 @@ def query_terms(text: str) -> list[str]:
 class NamespaceIndex:
     """One namespace's file. Every method expects the caller to hold ``lock``."""
 
-    def __init__(self, path: Path, *, pair_gap: float, pair_weight: float) -> None:
+    def __init__(
+        self, path: Path, *, pair_gap: float, pair_weight: float, max_bytes: int | None = None
+    ) -> None:
+        """``max_bytes``: posting lists bigger than this are not kept (FTS5 answers)."""
         self.path = path
         self.pair_gap = pair_gap
         self.pair_weight = pair_weight
+        self.max_bytes = max_bytes
         self.lock = threading.Lock()
         self.users = 0  # guarded by the pool's lock
         self.closed = False
@@ -202,6 +206,7 @@ class NamespaceIndex:
         # search and kept in step by every write; None: to be read again.
         self.postings: Postings | None = None
         self._fts_searches = 0  # searches FTS5 answered since the file was opened
+        self._too_big = False  # its lists outgrew ``max_bytes``: FTS5 while the file is open
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -413,15 +418,24 @@ class NamespaceIndex:
         times since its file was opened; else None (FTS5 answers this search)."""
         if self.postings is not None:
             return self._postings()  # read again if worn
+        if self._too_big:
+            return None
         self._fts_searches += 1
         if self._fts_searches > _FTS_SEARCHES:
             return self._postings()
         (size,) = self.db.execute("SELECT COALESCE(MAX(rid), 0) FROM docs").fetchone()
         return self._postings() if size <= _SMALL else None
 
-    def _postings(self) -> Postings:
+    def drop_postings(self) -> None:
+        """Let the posting lists go (the memory is wanted elsewhere): FTS5 answers the next
+        searches, as after the file is opened."""
+        self.postings = None
+        self._fts_searches = 0
+
+    def _postings(self) -> Postings | None:
         """The posting lists, read from the file the first time (token counts a copy made
-        before they were kept lacks are counted now, and kept)."""
+        before they were kept lacks are counted now, and kept); None if they are bigger than
+        ``max_bytes``."""
         if self.postings is not None and not self.postings.worn:
             return self.postings
         missing = self.db.execute("SELECT rid, content FROM docs WHERE toks IS NULL").fetchall()
@@ -443,6 +457,9 @@ class NamespaceIndex:
             (rid, counted[rid] if toks is None else decode_counts(toks), prev)
             for rid, prev, toks in rows
         )
+        if self.max_bytes is not None and postings.nbytes > self.max_bytes:
+            self.postings, self._too_big = None, True
+            return None
         self.postings = postings
         return postings
 
@@ -498,7 +515,8 @@ class NamespaceIndex:
 
 
 class LexicalIndex:
-    """The folder of namespace files, at most ``max_open`` of them open at once."""
+    """The folder of namespace files, at most ``max_open`` of them open at once, their posting
+    lists holding at most about ``postings_bytes`` together (``_fit``)."""
 
     def __init__(
         self,
@@ -507,12 +525,14 @@ class LexicalIndex:
         pair_gap: float = 3600.0,
         pair_weight: float = 0.8,
         max_open: int = 64,
+        postings_bytes: int = 256 << 20,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.pair_gap = pair_gap
         self.pair_weight = pair_weight
         self.max_open = max_open
+        self.postings_bytes = postings_bytes
         self._open: OrderedDict[str, NamespaceIndex] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -529,7 +549,12 @@ class LexicalIndex:
                 path = self.path(namespace)
                 if not create and not path.exists():
                     return None
-                index = NamespaceIndex(path, pair_gap=self.pair_gap, pair_weight=self.pair_weight)
+                index = NamespaceIndex(
+                    path,
+                    pair_gap=self.pair_gap,
+                    pair_weight=self.pair_weight,
+                    max_bytes=self.postings_bytes,
+                )
                 self._open[namespace] = index
             else:
                 self._open.move_to_end(namespace)
@@ -552,6 +577,25 @@ class LexicalIndex:
                 with index.lock:
                     index.close()
                 excess -= 1
+
+    def _fit(self, namespace: str) -> None:
+        """Posting lists of the least recently used open files are let go (those not in use
+        right now) until all of them hold at most ``postings_bytes``; ``namespace``'s are
+        kept (it was just searched, and a file keeps no lists bigger than that alone)."""
+        with self._lock:
+            held = [(name, index, index.postings) for name, index in self._open.items()]
+            total = sum(p.nbytes for _, _, p in held if p is not None)
+            for name, index, postings in held:
+                if total <= self.postings_bytes:
+                    return
+                if postings is None or name == namespace or not index.lock.acquire(False):
+                    continue
+                try:
+                    if index.postings is postings:
+                        index.drop_postings()
+                        total -= postings.nbytes
+                finally:
+                    index.lock.release()
 
     def run(self, namespace: str, work: Callable[[NamespaceIndex], T]) -> T | None:
         """``work`` on the namespace's file, under its lock; None when the namespace has no
@@ -618,7 +662,9 @@ class LexicalIndex:
         return self.run(namespace, NamespaceIndex.ids) or set()
 
     def search(self, namespace: str, text: str, limit: int) -> list[tuple[Memory, float]]:
-        return self.run(namespace, lambda index: index.search(text, limit)) or []
+        found = self.run(namespace, lambda index: index.search(text, limit)) or []
+        self._fit(namespace)
+        return found
 
     def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
         return self.run(namespace, lambda index: index.memories(memory_ids)) or {}

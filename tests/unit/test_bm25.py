@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import tracemalloc
 from pathlib import Path
 
 import msgspec
@@ -201,3 +202,80 @@ def test_lists_mostly_of_removed_memories_are_read_again(
     same_ranking(got, fts5(index, "common word3", 20), 20)
     assert {m.id for m, _ in first} != {mid for mid, _ in got}
     index.close()
+
+
+def _words(rng: random.Random, n: int, vocabulary: int) -> list[str]:
+    return [" ".join(f"w{rng.randrange(vocabulary)}" for _ in range(12)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("vocabulary", [300, 300_000])
+def test_the_size_estimate_follows_what_the_lists_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vocabulary: int
+) -> None:
+    """``Postings.nbytes`` within 25% of what building the lists and a search allocate, for a
+    small and a large vocabulary (the cost of a term dominates the second)."""
+    monkeypatch.setattr(lexical, "_SMALL", 10_000)
+    rng = random.Random(vocabulary)
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
+    index.put(
+        [
+            Memory(id=str(i), namespace="n", content=text, created_at=i)
+            for i, text in enumerate(_words(rng, 5000, vocabulary))
+        ]
+    )
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index.search("w1 w2 w3", 10)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert index.postings is not None
+    assert 0.75 * held <= index.postings.nbytes <= 1.25 * held, (index.postings.nbytes, held)
+    index.close()
+
+
+def test_the_lists_of_all_namespaces_stay_within_their_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each namespace searched reads its lists; those of the least recently searched ones are
+    let go when together they would hold more than ``postings_bytes``, and a namespace whose
+    lists alone would not fit keeps none. Every search answers as FTS5 does, held or not."""
+    monkeypatch.setattr(lexical, "_SMALL", 10_000)
+    rng = random.Random(5)
+    texts = {name: _words(rng, n, 2000) for name, n in [("a", 400), ("b", 400), ("c", 400)]}
+    texts["big"] = _words(rng, 3000, 20_000)
+    sizes = {}
+    for name, items in texts.items():  # what each one's lists cost
+        alone = NamespaceIndex(tmp_path / f"{name}.sqlite3", pair_gap=3600, pair_weight=0.8)
+        alone.put([Memory(id=str(i), namespace=name, content=t) for i, t in enumerate(items)])
+        alone.search("w1", 1)
+        assert alone.postings is not None
+        sizes[name] = alone.postings.nbytes
+        alone.close()
+    budget = sizes["a"] + sizes["b"] + sizes["c"] // 2  # two small ones fit, not three
+    assert sizes["big"] > budget
+    pool = lexical.LexicalIndex(tmp_path / "pool", postings_bytes=budget)
+    for name, items in texts.items():
+        pool.add([Memory(id=str(i), namespace=name, content=t) for i, t in enumerate(items)])
+
+    def held() -> dict[str, int]:
+        return {
+            name: index.postings.nbytes
+            for name, index in pool._open.items()
+            if index.postings is not None
+        }
+
+    for name in ["a", "b", "c", "a", "big", "b", "c"]:
+        query = " ".join(f"w{rng.randrange(2000)}" for _ in range(3))
+        got = [(m.id, round(s, 6)) for m, s in pool.search(name, query, 10)]
+        want = pool.run(name, lambda index, q=query: fts5(index, q, 10))
+        assert want is not None
+        same_ranking(got, want, 10)
+        now = held()
+        assert sum(now.values()) <= budget, (name, now)
+        assert "big" not in now
+        if name != "big":
+            assert name in now  # the one just searched keeps its lists
+    assert set(held()) == {"b", "c"}  # "a" was the least recently searched
+    pool.close()
