@@ -5,9 +5,14 @@ the namespace's memories in listing order, and their BM25 index) answers the lex
 recall, the memories of dense hits, and pages of a listing. The wrapped store is the one
 truth; the copy is derived from it and never answers with what the store no longer holds:
 
-- **Confirmed on read.** What the copy proposes (lexical matches, a page of a listing) is
-  checked against the store (``existing``: ids only) before it is returned; what is gone is
-  dropped and removed from the copy. Dense hits come from the store itself.
+- **Confirmed on read, where it can be behind.** With a shared store, what the copy proposes
+  (lexical matches, a page of a listing) is checked against the store (``existing``: ids
+  only) before it is returned; what is gone is dropped and removed from the copy. Alone on
+  its store, a gateway makes its copy a subset of the store by the order of its own writes (a
+  memory goes into the copy after the store, under the namespace's lock; out of the copy
+  before the store, under the same lock), so its lexical matches are returned as they are
+  (the check was a tenth of a memory chat's cost at c=32); pages are still checked. Dense
+  hits come from the store itself.
 - **Caught up, not rebuilt.** Before a lexical search or a listing, a namespace is brought
   up to date with ``changes``: the memories written since the copy last looked (less a
   margin for clocks and slow writes), so the work follows what changed. With a shared store
@@ -32,6 +37,7 @@ side of its writes; the copy's own locks are taken inside it, never the other wa
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 import threading
 import time
@@ -226,12 +232,22 @@ class HybridStore:
     # -- MemoryStore -------------------------------------------------------------------------
 
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
-        self.store.add(memories, vectors)
         by_ns: dict[str, builtins.list[Memory]] = {}
         for memory in memories:
             by_ns.setdefault(memory.namespace, []).append(memory)
-        for namespace, items in by_ns.items():
-            with self._lock(namespace):
+        if self.shared:
+            self.store.add(memories, vectors)
+            for namespace, items in by_ns.items():
+                with self._lock(namespace):
+                    self.lexical.add(items)
+            return
+        # Alone on the store: the store's write and the copy's under the namespaces' locks
+        # (taken in one order), so that no delete or erasure falls between the two.
+        with contextlib.ExitStack() as held:
+            for stripe in sorted({hash(namespace) % _STRIPES for namespace in by_ns}):
+                held.enter_context(self._stripes[stripe])
+            self.store.add(memories, vectors)
+            for items in by_ns.values():
                 self.lexical.add(items)
 
     def search(
@@ -289,6 +305,8 @@ class HybridStore:
         matched = self.lexical.search(namespace, text, k * 4 if where else k)
         if where:
             matched = [(m, s) for m, s in matched if matches(m, where)][:k]
+        if not self.shared:
+            return matched  # the copy holds nothing the store does not (see the docstring)
         present = self._confirmed(namespace, [m for m, _ in matched])
         return [(m, score) for m, score in matched if m.id in present]
 
@@ -344,16 +362,32 @@ class HybridStore:
         return self.store.versions(namespace, memory_id)
 
     def delete(self, namespace: str, memory_id: str) -> bool:
+        """Out of the copy first, then out of the store: a failure in between leaves the copy
+        without a memory the store still holds (it is checked again, and repaired), never
+        the other way round."""
         with self._lock(namespace):
-            found = self.store.delete(namespace, memory_id)
             self.lexical.delete(namespace, [memory_id])
-        return found
+            try:
+                return self.store.delete(namespace, memory_id)
+            except BaseException:
+                self._check_again(namespace)
+                raise
 
     def delete_namespace(self, namespace: str) -> int:
+        """The copy is thrown away first, then the store's namespace erased; the copy is read
+        again from the store at the namespace's next use (all of it, if the erasure failed)."""
         with self._lock(namespace):
-            erased = self.store.delete_namespace(namespace)
             self.lexical.drop(namespace)
-        return erased
+            try:
+                return self.store.delete_namespace(namespace)
+            finally:
+                self._state(namespace).checked = -1e18
+
+    def _check_again(self, namespace: str) -> None:
+        """Compare the namespace's copy with the store again soon, whatever the intervals."""
+        state = self._state(namespace)
+        state.verified = state.repaired = -1e18
+        self._verify_soon(namespace, state)
 
     def erasures(self, namespaces: Collection[str]) -> dict[str, float]:
         return self.store.erasures(namespaces)

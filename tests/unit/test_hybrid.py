@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -8,8 +9,8 @@ import pytest
 from memory.hybrid import HybridStore
 from memory.lexical import LexicalIndex
 from memory.recall import hybrid
-from memory.records import Memory, new_id
-from memory.store import Changes, CursorNotFound
+from memory.records import Memory, Vectors, new_id
+from memory.store import Changes, CursorNotFound, StoreUnavailable
 from tests.conftest import wait_until
 from tests.fakes import FakeEmbedder, MemStore
 
@@ -290,7 +291,8 @@ def test_alone_on_its_store_a_gateway_checks_counts_once_and_repairs_a_gap(
     assert "changes" not in inner.calls  # alone on the store: counting is enough
     calls = len(inner.calls)
     again.search_text("a", "walrus", 5)
-    assert inner.calls[calls:] == ["existing"]  # later: only the check of what it proposes
+    # later: nothing (alone on its store, its copy holds nothing the store does not)
+    assert inner.calls[calls:] == []
     again.close()
 
 
@@ -309,3 +311,86 @@ def test_a_change_through_another_gateway_reaches_the_copy(tmp_path: Path) -> No
     assert mine.search_text("a", "Porto", 5) == []
     mine.close()
     other.close()
+
+
+def test_alone_on_its_store_the_copy_never_holds_what_the_store_does_not(tmp_path: Path) -> None:
+    """Lexical matches are not checked against the store when a gateway is alone on it: a
+    delete leaves the copy before the store (a failed one leaves the copy without a memory
+    the store still holds, until it is repaired), an erasure likewise, and a write cannot
+    fall between an erasure's two halves."""
+    import threading
+
+    embedder = FakeEmbedder()
+
+    class Flaky(MemStore):
+        fail_delete = False
+        fail_erase = False
+        adding = threading.Event()
+        release = threading.Event()
+        slow_add = False
+
+        def delete(self, namespace: str, memory_id: str) -> bool:
+            if self.fail_delete:
+                raise StoreUnavailable("down while deleting")
+            return super().delete(namespace, memory_id)
+
+        def delete_namespace(self, namespace: str) -> int:
+            if self.fail_erase:
+                raise StoreUnavailable("down while erasing")
+            return super().delete_namespace(namespace)
+
+        def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
+            super().add(memories, vectors)
+            if self.slow_add:
+                self.adding.set()  # in the store, not yet in the copy
+                self.release.wait(10)
+
+    inner = Flaky()
+    store = HybridStore(
+        inner,
+        LexicalIndex(tmp_path / "index", pair_gap=0),
+        repair_interval=0.0,
+        recount_delay=0.01,
+    )
+    store.add(memories(), embedder.embed(TEXTS))
+    assert [m.id for m, _ in store.search_text("a", "Porto", 5)] == ["m2"]
+    inner.calls.clear()
+    assert [m.id for m, _ in store.search_text("a", "Porto", 5)] == ["m2"]
+    assert "existing" not in inner.calls
+
+    inner.fail_delete = True
+    with pytest.raises(StoreUnavailable):
+        store.delete("a", "m2")
+    assert "m2" in inner.ids("a")
+    assert store.search_text("a", "Porto", 5) == []  # the copy let it go first
+    wait_until(lambda: "m2" in store.lexical.ids("a"))  # checked again and repaired
+    assert [m.id for m, _ in store.search_text("a", "Porto", 5)] == ["m2"]
+    inner.fail_delete = False
+    assert store.delete("a", "m2") is True
+    assert store.search_text("a", "Porto", 5) == []
+    assert store.lexical.ids("a") <= inner.ids("a")
+
+    inner.fail_erase = True
+    with pytest.raises(StoreUnavailable):
+        store.delete_namespace("a")
+    inner.fail_erase = False
+    # the copy was thrown away first; the next use reads the namespace again from the store
+    assert [m.id for m, _ in store.search_text("a", "tea", 5)] == ["m3"]
+
+    # a write of the namespace under way when it is erased: the erasure waits for it
+    inner.slow_add = True
+    late = Memory(id="late", namespace="a", content="A late walrus", created_at=50.0)
+    writer = threading.Thread(target=store.add, args=([late], embedder.embed([late.content])))
+    writer.start()
+    assert inner.adding.wait(10)
+    eraser = threading.Thread(target=store.delete_namespace, args=("a",))
+    eraser.start()
+    eraser.join(0.2)
+    assert eraser.is_alive()  # waiting for the write to reach the copy too
+    inner.release.set()
+    writer.join(10)
+    eraser.join(10)
+    assert not inner.ids("a")
+    assert store.search_text("a", "walrus", 5) == []
+    assert not store.lexical.ids("a")
+    store.close()
