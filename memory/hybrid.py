@@ -30,8 +30,10 @@ truth; the copy is derived from it and never answers with what the store no long
   the margin, and a gateway that stopped between a store write and its copy's. Counting is
   kept off the request path: on a Chroma of 10,000 collections a count costs 6-20 ms.
 
-Locks: one lock a namespace (striped) serializes its catch-up, repair, erasure and the copy
-side of its writes; the copy's own locks are taken inside it, never the other way round.
+Locks: one lock a namespace (striped) serializes its catch-up, repair, deletes, erasure and
+the copy side of its writes (alone on the store, the store side too: a write holds the locks
+of its namespaces' stripes, taken in stripe order); the copy's own locks are taken inside it,
+never the other way round.
 """
 
 from __future__ import annotations
