@@ -56,6 +56,7 @@ _TOKENIZER = Tokenizer(_TOKENIZE)  # their tokens, for the BM25 search in memory
 # was opened (reading them costs about ten FTS5 searches of the namespace).
 _SMALL = 2000
 _FTS_SEARCHES = 3
+_FIT_EVERY = 256  # searches between two checks of all lists' size (~1 us an open namespace)
 T = TypeVar("T")
 STOPWORDS = frozenset(
     [
@@ -533,6 +534,7 @@ class LexicalIndex:
         self.pair_weight = pair_weight
         self.max_open = max_open
         self.postings_bytes = postings_bytes
+        self._searches = 0  # since start (not exactly, under threads: it only paces ``_fit``)
         self._open: OrderedDict[str, NamespaceIndex] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -662,8 +664,19 @@ class LexicalIndex:
         return self.run(namespace, NamespaceIndex.ids) or set()
 
     def search(self, namespace: str, text: str, limit: int) -> list[tuple[Memory, float]]:
-        found = self.run(namespace, lambda index: index.search(text, limit)) or []
-        self._fit(namespace)
+        """The namespace's BM25 matches; the lists of all are fitted to ``postings_bytes``
+        when this search read the namespace's, and every ``_FIT_EVERY`` searches (writes grow
+        them too)."""
+
+        def work(index: NamespaceIndex) -> tuple[list[tuple[Memory, float]], bool]:
+            before = index.postings
+            found = index.search(text, limit)
+            return found, index.postings is not None and index.postings is not before
+
+        found, read = self.run(namespace, work) or ([], False)
+        self._searches += 1
+        if read or self._searches % _FIT_EVERY == 0:
+            self._fit(namespace)
         return found
 
     def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
