@@ -35,6 +35,8 @@ K1 = 1.2
 B = 0.75
 _ENCODE = msgspec.msgpack.Encoder().encode
 _DECODE = msgspec.msgpack.Decoder(dict[str, int]).decode
+_ENCODE_TEXTS = msgspec.json.Encoder().encode
+_DECODE_TOKENS = msgspec.json.Decoder(list[tuple[int, int, str]]).decode
 
 
 class Tokenizer:
@@ -60,19 +62,24 @@ class Tokenizer:
         if not texts:
             return []
         out: list[list[str]] = [[] for _ in texts]
+        # Three statements whatever the number of texts and tokens: a statement gives the GIL
+        # up and takes it back once a row, and under load each time costs a wait behind the
+        # threads that took it meanwhile.
         with self._lock:
             if self._db is None:
                 self._db = self._connect()
             try:
-                self._db.executemany(
-                    "INSERT INTO tok(rowid, body) VALUES (?, ?)", list(enumerate(texts))
+                self._db.execute(
+                    "INSERT INTO tok(rowid, body) SELECT key, value FROM json_each(?)",
+                    (_ENCODE_TEXTS(list(texts)),),
                 )
-                for doc, term in self._db.execute(
-                    "SELECT doc, term FROM tokv ORDER BY doc, offset"
-                ):
-                    out[doc].append(term)
+                (found,) = self._db.execute(
+                    "SELECT json_group_array(json_array(doc, offset, term)) FROM tokv"
+                ).fetchone()
             finally:
                 self._db.execute("DELETE FROM tok")
+        for doc, _, term in sorted(_DECODE_TOKENS(found)):
+            out[doc].append(term)
         return out
 
     def counts(self, texts: Sequence[str]) -> list[dict[str, int]]:

@@ -48,6 +48,13 @@ _ENCODE = msgspec.json.Encoder().encode
 _DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
 _DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
 _DECODE_PAYLOADS = msgspec.json.Decoder(list[tuple[int, Memory]]).decode
+_DECODE_HEX = msgspec.json.Decoder(list[tuple[str, str]]).decode
+_DECODE_STORED = msgspec.json.Decoder(list[tuple[str, int, str]]).decode
+_DECODE_RIDS = msgspec.json.Decoder(list[tuple[str, int]]).decode
+_DECODE_INTS = msgspec.json.Decoder(list[int]).decode
+_DECODE_LINKS = msgspec.json.Decoder(list[tuple[int, int | None]]).decode
+# rows of one INSERT ... VALUES (six parameters a row; SQLite takes up to 32,766)
+_ROWS_A_STATEMENT = 500
 _GONE_KEPT = 7 * 86400.0  # how long the place of a removed memory is remembered
 _TOKENIZE = "porter unicode61"  # the FTS5 tables' tokenizer
 _TOKENIZER = Tokenizer(_TOKENIZE)  # their tokens, for the BM25 search in memory
@@ -227,86 +234,128 @@ class NamespaceIndex:
     # -- writing -----------------------------------------------------------------------------
 
     def put(self, memories: Iterable[Memory]) -> None:
-        """Index memories; one already indexed is replaced if it changed."""
-        ordered = sorted(memories, key=lambda m: (m.created_at, m.id))
+        """Index memories; one already indexed is replaced if it changed. A dozen statements a
+        batch, whatever its size (see ``bm25.Tokenizer.tokens`` for why that matters under
+        load): the rows go in together, then the rows whose neighbour changed are paired again
+        from the file."""
+        latest: dict[str, Memory] = {}
+        for memory in sorted(memories, key=lambda m: (m.created_at, m.id)):
+            latest.pop(memory.id, None)  # the same id twice: the later one in this order
+            latest[memory.id] = memory
+        if not latest:
+            return
         with self.transaction():
-            counts = _TOKENIZER.counts([m.content for m in ordered])
-            for memory, tokens in zip(ordered, counts, strict=True):
-                self._put(memory, tokens)
-
-    def _put(self, memory: Memory, tokens: dict[str, int]) -> None:
-        payload = _ENCODE(memory)
-        row = self.db.execute(
-            "SELECT rid, payload FROM docs WHERE mid = ?", (memory.id,)
-        ).fetchone()
-        if row is not None:
-            if bytes(row[1]) == payload:
+            payloads = {mid: _ENCODE(memory) for mid, memory in latest.items()}
+            (found,) = self.db.execute(
+                "SELECT json_group_array(json_array(mid, rid, CAST(payload AS TEXT))) "
+                "FROM docs WHERE mid IN (SELECT value FROM json_each(?))",
+                (_ENCODE(list(latest)),),
+            ).fetchone()
+            for mid, rid, payload in _DECODE_STORED(found):
+                if payload.encode() == payloads[mid]:
+                    del latest[mid]  # unchanged
+                else:
+                    self._remove(rid)
+            todo = list(latest.values())
+            if not todo:
                 return
-            self._remove(int(row[0]))
-        cur = self.db.execute(
-            "INSERT INTO docs(mid, created_at, created_us, content, payload, toks) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                memory.id,
-                memory.created_at,
-                micros(memory.created_at),
-                memory.content,
-                payload,
-                encode_counts(tokens),
-            ),
-        )
-        rid = int(cur.lastrowid or 0)
-        self.db.execute("INSERT INTO plain(rowid, body) VALUES (?, ?)", (rid, memory.content))
-        if self.postings is not None:
-            self.postings.add(rid, tokens)
-        self.db.execute("DELETE FROM gone WHERE mid = ?", (memory.id,))
-        self._relink(rid)
-        following = self._neighbour(rid, after=True)
-        if following is not None:
-            self._relink(following)
+            counts = _TOKENIZER.counts([m.content for m in todo])
+            for at in range(0, len(todo), _ROWS_A_STATEMENT):
+                chunk = todo[at : at + _ROWS_A_STATEMENT]
+                self.db.execute(
+                    "INSERT INTO docs(mid, created_at, created_us, content, payload, toks) "
+                    "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
+                    [
+                        value
+                        for memory, tokens in zip(chunk, counts[at:], strict=False)
+                        for value in (
+                            memory.id,
+                            memory.created_at,
+                            micros(memory.created_at),
+                            memory.content,
+                            payloads[memory.id],
+                            encode_counts(tokens),
+                        )
+                    ],
+                )
+            ids = _ENCODE([m.id for m in todo])
+            (found,) = self.db.execute(
+                "SELECT json_group_array(json_array(mid, rid)) FROM docs "
+                "WHERE mid IN (SELECT value FROM json_each(?))",
+                (ids,),
+            ).fetchone()
+            rid_of = dict(_DECODE_RIDS(found))
+            rids = _ENCODE([rid_of[m.id] for m in todo])
+            self.db.execute(
+                "INSERT INTO plain(rowid, body) SELECT rid, content FROM docs "
+                "WHERE rid IN (SELECT value FROM json_each(?))",
+                (rids,),
+            )
+            self.db.execute(
+                "DELETE FROM gone WHERE mid IN (SELECT value FROM json_each(?))", (ids,)
+            )
+            if self.postings is not None:
+                for rid, tokens in sorted(
+                    zip((rid_of[m.id] for m in todo), counts, strict=True), key=lambda rt: rt[0]
+                ):
+                    self.postings.add(rid, tokens)
+            # the new rows and the rows just after them have a new neighbour before them
+            (found,) = self.db.execute(
+                "SELECT json_group_array(f) FROM (SELECT (SELECT n.rid FROM docs n "
+                "WHERE (n.created_at, n.rid) > (d.created_at, d.rid) "
+                "ORDER BY n.created_at, n.rid LIMIT 1) AS f "
+                "FROM docs d WHERE d.rid IN (SELECT value FROM json_each(?))) "
+                "WHERE f IS NOT NULL",
+                (rids,),
+            ).fetchone()
+            self._relink({*rid_of.values(), *_DECODE_INTS(found)})
 
-    def _neighbour(self, rid: int, *, after: bool) -> int | None:
+    def _relink(self, rids: Iterable[int]) -> None:
+        """Point each of ``rids`` at the memory just before it (if close enough) and index its
+        pair again (five statements, however many)."""
+        todo = _ENCODE(sorted(rids))
+        # Row values: a range scan of the (created_at, rid) index, one step long, a row.
+        (found,) = self.db.execute(
+            "SELECT json_group_array(json_array(a.rid, "
+            "CASE WHEN a.created_at - p.created_at <= ? THEN p.rid END)) "
+            "FROM docs a LEFT JOIN docs p ON p.rid = (SELECT b.rid FROM docs b "
+            "WHERE (b.created_at, b.rid) < (a.created_at, a.rid) "
+            "ORDER BY b.created_at DESC, b.rid DESC LIMIT 1) "
+            "WHERE a.rid IN (SELECT value FROM json_each(?))",
+            (self.pair_gap, todo),
+        ).fetchone()
+        links = _DECODE_LINKS(found)
+        self.db.execute(
+            "UPDATE docs SET prev = j.value ->> 1 FROM json_each(?) AS j "
+            "WHERE docs.rid = j.value ->> 0",
+            (_ENCODE(links),),
+        )
+        self.db.execute("DELETE FROM pair WHERE rowid IN (SELECT value FROM json_each(?))", (todo,))
+        self.db.execute(
+            "INSERT INTO pair(rowid, body) SELECT a.rid, p.content || char(10) || a.content "
+            "FROM docs a JOIN docs p ON p.rid = a.prev "
+            "WHERE a.rid IN (SELECT value FROM json_each(?))",
+            (todo,),
+        )
+        if self.postings is not None:
+            for rid, before in links:
+                self.postings.pair(rid, before)
+
+    def _neighbour(self, rid: int) -> int | None:
+        """The memory just after ``rid`` (by time, then rid)."""
         (created_at,) = self.db.execute(
             "SELECT created_at FROM docs WHERE rid = ?", (rid,)
         ).fetchone()
         # Row values: a range scan of the (created_at, rid) index, one step long.
-        if after:
-            sql = (
-                "SELECT rid FROM docs WHERE (created_at, rid) > (?, ?) "
-                "ORDER BY created_at, rid LIMIT 1"
-            )
-        else:
-            sql = (
-                "SELECT rid FROM docs WHERE (created_at, rid) < (?, ?) "
-                "ORDER BY created_at DESC, rid DESC LIMIT 1"
-            )
-        row = self.db.execute(sql, (created_at, rid)).fetchone()
+        row = self.db.execute(
+            "SELECT rid FROM docs WHERE (created_at, rid) > (?, ?) "
+            "ORDER BY created_at, rid LIMIT 1",
+            (created_at, rid),
+        ).fetchone()
         return int(row[0]) if row else None
 
-    def _relink(self, rid: int) -> None:
-        """Point ``rid`` at the memory just before it (if close enough) and re-index its pair."""
-        before = self._neighbour(rid, after=False)
-        pair_text = None
-        if before is not None:
-            (t0, c0), (t1, c1) = (
-                self.db.execute(
-                    "SELECT created_at, content FROM docs WHERE rid = ?", (r,)
-                ).fetchone()
-                for r in (before, rid)
-            )
-            if t1 - t0 <= self.pair_gap:
-                pair_text = f"{c0}\n{c1}"
-            else:
-                before = None
-        self.db.execute("UPDATE docs SET prev = ? WHERE rid = ?", (before, rid))
-        self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
-        if pair_text is not None:
-            self.db.execute("INSERT INTO pair(rowid, body) VALUES (?, ?)", (rid, pair_text))
-        if self.postings is not None:
-            self.postings.pair(rid, before)
-
     def _remove(self, rid: int) -> None:
-        following = self._neighbour(rid, after=True)
+        following = self._neighbour(rid)
         self.db.execute("DELETE FROM plain WHERE rowid = ?", (rid,))
         self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
         self.db.execute("DELETE FROM segs WHERE rid = ?", (rid,))
@@ -314,7 +363,7 @@ class NamespaceIndex:
         if self.postings is not None:
             self.postings.remove(rid)
         if following is not None:
-            self._relink(following)
+            self._relink([following])
 
     def remove(self, memory_ids: Iterable[str]) -> None:
         """Remove memories, remembering where they stood (see ``cursor``)."""
@@ -479,12 +528,13 @@ class NamespaceIndex:
         """The encoded segment vectors of those of ``memory_ids`` that have them."""
         if not memory_ids:
             return {}
-        rows = self.db.execute(
-            "SELECT d.mid, s.vectors FROM docs d JOIN segs s ON s.rid = d.rid "
-            "WHERE d.mid IN (SELECT value FROM json_each(?))",
+        # one row (hex in JSON), not one a memory: see ``search``
+        (found,) = self.db.execute(
+            "SELECT json_group_array(json_array(d.mid, hex(s.vectors))) FROM docs d "
+            "JOIN segs s ON s.rid = d.rid WHERE d.mid IN (SELECT value FROM json_each(?))",
             (_ENCODE(list(memory_ids)),),
-        )
-        return {mid: bytes(blob) for mid, blob in rows}
+        ).fetchone()
+        return {mid: bytes.fromhex(blob) for mid, blob in _DECODE_HEX(found)}
 
     def page(self, before: tuple[int, str] | None, limit: int) -> list[Memory]:
         """Up to ``limit`` memories, newest first (by ``records.sort_key``), that stand

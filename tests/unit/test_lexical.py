@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
-from memory.lexical import LexicalIndex, query_terms
+import pytest
+
+from memory import lexical
+from memory.lexical import LexicalIndex, NamespaceIndex, query_terms
 from memory.recall import fuse
 from memory.records import Memory
 
@@ -146,4 +150,90 @@ def test_a_changed_memory_replaces_its_old_version(tmp_path: Path) -> None:
     assert index.count("a") == 1
     assert index.search("a", "walrus", 5) == []
     assert ids(index.search("a", "narwhal", 5)) == ["1"]
+    index.close()
+
+
+def _expected_links(index: NamespaceIndex) -> tuple[dict[int, int | None], dict[int, str]]:
+    """Each memory's partner (the memory just before it by time, then rid, when close enough)
+    and the pair rows that follow, computed here from the docs table."""
+    rows = index.db.execute(
+        "SELECT rid, created_at, content FROM docs ORDER BY created_at, rid"
+    ).fetchall()
+    prev: dict[int, int | None] = {}
+    pairs: dict[int, str] = {}
+    for (rid0, t0, c0), (rid1, t1, c1) in zip([(None, None, None), *rows], rows, strict=False):
+        close = rid0 is not None and t1 - t0 <= index.pair_gap
+        prev[rid1] = rid0 if close else None
+        if close:
+            pairs[rid1] = f"{c0}\n{c1}"
+    return prev, pairs
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_batched_writes_keep_every_pair_and_row_right(tmp_path: Path, seed: int) -> None:
+    """Batches out of time order, with equal times, gaps wider than the pairing gap, an id
+    twice in one batch, changed memories and removals: after each, the file holds exactly the
+    memories, each pointing at the one just before it and its pair row made of both."""
+    rng = random.Random(seed)
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
+    index.search("w1", 5)  # posting lists held from the start: kept in step by every write
+    want: dict[str, Memory] = {}
+    clock = 1_700_000_000.0
+    for _ in range(30):
+        batch = []
+        for _ in range(rng.randint(1, 40)):
+            clock += rng.choice([0, 1, 30, 59, 61, 500])
+            at = clock - rng.choice([0, 45, 3000]) if rng.random() < 0.3 else clock
+            mid = rng.choice(list(want)) if want and rng.random() < 0.15 else f"m{rng.random()}"
+            text = " ".join(f"w{rng.randint(1, 30)}" for _ in range(rng.randint(1, 8)))
+            batch.append(Memory(id=mid, namespace="n", content=text, created_at=at))
+        if rng.random() < 0.2:
+            batch.append(batch[0])  # the same memory twice in a batch
+        index.put(batch)
+        for memory in sorted(batch, key=lambda m: (m.created_at, m.id)):
+            want[memory.id] = memory
+        if rng.random() < 0.3:
+            gone = set(rng.sample(sorted(want), min(len(want), rng.randint(1, 6))))
+            index.remove(gone)
+            for mid in gone:
+                del want[mid]
+        stored = {m.id: m for m in index.memories(list(want)).values()}
+        assert stored == want
+        assert index.count() == len(want)
+        prev, pairs = _expected_links(index)
+        assert dict(index.db.execute("SELECT rid, prev FROM docs").fetchall()) == prev
+        assert dict(index.db.execute("SELECT rowid, body FROM pair").fetchall()) == pairs
+        assert dict(index.db.execute("SELECT rowid, body FROM plain").fetchall()) == dict(
+            index.db.execute("SELECT rid, content FROM docs").fetchall()
+        )
+        postings = index.postings
+        assert postings is not None
+        partners = {
+            rid: (None if postings.partner[slot] < 0 else postings.rids[postings.partner[slot]])
+            for rid, slot in postings.slot_of.items()
+        }
+        assert partners == prev
+    index.close()
+
+
+def test_a_batch_is_written_in_a_few_statements(tmp_path: Path) -> None:
+    """Under load every statement's step gives the GIL up and waits to take it back: a batch of
+    200 memories runs a few statements, not a dozen a memory (it was ~3,400 with the tokens)."""
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
+    index.put([mem(f"old{i}", f"an older memory {i}", i * 10.0) for i in range(50)])
+    ran: list[str] = []
+    tokenizer_db = lexical._TOKENIZER._db
+    assert tokenizer_db is not None
+    index.db.set_trace_callback(ran.append)
+    tokenizer_db.set_trace_callback(ran.append)
+    try:
+        index.put(
+            [mem(f"new{i}", f"a new memory number {i} here", 100 + i * 5.0) for i in range(200)]
+        )
+    finally:
+        index.db.set_trace_callback(None)
+        tokenizer_db.set_trace_callback(None)
+    assert index.count() == 250
+    ours = [sql for sql in ran if not sql.startswith("--")]  # not FTS5's own, inside ours
+    assert len(ours) <= 20, ours
     index.close()
