@@ -7,7 +7,6 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -178,10 +177,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        # asyncio.to_thread's pool (the loop joins it when it closes): see worker_threads
-        asyncio.get_running_loop().set_default_executor(
-            ThreadPoolExecutor(settings.server.worker_threads, thread_name_prefix="memgate-io")
-        )
         data_dir = DataDir(settings.data_dir)
         if outbox_path is None:
             await asyncio.to_thread(data_dir.claim)  # DataDirInUse: a clear stop

@@ -38,8 +38,6 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
             raise ValueError(
                 f"server.namespace_sources: {unknown or 'none'}; choose from {', '.join(known)}"
             )
-        if self.worker_threads < 1:
-            raise ValueError(f"server.worker_threads must be at least 1, not {self.worker_threads}")
 
     log_level: str = "info"
     log_format: str = "auto"
@@ -48,10 +46,6 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # one whose request body has not come in body_timeout_seconds after its head.
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 60.0
-    # Threads for the blocking calls of requests (the store, the local index, the write
-    # queue's commits): Python's default, the cores + 4, let a request's quick commit wait
-    # behind others' store calls.
-    worker_threads: int = 32
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

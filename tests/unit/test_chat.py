@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -108,32 +105,6 @@ def test_missing_namespace_uses_default(harness: AppHarness, client: TestClient[
     r = client.post("/v1/memory/chat/completions", json=body)
     assert r.headers["x-memory-namespace"] == "default"
     wait_until(lambda: harness.store.count("default") == 2)
-
-
-def test_blocking_calls_run_on_the_configured_thread_pool(tmp_path: Path) -> None:
-    """Twenty recalls whose store calls block until all twenty have started: they finish only
-    if ``server.worker_threads`` threads run them (Python's default pool is the cores + 4)."""
-    harness = AppHarness(tmp_path, server={"worker_threads": 20})
-    barrier = threading.Barrier(20, timeout=20)
-    threads: set[str] = set()
-    search_text = harness.store.search_text
-
-    def blocking_search_text(*args: Any, **kwargs: Any) -> Any:
-        threads.add(threading.current_thread().name)
-        barrier.wait()
-        return search_text(*args, **kwargs)
-
-    harness.store.search_text = blocking_search_text  # type: ignore[method-assign]
-    with harness.client() as client, ThreadPoolExecutor(20) as pool:
-        asks = [
-            pool.submit(client.post, "/v1/memory/search?namespace=t", json={"query": f"where {i}"})
-            for i in range(20)
-        ]
-        statuses = [ask.result().status_code for ask in asks]
-    assert not barrier.broken
-    assert statuses == [200] * 20
-    assert len(threads) == 20
-    assert all(name.startswith("memgate-io") for name in threads)
 
 
 def test_upstream_errors_are_relayed_and_nothing_is_persisted(
