@@ -48,7 +48,7 @@ _ENCODE = msgspec.json.Encoder().encode
 _DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
 _DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
 _DECODE_PAYLOADS = msgspec.json.Decoder(list[tuple[int, Memory]]).decode
-_DECODE_HEX = msgspec.json.Decoder(list[tuple[str, str]]).decode
+_DECODE_SIZES = msgspec.json.Decoder(list[tuple[str, int]]).decode
 _DECODE_STORED = msgspec.json.Decoder(list[tuple[str, int, str]]).decode
 _DECODE_RIDS = msgspec.json.Decoder(list[tuple[str, int]]).decode
 _DECODE_INTS = msgspec.json.Decoder(list[int]).decode
@@ -528,13 +528,21 @@ class NamespaceIndex:
         """The encoded segment vectors of those of ``memory_ids`` that have them."""
         if not memory_ids:
             return {}
-        # one row (hex in JSON), not one a memory: see ``search``
-        (found,) = self.db.execute(
-            "SELECT json_group_array(json_array(d.mid, hex(s.vectors))) FROM docs d "
-            "JOIN segs s ON s.rid = d.rid WHERE d.mid IN (SELECT value FROM json_each(?))",
+        # One row, not one a memory (see ``search``): the ids with their vectors' lengths, and
+        # the vectors end to end in the same order (group_concat appends a value's bytes as
+        # they are).
+        sizes, joined = self.db.execute(
+            "SELECT json_group_array(json_array(mid, n)), CAST(group_concat(v, '') AS BLOB) "
+            "FROM (SELECT d.mid AS mid, length(s.vectors) AS n, s.vectors AS v FROM docs d "
+            "JOIN segs s ON s.rid = d.rid WHERE d.mid IN (SELECT value FROM json_each(?)))",
             (_ENCODE(list(memory_ids)),),
         ).fetchone()
-        return {mid: bytes.fromhex(blob) for mid, blob in _DECODE_HEX(found)}
+        out: dict[str, bytes] = {}
+        at = 0
+        for mid, n in _DECODE_SIZES(sizes):
+            out[mid] = joined[at : at + n]
+            at += n
+        return out
 
     def page(self, before: tuple[int, str] | None, limit: int) -> list[Memory]:
         """Up to ``limit`` memories, newest first (by ``records.sort_key``), that stand

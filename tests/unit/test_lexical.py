@@ -237,3 +237,18 @@ def test_a_batch_is_written_in_a_few_statements(tmp_path: Path) -> None:
     ours = [sql for sql in ran if not sql.startswith("--")]  # not FTS5's own, inside ours
     assert len(ours) <= 20, ours
     index.close()
+
+
+def test_segment_vectors_come_back_byte_for_byte(tmp_path: Path) -> None:
+    """Read in one row, end to end: zero bytes, bytes that are not UTF-8, empty and long."""
+    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
+    rng = random.Random(5)
+    memories = [mem(f"m{i}", f"memory number {i}. It has two sentences.", i) for i in range(40)]
+    index.put(memories)
+    blobs = {m.id: rng.randbytes(rng.choice([0, 1, 7, 768, 5000])) for m in memories[:30]}
+    blobs["m0"] = b"\x00\xff\xfe\x00"
+    index.keep_segments([(m.id, m.content, blobs[m.id]) for m in memories[:30]])
+    asked = [m.id for m in rng.sample(memories, 25)] + ["absent"]
+    assert index.segment_vectors(asked) == {mid: blobs[mid] for mid in asked if mid in blobs}
+    assert index.segment_vectors(["m35", "absent"]) == {}
+    index.close()
