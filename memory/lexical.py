@@ -22,6 +22,10 @@ page cursor naming one still says where its page ended.
 
 Locks: the pool's lock guards which files are open (never held while a file is used); each
 open file has its own lock, held for every statement or transaction on it.
+
+Statements: each step of one gives the GIL up and takes it back, which under load is a wait
+behind the threads that took it meanwhile, with the file's lock held. So reads return one row
+(JSON aggregates) and a write costs a dozen statements whatever its number of memories.
 """
 
 from __future__ import annotations
