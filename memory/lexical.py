@@ -53,6 +53,7 @@ _DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
 _DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
 _DECODE_PAYLOADS = msgspec.json.Decoder(list[tuple[int, Memory]]).decode
 _DECODE_SIZES = msgspec.json.Decoder(list[tuple[str, int]]).decode
+_DECODE_DOCS = msgspec.json.Decoder(list[tuple[int, int | None, int | None]]).decode
 _DECODE_STORED = msgspec.json.Decoder(list[tuple[str, int, str]]).decode
 _DECODE_RIDS = msgspec.json.Decoder(list[tuple[str, int]]).decode
 _DECODE_INTS = msgspec.json.Decoder(list[int]).decode
@@ -407,12 +408,17 @@ class NamespaceIndex:
         """Keep memories' encoded segment vectors (``memory.segments``), given as (id,
         content the vectors were computed from, vectors): those of memories the index does
         not hold, or holds with another content (removed or changed meanwhile), are dropped."""
+        rows = list(items)
         with self.transaction():
-            self.db.executemany(
-                "INSERT OR REPLACE INTO segs(rid, vectors) "
-                "SELECT rid, ? FROM docs WHERE mid = ? AND content = ?",
-                [(blob, mid, content) for mid, content, blob in items],
-            )
+            for at in range(0, len(rows), _ROWS_A_STATEMENT):
+                chunk = rows[at : at + _ROWS_A_STATEMENT]
+                self.db.execute(
+                    "WITH v(mid, content, vectors) AS (VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(chunk))
+                    + ") INSERT OR REPLACE INTO segs(rid, vectors) SELECT d.rid, v.vectors "
+                    "FROM v JOIN docs d ON d.mid = v.mid AND d.content = v.content",
+                    [value for row in chunk for value in row],
+                )
 
     def set_state(self, **values: Any) -> None:
         self.db.executemany(
@@ -506,11 +512,21 @@ class NamespaceIndex:
                     "UPDATE docs SET toks = ? WHERE rid = ?",
                     [(encode_counts(c), rid) for rid, c in counted.items()],
                 )
-        rows = self.db.execute("SELECT rid, prev, toks FROM docs ORDER BY rid").fetchall()
-        postings = Postings.build(
-            (rid, counted[rid] if toks is None else decode_counts(toks), prev)
-            for rid, prev, toks in rows
-        )
+        # one row: each memory's rid, partner and counts' length, and the counts end to end
+        sizes, joined = self.db.execute(
+            "SELECT json_group_array(json_array(rid, prev, length(toks))), "
+            "CAST(group_concat(toks, '') AS BLOB) FROM (SELECT rid, prev, toks FROM docs)"
+        ).fetchone()
+        rows = []
+        at = 0
+        for rid, prev, n in _DECODE_DOCS(sizes):
+            if n is None:
+                rows.append((rid, counted[rid], prev))
+            else:
+                rows.append((rid, decode_counts(joined[at : at + n]), prev))
+                at += n
+        rows.sort(key=lambda row: row[0])
+        postings = Postings.build(rows)
         if self.max_bytes is not None and postings.nbytes > self.max_bytes:
             self.postings, self._too_big = None, True
             return None

@@ -29,6 +29,7 @@ import msgspec
 
 from memory.records import Memory
 
+_DECODE_KEYS = msgspec.json.Decoder(list[tuple[str, str]]).decode
 log = logging.getLogger("memgate.outbox")
 
 _SCHEMA = """
@@ -170,13 +171,19 @@ class Outbox:
     def ack(self, seqs: Sequence[int]) -> None:
         if not seqs:
             return
+        chosen = self._encoder.encode(list(seqs))
         with self._lock:
-            gone = self._db.execute(
-                "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?)) "
-                "RETURNING namespace, id",
-                (self._encoder.encode(list(seqs)),),
-            ).fetchall()
-            self._forget(gone)
+            # two statements of one step each, not a step a row (RETURNING): each step gives
+            # the GIL up, and under load waits to take it back, with the queue's lock held
+            (found,) = self._db.execute(
+                "SELECT json_group_array(json_array(namespace, id)) FROM outbox "
+                "WHERE seq IN (SELECT value FROM json_each(?))",
+                (chosen,),
+            ).fetchone()
+            self._db.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT value FROM json_each(?))", (chosen,)
+            )
+            self._forget(_DECODE_KEYS(found))
 
     def pending(self, namespace: str) -> list[Memory]:
         """The newest (at most ``recent``) queued memories of a namespace, oldest first

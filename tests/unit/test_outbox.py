@@ -129,3 +129,21 @@ def test_erasing_a_namespace_removes_queued_items_too(tmp_path: Path) -> None:
         assert await service.recall("a", "queued stored") == []
 
     asyncio.run(run())
+
+
+def test_acking_a_batch_runs_two_statements_and_forgets_it(tmp_path: Path) -> None:
+    """Each step gives the GIL up with the queue's lock held (a request's commit waits for
+    that lock): acking 100 memories is two one-step statements, not a step a row."""
+    box = Outbox(tmp_path / "q.sqlite3")
+    box.put([Memory(id=f"m{i}", namespace=f"ns{i % 3}", content=f"text {i}") for i in range(120)])
+    taken = box.take(100)
+    ran: list[str] = []
+    box._db.set_trace_callback(ran.append)
+    try:
+        box.ack([item.seq for item in taken])
+    finally:
+        box._db.set_trace_callback(None)
+    assert len(ran) == 2, ran
+    left = [item.memory.id for item in box.take(1000)]
+    assert left == [f"m{i}" for i in range(100, 120)]
+    assert {m.id for ns in ("ns0", "ns1", "ns2") for m in box.pending(ns)} == set(left)
