@@ -58,7 +58,7 @@ _DECODE_STORED = msgspec.json.Decoder(list[tuple[str, int, str]]).decode
 _DECODE_RIDS = msgspec.json.Decoder(list[tuple[str, int]]).decode
 _DECODE_INTS = msgspec.json.Decoder(list[int]).decode
 _DECODE_LINKS = msgspec.json.Decoder(list[tuple[int, int | None]]).decode
-# rows of one INSERT ... VALUES (six parameters a row; SQLite takes up to 32,766)
+# rows of one multi-row VALUES list (SQLite takes up to 32,766 parameters a statement)
 _ROWS_A_STATEMENT = 500
 _GONE_KEPT = 7 * 86400.0  # how long the place of a removed memory is remembered
 _TOKENIZE = "porter unicode61"  # the FTS5 tables' tokenizer
@@ -183,6 +183,24 @@ _SEARCH = (
 )
 
 
+def _values(rows: Sequence[tuple[Any, ...]]) -> Iterator[tuple[str, list[Any]]]:
+    """``rows`` as multi-row VALUES lists of ``_ROWS_A_STATEMENT`` rows at most: each list's
+    text, ``(?, ?), (?, ?)...``, and its parameters in a flat list (one statement, one step)."""
+    for at in range(0, len(rows), _ROWS_A_STATEMENT):
+        chunk = rows[at : at + _ROWS_A_STATEMENT]
+        row = "(" + ", ".join("?" * len(chunk[0])) + ")"
+        yield ", ".join([row] * len(chunk)), [value for r in chunk for value in r]
+
+
+def _pieces(joined: bytes | None, lengths: Iterable[int]) -> Iterator[bytes]:
+    """Blobs read in one row as ``CAST(group_concat(blob, '') AS BLOB)`` (which appends each
+    value's bytes as they are) beside their ``length()``s, cut apart again."""
+    at = 0
+    for n in lengths:
+        yield (joined or b"")[at : at + n]
+        at += n
+
+
 def query_terms(text: str) -> list[str]:
     """The distinct non-stopword words of a query, lower-cased, in order."""
     words = (w for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS)
@@ -265,23 +283,22 @@ class NamespaceIndex:
             if not todo:
                 return
             counts = _TOKENIZER.counts([m.content for m in todo])
-            for at in range(0, len(todo), _ROWS_A_STATEMENT):
-                chunk = todo[at : at + _ROWS_A_STATEMENT]
+            rows = [
+                (
+                    m.id,
+                    m.created_at,
+                    micros(m.created_at),
+                    m.content,
+                    payloads[m.id],
+                    encode_counts(c),
+                )
+                for m, c in zip(todo, counts, strict=True)
+            ]
+            for values, params in _values(rows):
                 self.db.execute(
                     "INSERT INTO docs(mid, created_at, created_us, content, payload, toks) "
-                    "VALUES " + ", ".join(["(?, ?, ?, ?, ?, ?)"] * len(chunk)),
-                    [
-                        value
-                        for memory, tokens in zip(chunk, counts[at:], strict=False)
-                        for value in (
-                            memory.id,
-                            memory.created_at,
-                            micros(memory.created_at),
-                            memory.content,
-                            payloads[memory.id],
-                            encode_counts(tokens),
-                        )
-                    ],
+                    "VALUES " + values,
+                    params,
                 )
             ids = _ENCODE([m.id for m in todo])
             (found,) = self.db.execute(
@@ -290,7 +307,8 @@ class NamespaceIndex:
                 (ids,),
             ).fetchone()
             rid_of = dict(_DECODE_RIDS(found))
-            rids = _ENCODE([rid_of[m.id] for m in todo])
+            new = [rid_of[m.id] for m in todo]
+            rids = _ENCODE(new)
             self.db.execute(
                 "INSERT INTO plain(rowid, body) SELECT rid, content FROM docs "
                 "WHERE rid IN (SELECT value FROM json_each(?))",
@@ -300,9 +318,7 @@ class NamespaceIndex:
                 "DELETE FROM gone WHERE mid IN (SELECT value FROM json_each(?))", (ids,)
             )
             if self.postings is not None:
-                for rid, tokens in sorted(
-                    zip((rid_of[m.id] for m in todo), counts, strict=True), key=lambda rt: rt[0]
-                ):
+                for rid, tokens in sorted(zip(new, counts, strict=True), key=lambda rt: rt[0]):
                     self.postings.add(rid, tokens)
             # the new rows and the rows just after them have a new neighbour before them
             (found,) = self.db.execute(
@@ -313,7 +329,7 @@ class NamespaceIndex:
                 "WHERE f IS NOT NULL",
                 (rids,),
             ).fetchone()
-            self._relink({*rid_of.values(), *_DECODE_INTS(found)})
+            self._relink({*new, *_DECODE_INTS(found)})
 
     def _relink(self, rids: Iterable[int]) -> None:
         """Point each of ``rids`` at the memory just before it (if close enough) and index its
@@ -408,16 +424,13 @@ class NamespaceIndex:
         """Keep memories' encoded segment vectors (``memory.segments``), given as (id,
         content the vectors were computed from, vectors): those of memories the index does
         not hold, or holds with another content (removed or changed meanwhile), are dropped."""
-        rows = list(items)
         with self.transaction():
-            for at in range(0, len(rows), _ROWS_A_STATEMENT):
-                chunk = rows[at : at + _ROWS_A_STATEMENT]
+            for values, params in _values(list(items)):
                 self.db.execute(
-                    "WITH v(mid, content, vectors) AS (VALUES "
-                    + ", ".join(["(?, ?, ?)"] * len(chunk))
-                    + ") INSERT OR REPLACE INTO segs(rid, vectors) SELECT d.rid, v.vectors "
+                    f"WITH v(mid, content, vectors) AS (VALUES {values}) "
+                    "INSERT OR REPLACE INTO segs(rid, vectors) SELECT d.rid, v.vectors "
                     "FROM v JOIN docs d ON d.mid = v.mid AND d.content = v.content",
-                    [value for row in chunk for value in row],
+                    params,
                 )
 
     def set_state(self, **values: Any) -> None:
@@ -517,16 +530,17 @@ class NamespaceIndex:
             "SELECT json_group_array(json_array(rid, prev, length(toks))), "
             "CAST(group_concat(toks, '') AS BLOB) FROM (SELECT rid, prev, toks FROM docs)"
         ).fetchone()
-        rows = []
-        at = 0
-        for rid, prev, n in _DECODE_DOCS(sizes):
-            if n is None:
-                rows.append((rid, counted[rid], prev))
-            else:
-                rows.append((rid, decode_counts(joined[at : at + n]), prev))
-                at += n
-        rows.sort(key=lambda row: row[0])
-        postings = Postings.build(rows)
+        docs = _DECODE_DOCS(sizes)
+        toks = _pieces(joined, [n or 0 for _, _, n in docs])
+        postings = Postings.build(
+            sorted(
+                (
+                    (rid, counted[rid] if n is None else decode_counts(blob), prev)
+                    for (rid, prev, n), blob in zip(docs, toks, strict=True)
+                ),
+                key=lambda row: row[0],
+            )
+        )
         if self.max_bytes is not None and postings.nbytes > self.max_bytes:
             self.postings, self._too_big = None, True
             return None
@@ -557,12 +571,10 @@ class NamespaceIndex:
             "JOIN segs s ON s.rid = d.rid WHERE d.mid IN (SELECT value FROM json_each(?)))",
             (_ENCODE(list(memory_ids)),),
         ).fetchone()
-        out: dict[str, bytes] = {}
-        at = 0
-        for mid, n in _DECODE_SIZES(sizes):
-            out[mid] = joined[at : at + n]
-            at += n
-        return out
+        found = _DECODE_SIZES(sizes)
+        return dict(
+            zip([mid for mid, _ in found], _pieces(joined, [n for _, n in found]), strict=True)
+        )
 
     def page(self, before: tuple[int, str] | None, limit: int) -> list[Memory]:
         """Up to ``limit`` memories, newest first (by ``records.sort_key``), that stand
