@@ -90,6 +90,7 @@ def open_store(settings: Settings) -> MemoryStore:
             pair_weight=recall.pair_weight,
             max_open=settings.store.open_namespaces,
             postings_bytes=settings.store.postings_memory_mb << 20,
+            vectors_bytes=settings.store.vectors_memory_mb << 20,
         )
     except BaseException:
         store.close()  # do not leave a store process behind

@@ -85,6 +85,7 @@ class StoreSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     vector_cache: int = 128
     open_namespaces: int = 64
     postings_memory_mb: int = 256
+    vectors_memory_mb: int = 256
     sync_interval_seconds: float = 1.0
     sync_margin_seconds: float = 5.0
 

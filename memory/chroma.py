@@ -45,6 +45,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import msgspec
+import numpy as np
 
 from memory.records import Filter, Hit, Memory, Metadata, Vectors
 from memory.store import Changes, NamespaceCount, StoreUnavailable, Version, page_of
@@ -388,6 +389,29 @@ class ChromaStore:
             return found
 
         return self._run(namespace, work) or set()
+
+    def vectors(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> builtins.list[tuple[str, str, Vectors]]:
+        wanted = builtins.list(memory_ids)
+        if not wanted:
+            return []
+
+        def work(col: Any) -> builtins.list[tuple[str, str, Vectors]]:
+            found: builtins.list[tuple[str, str, Vectors]] = []
+            for start in range(0, len(wanted), _PAGE):
+                res = col.get(
+                    ids=wanted[start : start + _PAGE], include=["documents", "embeddings"]
+                )
+                found += [
+                    (mid, doc, np.asarray(vec, dtype=np.float32))
+                    for mid, doc, vec in zip(
+                        res["ids"], res["documents"], res["embeddings"], strict=True
+                    )
+                ]
+            return found
+
+        return self._run(namespace, work) or []
 
     def ids(self, namespace: str) -> set[str]:
         def work(col: Any) -> set[str]:

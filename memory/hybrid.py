@@ -11,8 +11,14 @@ truth; the copy is derived from it and never answers with what the store no long
   its store, a gateway makes its copy a subset of the store by the order of its own writes (a
   memory goes into the copy after the store, under the namespace's lock; out of the copy
   before the store, under the same lock), so its lexical matches are returned as they are
-  (the check was a tenth of a memory chat's cost at c=32); pages are still checked. Dense
-  hits come from the store itself.
+  (the check was a tenth of a memory chat's cost at c=32); pages are still checked.
+- **Dense hits from the copy when alone.** With a shared store they come from the store
+  itself (a memory written through another gateway is found densely at once). Alone on its
+  store, the copy holds each memory's vector (written with it, in the same order as above),
+  and a namespace whose memories all have one (at most ``dense.MAX_ROWS``) is searched in
+  memory: no round trip to the store. Vectors the copy lacks (memories it read from the
+  store, a copy made before it kept them) are read from the store in the background; until
+  then the store answers.
 - **Caught up, not rebuilt.** Before a lexical search or a listing, a namespace is brought
   up to date with ``changes``: the memories written since the copy last looked (less a
   margin for clocks and slow writes), so the work follows what changed. With a shared store
@@ -48,6 +54,7 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from memory import dense
 from memory.lexical import LexicalIndex, NamespaceIndex
 from memory.records import Filter, Hit, Memory, Vectors, id_micros, matches, sort_key
 from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount, Version
@@ -66,6 +73,7 @@ class _Sync:
     checked: float = -1e18
     verified: float = -1e18
     repaired: float = -1e18
+    filled: float = -1e18  # vectors last read from the store
 
 
 class HybridStore:
@@ -99,6 +107,7 @@ class HybridStore:
         # counts compared and copies repaired in the background, one namespace at a time
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="memgate-verify")
         self._background: set[str] = set()
+        self._filling: set[str] = set()
 
     def _lock(self, namespace: str) -> threading.Lock:
         return self._stripes[hash(namespace) % _STRIPES]
@@ -221,6 +230,42 @@ class HybridStore:
                 len(fetched),
             )
 
+    def _fill_soon(self, namespace: str) -> None:
+        """Read the vectors the namespace's copy lacks from the store, in the background (at
+        most every ``repair_interval`` seconds a namespace)."""
+        state = self._state(namespace)
+        now = time.monotonic()
+        with self._sync_lock:
+            if namespace in self._filling or now - state.filled < self.repair_interval:
+                return
+            state.filled = now
+            self._filling.add(namespace)
+        try:
+            self._worker.submit(self._fill, namespace)
+        except RuntimeError:  # closing
+            with self._sync_lock:
+                self._filling.discard(namespace)
+
+    def _fill(self, namespace: str) -> None:
+        try:
+            if self.lexical.count(namespace) > dense.MAX_ROWS:
+                return  # the store answers anyway
+            missing = self.lexical.unvectored(namespace)
+            for start in range(0, len(missing), _GET):
+                found = self.store.vectors(namespace, missing[start : start + _GET])
+                self.lexical.fill_vectors(
+                    namespace, [(mid, content, dense.encode(v)) for mid, content, v in found]
+                )
+            if missing:
+                log.info(
+                    "local copy of %s: %d vectors read from the store", namespace, len(missing)
+                )
+        except Exception as exc:
+            log.warning("could not read the vectors of %s from the store: %s", namespace, exc)
+        finally:
+            with self._sync_lock:
+                self._filling.discard(namespace)
+
     def _confirmed(self, namespace: str, memories: Sequence[Memory]) -> set[str]:
         """The ids of ``memories`` the store still holds; the others leave the copy."""
         if not memories:
@@ -243,6 +288,7 @@ class HybridStore:
                 with self._lock(namespace):
                     self.lexical.add(items)
             return
+        encoded = {m.id: dense.encode(v) for m, v in zip(memories, vectors, strict=True)}
         # Alone on the store: the store's write and the copy's under the namespaces' locks
         # (taken in one order), so that no delete or erasure falls between the two.
         with contextlib.ExitStack() as held:
@@ -250,7 +296,7 @@ class HybridStore:
                 held.enter_context(self._stripes[stripe])
             self.store.add(memories, vectors)
             for items in by_ns.values():
-                self.lexical.add(items)
+                self.lexical.add(items, encoded)
 
     def search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
@@ -269,6 +315,12 @@ class HybridStore:
     def _search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None, *, segmented: bool
     ) -> tuple[builtins.list[Hit], dict[str, bytes]]:
+        if not self.shared and where is None:
+            self.catch_up(namespace)
+            local = self.lexical.nearest(namespace, vector, k, segmented=segmented)
+            if local is not None:
+                return [Hit(m, cos, cos) for m, cos in local[0]], local[1]
+            self._fill_soon(namespace)
         ranked = self.store.nearest(namespace, vector, k, where)
         ids = [mid for mid, _ in ranked]
         if segmented:
@@ -350,6 +402,11 @@ class HybridStore:
 
     def existing(self, namespace: str, memory_ids: Collection[str]) -> set[str]:
         return self.store.existing(namespace, memory_ids)
+
+    def vectors(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> builtins.list[tuple[str, str, Vectors]]:
+        return self.store.vectors(namespace, memory_ids)
 
     def ids(self, namespace: str) -> set[str]:
         return self.store.ids(namespace)

@@ -13,8 +13,11 @@ namespace (by ``created_at``, when at most ``pair_gap`` seconds apart), since a 
 only makes sense with the turn it answers. A memory's lexical score is the best of its own
 BM25 score and ``pair_weight`` times the score of either pair it belongs to.
 
-Beside a memory, its segment vectors (``memory.segments``: a vector for each of its sentences)
-are kept when it has them; they go when it goes.
+Beside a memory, its vector (as the store holds it) and its segment vectors
+(``memory.segments``: a vector for each of its sentences) are kept when they are known; they go
+when it goes. The vectors of a namespace of at most ``dense.MAX_ROWS`` memories, all of which
+have one, are searched in memory (``nearest``, ``memory.dense``), within ``vectors_bytes``
+for all open namespaces together.
 
 All of it is derived data: the store is the truth, and ``HybridStore`` keeps these copies in
 step with it. Removed memories are remembered as ``gone`` (their place in the listing), so a
@@ -44,7 +47,9 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
+from memory import dense
 from memory.bm25 import Postings, Tokenizer, decode_counts, encode_counts
+from memory.dense import DenseRows
 from memory.records import Memory, micros
 
 _TOKEN = re.compile(r"\w+")
@@ -58,6 +63,8 @@ _DECODE_STORED = msgspec.json.Decoder(list[tuple[str, int, str]]).decode
 _DECODE_RIDS = msgspec.json.Decoder(list[tuple[str, int]]).decode
 _DECODE_INTS = msgspec.json.Decoder(list[int]).decode
 _DECODE_LINKS = msgspec.json.Decoder(list[tuple[int, int | None]]).decode
+_DECODE_STRS = msgspec.json.Decoder(list[str]).decode
+_DECODE_SIZED = msgspec.json.Decoder(list[tuple[int, int]]).decode
 # rows of one multi-row VALUES list (SQLite takes up to 32,766 parameters a statement)
 _ROWS_A_STATEMENT = 500
 _GONE_KEPT = 7 * 86400.0  # how long the place of a removed memory is remembered
@@ -166,6 +173,7 @@ CREATE TABLE IF NOT EXISTS gone (
 );
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value);
 CREATE TABLE IF NOT EXISTS segs (rid INTEGER PRIMARY KEY, vectors BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS vecs (rid INTEGER PRIMARY KEY, vector BLOB NOT NULL);
 """.replace("{t}", _TOKENIZE)
 
 _SEARCH = (
@@ -211,13 +219,21 @@ class NamespaceIndex:
     """One namespace's file. Every method expects the caller to hold ``lock``."""
 
     def __init__(
-        self, path: Path, *, pair_gap: float, pair_weight: float, max_bytes: int | None = None
+        self,
+        path: Path,
+        *,
+        pair_gap: float,
+        pair_weight: float,
+        max_bytes: int | None = None,
+        max_vector_bytes: int | None = None,
     ) -> None:
-        """``max_bytes``: posting lists bigger than this are not kept (FTS5 answers)."""
+        """``max_bytes``: posting lists bigger than this are not kept (FTS5 answers);
+        ``max_vector_bytes``: nor are vectors (the store answers ``nearest``)."""
         self.path = path
         self.pair_gap = pair_gap
         self.pair_weight = pair_weight
         self.max_bytes = max_bytes
+        self.max_vector_bytes = max_vector_bytes
         self.lock = threading.Lock()
         self.users = 0  # guarded by the pool's lock
         self.closed = False
@@ -238,6 +254,11 @@ class NamespaceIndex:
         self.postings: Postings | None = None
         self._fts_searches = 0  # searches FTS5 answered since the file was opened
         self._too_big = False  # its lists outgrew ``max_bytes``: FTS5 while the file is open
+        # The vectors in memory (read at the first ``nearest``, kept in step by every write);
+        # ``_no_rows``: the file was found unable to answer (a memory without a vector, too
+        # many memories), until a change that may make it able (vectors filled, removals).
+        self.rows: DenseRows | None = None
+        self._no_rows = False
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -250,17 +271,19 @@ class NamespaceIndex:
             yield
             self.db.execute("COMMIT")
         except BaseException:
-            self.postings = None  # it may hold what is rolled back
+            self.postings = None  # they may hold what is rolled back
+            self.rows, self._no_rows = None, False
             self.db.execute("ROLLBACK")
             raise
 
     # -- writing -----------------------------------------------------------------------------
 
-    def put(self, memories: Iterable[Memory]) -> None:
-        """Index memories; one already indexed is replaced if it changed. A dozen statements a
-        batch, whatever its size (see ``bm25.Tokenizer.tokens`` for why that matters under
-        load): the rows go in together, then the rows whose neighbour changed are paired again
-        from the file."""
+    def put(self, memories: Iterable[Memory], vectors: dict[str, bytes] | None = None) -> None:
+        """Index memories, with their vectors (``dense.encode``) where given; one already
+        indexed is replaced if it changed. A dozen statements a batch, whatever its size (see
+        ``bm25.Tokenizer.tokens`` for why that matters under load): the rows go in together,
+        then the rows whose neighbour changed are paired again from the file."""
+        vectors = vectors or {}
         latest: dict[str, Memory] = {}
         for memory in sorted(memories, key=lambda m: (m.created_at, m.id)):
             latest.pop(memory.id, None)  # the same id twice: the later one in this order
@@ -274,13 +297,17 @@ class NamespaceIndex:
                 "FROM docs WHERE mid IN (SELECT value FROM json_each(?))",
                 (_ENCODE(list(latest)),),
             ).fetchone()
+            kept: list[tuple[int, bytes]] = []  # vectors of unchanged memories (may be new)
             for mid, rid, payload in _DECODE_STORED(found):
                 if payload.encode() == payloads[mid]:
                     del latest[mid]  # unchanged
+                    if mid in vectors:
+                        kept.append((rid, vectors[mid]))
                 else:
                     self._remove(rid)
             todo = list(latest.values())
             if not todo:
+                self._keep_vectors(kept)
                 return
             counts = _TOKENIZER.counts([m.content for m in todo])
             rows = [
@@ -309,6 +336,11 @@ class NamespaceIndex:
             rid_of = dict(_DECODE_RIDS(found))
             new = [rid_of[m.id] for m in todo]
             rids = _ENCODE(new)
+            kept += [(rid_of[m.id], vectors[m.id]) for m in todo if m.id in vectors]
+            self._keep_vectors(kept)
+            if not all(m.id in vectors for m in todo):
+                # a memory without a vector: the store answers ``nearest`` until it is filled
+                self.rows, self._no_rows = None, True
             self.db.execute(
                 "INSERT INTO plain(rowid, body) SELECT rid, content FROM docs "
                 "WHERE rid IN (SELECT value FROM json_each(?))",
@@ -330,6 +362,20 @@ class NamespaceIndex:
                 (rids,),
             ).fetchone()
             self._relink({*new, *_DECODE_INTS(found)})
+
+    def _keep_vectors(self, rows: Sequence[tuple[int, bytes]]) -> None:
+        """Keep vectors of indexed memories, by rid (and in the rows in memory, if read)."""
+        for values, params in _values(rows):
+            self.db.execute("INSERT OR REPLACE INTO vecs(rid, vector) VALUES " + values, params)
+        if self.rows is not None:
+            try:
+                for rid, vector in rows:
+                    self.rows.put(rid, vector)
+            except ValueError:  # another size than the others: read them again
+                self.rows = None
+            else:
+                if len(self.rows) > dense.MAX_ROWS:
+                    self.rows = None
 
     def _relink(self, rids: Iterable[int]) -> None:
         """Point each of ``rids`` at the memory just before it (if close enough) and index its
@@ -380,9 +426,13 @@ class NamespaceIndex:
         self.db.execute("DELETE FROM plain WHERE rowid = ?", (rid,))
         self.db.execute("DELETE FROM pair WHERE rowid = ?", (rid,))
         self.db.execute("DELETE FROM segs WHERE rid = ?", (rid,))
+        self.db.execute("DELETE FROM vecs WHERE rid = ?", (rid,))
         self.db.execute("DELETE FROM docs WHERE rid = ?", (rid,))
         if self.postings is not None:
             self.postings.remove(rid)
+        if self.rows is not None:
+            self.rows.remove(rid)
+        self._no_rows = False  # maybe the memory without a vector, or one too many
         if following is not None:
             self._relink([following])
 
@@ -407,28 +457,46 @@ class NamespaceIndex:
         """Make the index hold exactly ``memories`` (one transaction: a reader sees the old
         index or the new one)."""
         with self.transaction():
-            # segment vectors are kept for the memories that come back unchanged
-            kept = [
-                (mid, content, bytes(blob))
-                for mid, content, blob in self.db.execute(
-                    "SELECT d.mid, d.content, s.vectors FROM docs d JOIN segs s ON s.rid = d.rid"
-                )
-            ]
-            for table in ("docs", "plain", "pair", "gone", "segs"):
+            # vectors and segment vectors are kept for the memories that come back unchanged
+            kept = {
+                table: [
+                    (mid, content, bytes(blob))
+                    for mid, content, blob in self.db.execute(
+                        f"SELECT d.mid, d.content, t.{column} FROM docs d "
+                        f"JOIN {table} t ON t.rid = d.rid"
+                    )
+                ]
+                for table, column in (("segs", "vectors"), ("vecs", "vector"))
+            }
+            for table in ("docs", "plain", "pair", "gone", "segs", "vecs"):
                 self.db.execute(f"DELETE FROM {table}")
             self.postings = Postings() if self.postings is not None else None
+            self.rows = None
             self.put(memories)
-            self.keep_segments(kept)
+            self.keep_segments(kept["segs"])
+            self.fill_vectors(kept["vecs"])
 
     def keep_segments(self, items: Iterable[tuple[str, str, bytes]]) -> None:
         """Keep memories' encoded segment vectors (``memory.segments``), given as (id,
         content the vectors were computed from, vectors): those of memories the index does
         not hold, or holds with another content (removed or changed meanwhile), are dropped."""
+        self._keep_by_content("segs", "vectors", items)
+
+    def fill_vectors(self, items: Iterable[tuple[str, str, bytes]]) -> None:
+        """Keep memories' vectors (``dense.encode``) read from the store, given as (id,
+        content, vector): as ``keep_segments``, those of memories the index does not hold, or
+        holds with another content, are dropped."""
+        self._keep_by_content("vecs", "vector", items)
+        self.rows, self._no_rows = None, False  # read again, maybe complete now
+
+    def _keep_by_content(
+        self, table: str, column: str, items: Iterable[tuple[str, str, bytes]]
+    ) -> None:
         with self.transaction():
             for values, params in _values(list(items)):
                 self.db.execute(
-                    f"WITH v(mid, content, vectors) AS (VALUES {values}) "
-                    "INSERT OR REPLACE INTO segs(rid, vectors) SELECT d.rid, v.vectors "
+                    f"WITH v(mid, content, blob) AS (VALUES {values}) "
+                    f"INSERT OR REPLACE INTO {table}(rid, {column}) SELECT d.rid, v.blob "
                     "FROM v JOIN docs d ON d.mid = v.mid AND d.content = v.content",
                     params,
                 )
@@ -449,6 +517,71 @@ class NamespaceIndex:
 
     def ids(self) -> set[str]:
         return {mid for (mid,) in self.db.execute("SELECT mid FROM docs")}
+
+    def unvectored(self) -> list[str]:
+        """The ids of the memories that have no vector here."""
+        (found,) = self.db.execute(
+            "SELECT json_group_array(mid) FROM docs d "
+            "WHERE NOT EXISTS (SELECT 1 FROM vecs v WHERE v.rid = d.rid)"
+        ).fetchone()
+        return _DECODE_STRS(found)
+
+    def nearest(
+        self, query: Any, k: int, *, segmented: bool
+    ) -> tuple[list[tuple[Memory, float]], dict[str, bytes]] | None:
+        """The ``k`` memories closest to ``query`` (cosine), best first, and (``segmented``)
+        their segment vectors; None if the vectors here cannot answer (the store must)."""
+        rows = self._rows()
+        if rows is None:
+            return None
+        ranked = rows.nearest(query, k)
+        if not ranked:
+            return [], {}
+        (found,) = self.db.execute(
+            "SELECT json_group_array(json_array(rid, json(CAST(payload AS TEXT)))) "
+            "FROM docs WHERE rid IN (SELECT value FROM json_each(?))",
+            (_ENCODE([rid for rid, _ in ranked]),),
+        ).fetchone()
+        by_rid = dict(_DECODE_PAYLOADS(found))
+        hits = [(by_rid[rid], cosine) for rid, cosine in ranked if rid in by_rid]
+        segments = self.segment_vectors([m.id for m, _ in hits]) if segmented else {}
+        return hits, segments
+
+    def drop_rows(self) -> None:
+        """Let the vectors in memory go (the memory is wanted elsewhere): read again at the
+        next ``nearest``."""
+        self.rows = None
+
+    def _rows(self) -> DenseRows | None:
+        """The vectors in memory, read from the file the first time; None if a memory has no
+        vector here, the namespace has more than ``dense.MAX_ROWS`` memories or none, or its
+        vectors need more than ``max_vector_bytes``."""
+        if self.rows is not None or self._no_rows:
+            return self.rows
+        (count,) = self.db.execute("SELECT COUNT(*) FROM docs").fetchone()
+        if count == 0:
+            return None  # nothing to search (and no size known yet): asked again next time
+        (vectors,) = self.db.execute("SELECT COUNT(*) FROM vecs").fetchone()
+        if count > dense.MAX_ROWS or vectors != count:
+            self._no_rows = True  # too many to scan, or a memory without a vector (see above)
+            return None
+        # one row: the rids in order with their vectors' lengths, and the vectors end to end
+        sizes, joined = self.db.execute(
+            "SELECT json_group_array(json_array(rid, n)), CAST(group_concat(v, '') AS BLOB) "
+            "FROM (SELECT rid, length(vector) AS n, vector AS v FROM vecs ORDER BY rid)"
+        ).fetchone()
+        found = _DECODE_SIZED(sizes)
+        lengths = {n for _, n in found}
+        if len(lengths) != 1 or lengths.pop() % 4:
+            self._no_rows = True  # vectors of another model, by a bug or an old copy
+            return None
+        dimension = found[0][1] // 4
+        rows = DenseRows.build([rid for rid, _ in found], joined, dimension)
+        if self.max_vector_bytes is not None and rows.nbytes > self.max_vector_bytes:
+            self._no_rows = True
+            return None
+        self.rows = rows
+        return rows
 
     def search(self, text: str, limit: int) -> list[tuple[Memory, float]]:
         """Memories matching ``text``, best BM25 first, with their scores: from the posting
@@ -607,7 +740,8 @@ class NamespaceIndex:
 
 class LexicalIndex:
     """The folder of namespace files, at most ``max_open`` of them open at once, their posting
-    lists holding at most about ``postings_bytes`` together (``_fit``)."""
+    lists holding at most about ``postings_bytes`` together, their vectors in memory
+    ``vectors_bytes`` (``_fit``)."""
 
     def __init__(
         self,
@@ -617,6 +751,7 @@ class LexicalIndex:
         pair_weight: float = 0.8,
         max_open: int = 64,
         postings_bytes: int = 256 << 20,
+        vectors_bytes: int = 256 << 20,
     ) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -624,6 +759,7 @@ class LexicalIndex:
         self.pair_weight = pair_weight
         self.max_open = max_open
         self.postings_bytes = postings_bytes
+        self.vectors_bytes = vectors_bytes
         self._searches = 0  # since start (not exactly, under threads: it only paces ``_fit``)
         self._open: OrderedDict[str, NamespaceIndex] = OrderedDict()
         self._lock = threading.Lock()
@@ -646,6 +782,7 @@ class LexicalIndex:
                     pair_gap=self.pair_gap,
                     pair_weight=self.pair_weight,
                     max_bytes=self.postings_bytes,
+                    max_vector_bytes=self.vectors_bytes,
                 )
                 self._open[namespace] = index
             else:
@@ -670,22 +807,27 @@ class LexicalIndex:
                     index.close()
                 excess -= 1
 
-    def _fit(self, namespace: str) -> None:
-        """Posting lists of the least recently used open files are let go (those not in use
-        right now) until all of them hold at most ``postings_bytes``; ``namespace``'s are
-        kept (it was just searched, and a file keeps no lists bigger than that alone)."""
+    def _fit(self, namespace: str, kind: str = "postings") -> None:
+        """Posting lists (``kind`` "postings") or vectors in memory ("rows") of the least
+        recently used open files are let go (those not in use right now) until all of them
+        hold at most ``postings_bytes`` (``vectors_bytes``); ``namespace``'s are kept (it was
+        just searched, and a file keeps none bigger than that alone)."""
+        budget = self.postings_bytes if kind == "postings" else self.vectors_bytes
         with self._lock:
-            held = [(name, index, index.postings) for name, index in self._open.items()]
-            total = sum(p.nbytes for _, _, p in held if p is not None)
-            for name, index, postings in held:
-                if total <= self.postings_bytes:
+            held = [(name, index, getattr(index, kind)) for name, index in self._open.items()]
+            total = sum(h.nbytes for _, _, h in held if h is not None)
+            for name, index, kept in held:
+                if total <= budget:
                     return
-                if postings is None or name == namespace or not index.lock.acquire(False):
+                if kept is None or name == namespace or not index.lock.acquire(False):
                     continue
                 try:
-                    if index.postings is postings:
-                        index.drop_postings()
-                        total -= postings.nbytes
+                    if getattr(index, kind) is kept:
+                        if kind == "postings":
+                            index.drop_postings()
+                        else:
+                            index.drop_rows()
+                        total -= kept.nbytes
                 finally:
                     index.lock.release()
 
@@ -727,13 +869,16 @@ class LexicalIndex:
 
     # -- namespace-level operations ----------------------------------------------------------
 
-    def add(self, memories: Sequence[Memory]) -> None:
-        """Index memories (of any namespaces); one already indexed is replaced if it changed."""
+    def add(self, memories: Sequence[Memory], vectors: dict[str, bytes] | None = None) -> None:
+        """Index memories (of any namespaces), with their vectors (``dense.encode``) where
+        given; one already indexed is replaced if it changed."""
         by_ns: dict[str, list[Memory]] = {}
         for memory in memories:
             by_ns.setdefault(memory.namespace, []).append(memory)
         for namespace, items in by_ns.items():
-            self.write(namespace, functools.partial(NamespaceIndex.put, memories=items))
+            self.write(
+                namespace, functools.partial(NamespaceIndex.put, memories=items, vectors=vectors)
+            )
 
     def delete(self, namespace: str, memory_ids: Iterable[str]) -> None:
         wanted = list(memory_ids)
@@ -768,6 +913,32 @@ class LexicalIndex:
         if read or self._searches % _FIT_EVERY == 0:
             self._fit(namespace)
         return found
+
+    def nearest(
+        self, namespace: str, query: Any, k: int, *, segmented: bool = False
+    ) -> tuple[list[tuple[Memory, float]], dict[str, bytes]] | None:
+        """The namespace's ``k`` memories closest to ``query`` by the vectors kept here (see
+        ``NamespaceIndex.nearest``); None when they cannot answer. The vectors of all open
+        namespaces are fitted to ``vectors_bytes`` when this search read the namespace's."""
+
+        def work(
+            index: NamespaceIndex,
+        ) -> tuple[tuple[list[tuple[Memory, float]], dict[str, bytes]] | None, bool]:
+            before = index.rows
+            found = index.nearest(query, k, segmented=segmented)
+            return found, index.rows is not None and index.rows is not before
+
+        found, read = self.run(namespace, work) or (None, False)
+        if read:
+            self._fit(namespace, "rows")
+        return found
+
+    def unvectored(self, namespace: str) -> list[str]:
+        return self.run(namespace, NamespaceIndex.unvectored) or []
+
+    def fill_vectors(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
+        if items:
+            self.run(namespace, lambda index: index.fill_vectors(items))
 
     def memories(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, Memory]:
         return self.run(namespace, lambda index: index.memories(memory_ids)) or {}

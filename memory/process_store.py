@@ -51,6 +51,7 @@ _CALLS = frozenset(
         "get",
         "get_many",
         "existing",
+        "vectors",
         "ids",
         "changes",
         "keep_version",
@@ -355,6 +356,14 @@ class ProcessStore:
 
     def existing(self, namespace: str, memory_ids: Collection[str]) -> set[str]:
         result: set[str] = self._call("existing", namespace, builtins.list(memory_ids))
+        return result
+
+    def vectors(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> builtins.list[tuple[str, str, Vectors]]:
+        result: builtins.list[tuple[str, str, Vectors]] = self._call(
+            "vectors", namespace, builtins.list(memory_ids)
+        )
         return result
 
     def ids(self, namespace: str) -> set[str]:

@@ -93,6 +93,12 @@ class MemoryStore(Protocol):
     def existing(self, namespace: str, memory_ids: Collection[str]) -> set[str]:
         """Which of ``memory_ids`` the namespace holds (ids only: cheaper than ``get_many``)."""
 
+    def vectors(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> builtins.list[tuple[str, str, Vectors]]:
+        """(id, content, vector) of the memories of ``namespace`` among ``memory_ids`` (for
+        filling a local copy's vectors; missing ones left out)."""
+
     def ids(self, namespace: str) -> set[str]:
         """Every id of the namespace (for repairing a local copy; costs the namespace)."""
 

@@ -121,6 +121,11 @@ class MemStore:
         rows = self.rows.get(namespace, {})
         return {i for i in memory_ids if i in rows}
 
+    def vectors(self, namespace: str, memory_ids: Sequence[str]) -> list[tuple[str, str, Vectors]]:
+        self._check("vectors")
+        rows = self.rows.get(namespace, {})
+        return [(i, rows[i][0].content, rows[i][1]) for i in memory_ids if i in rows]
+
     def ids(self, namespace: str) -> set[str]:
         self._check("ids")
         return set(self.rows.get(namespace, {}))

@@ -77,7 +77,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStor
 def test_store_contract(store: MemoryStore, minilm: Embedder) -> None:
     a = [make("ns:a@x", i, t) for i, t in enumerate(TEXTS)]
     b = [make("ns-b", i, t) for i, t in enumerate(TEXTS)]
-    store.add(a + b, minilm.embed([m.content for m in a + b]))
+    vectors = minilm.embed([m.content for m in a + b])
+    store.add(a + b, vectors)
     store.add(a[:1], minilm.embed([a[0].content]))  # upsert: no duplicate
     assert store.count("ns:a@x") == 5
     assert store.count("nobody") == 0
@@ -96,6 +97,10 @@ def test_store_contract(store: MemoryStore, minilm: Embedder) -> None:
     assert (later.generation, later.memories) == (changes.generation, [])
     assert store.changes("nobody", None) == Changes(None, [])
     assert store.existing("ns:a@x", ["ns:a@x-1", "ns-b-1", "nope"]) == {"ns:a@x-1"}
+    found = store.vectors("ns:a@x", ["ns:a@x-2", "ns-b-1", "nope"])
+    assert [(mid, content) for mid, content, _ in found] == [("ns:a@x-2", a[2].content)]
+    assert np.asarray(found[0][2]) == pytest.approx(vectors[2], abs=1e-6)
+    assert store.vectors("ns:a@x", []) == []
     assert store.ids("ns-b") == {m.id for m in b}
     assert store.erasures(["ns:a@x"]) == {}
 

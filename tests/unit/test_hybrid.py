@@ -9,7 +9,7 @@ import pytest
 from memory.hybrid import HybridStore
 from memory.lexical import LexicalIndex
 from memory.recall import hybrid
-from memory.records import Memory, Vectors, new_id
+from memory.records import Hit, Memory, Vectors, new_id
 from memory.store import Changes, CursorNotFound, StoreUnavailable
 from tests.conftest import wait_until
 from tests.fakes import FakeEmbedder, MemStore
@@ -226,18 +226,92 @@ def test_deletes_reach_both_indexes(tmp_path: Path) -> None:
     store.close()
 
 
-def test_dense_hits_come_from_the_index_or_else_the_store(tmp_path: Path) -> None:
+def _ranked(hits: Sequence[Hit]) -> list[tuple[str, float]]:
+    return [(h.memory.id, round(h.score, 5)) for h in hits]
+
+
+def test_dense_hits_come_from_the_store_until_the_copy_has_the_vectors(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    inner.add(memories(), embedder.embed(TEXTS))  # not in the lexical index (yet)
+    inner.add(memories(), embedder.embed(TEXTS))  # written before the copy existed
     store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
     vector = embedder.embed(["green tea in the morning"])[0]
-    from_store = store.search("a", vector, 2)
+    from_store = store.search("a", vector, 2)  # the copy is read from the store: no vectors
     assert from_store[0].memory.id == "m3"
-    store.search_text("a", "tea", 1)  # syncs the index: now it holds them
+    assert inner.calls.count("search") == 1
     assert store.lexical.memories("a", ["m3", "nope"]) == {"m3": memories()[3]}
-    assert store.search("a", vector, 2) == from_store
+    wait_until(lambda: not store.lexical.unvectored("a"))  # read from the store meanwhile
+    assert "vectors" in inner.calls
+    assert _ranked(store.search("a", vector, 2)) == _ranked(from_store)
+    assert inner.calls.count("search") == 1  # answered by the copy
     assert store.nearest("a", vector, 1) == [("m3", from_store[0].score)]
+    store.close()
+
+
+def test_alone_on_the_store_dense_hits_come_from_the_copy(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    items = memories() + memories("b")
+    store.add(items, embedder.embed(TEXTS + TEXTS))
+    for query in ["green tea in the morning", "when is the parcel late", "Porto sister"]:
+        vector = embedder.embed([query])[0]
+        for k in (1, 3, 10):
+            local = store.search("a", vector, k)
+            assert _ranked(local) == _ranked(inner.search("a", vector, k))
+            assert all(h.memory.namespace == "a" for h in local)
+    hits, segments = store.search_segmented("a", vector, 2)
+    assert [h.memory.id for h in hits] == ["m2", "m0"]
+    assert segments == {}
+    assert inner.calls.count("search") == 9  # the comparisons above, none by the copy
+    # a filter is the store's to apply
+    assert store.search("a", vector, 2, where={"role": "assistant"}) == []
+    assert inner.calls.count("search") == 10
+    store.close()
+
+
+def test_the_copy_never_finds_what_was_deleted_or_changed(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store.add(memories(), embedder.embed(TEXTS))
+    tea = embedder.embed(["green tea"])[0]
+    assert store.search("a", tea, 1)[0].memory.id == "m3"
+    assert store.delete("a", "m3") is True
+    assert "m3" not in {h.memory.id for h in store.search("a", tea, 10)}
+    changed = Memory(id="m1", namespace="a", content="green tea with honey", created_at=1.0)
+    store.add([changed], embedder.embed([changed.content]))
+    best = store.search("a", tea, 1)[0]
+    assert best.memory == changed
+    assert best.score == pytest.approx(float(embedder.embed([changed.content])[0] @ tea), 1e-5)
+    assert store.delete_namespace("a") == 3
+    assert store.search("a", tea, 10) == []
+    assert "search" not in inner.calls[:-1]  # only the empty namespace went to the store
+    store.close()
+
+
+def test_a_shared_store_answers_dense_hits_itself(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
+    mine.add(memories(), embedder.embed(TEXTS))
+    late = Memory(id="late", namespace="a", content="green tea at night", created_at=9.0)
+    other.add([late], embedder.embed([late.content]))
+    hits = mine.search("a", embedder.embed(["green tea at night"])[0], 1)
+    assert [h.memory.id for h in hits] == ["late"]  # written through the other one: at once
+    assert inner.calls.count("search") == 1
+    mine.close()
+    other.close()
+
+
+def test_vectors_in_memory_are_bounded(tmp_path: Path) -> None:
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0, vectors_bytes=0))
+    store.add(memories(), embedder.embed(TEXTS))
+    assert store.search("a", embedder.embed(["tea"])[0], 1)[0].memory.id == "m3"
+    assert inner.calls.count("search") == 1  # none may be held: the store answers
+    store.close()
 
 
 def test_a_search_during_an_erase_never_brings_erased_memories_back(tmp_path: Path) -> None:
