@@ -532,8 +532,8 @@ class NamespaceIndex:
         """The ``k`` memories closest to ``query`` (cosine), best first, and (``segmented``)
         their segment vectors; None if the vectors here cannot answer (the store must)."""
         rows = self._rows()
-        if rows is None:
-            return None
+        if rows is None or getattr(query, "size", None) != rows.dimension:
+            return None  # (another size: the store says what is wrong)
         ranked = rows.nearest(query, k)
         if not ranked:
             return [], {}
@@ -761,6 +761,7 @@ class LexicalIndex:
         self.postings_bytes = postings_bytes
         self.vectors_bytes = vectors_bytes
         self._searches = 0  # since start (not exactly, under threads: it only paces ``_fit``)
+        self._nearests = 0  # the same, for ``nearest``
         self._open: OrderedDict[str, NamespaceIndex] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -919,7 +920,8 @@ class LexicalIndex:
     ) -> tuple[list[tuple[Memory, float]], dict[str, bytes]] | None:
         """The namespace's ``k`` memories closest to ``query`` by the vectors kept here (see
         ``NamespaceIndex.nearest``); None when they cannot answer. The vectors of all open
-        namespaces are fitted to ``vectors_bytes`` when this search read the namespace's."""
+        namespaces are fitted to ``vectors_bytes`` when this search read the namespace's, and
+        every ``_FIT_EVERY`` searches."""
 
         def work(
             index: NamespaceIndex,
@@ -929,7 +931,8 @@ class LexicalIndex:
             return found, index.rows is not None and index.rows is not before
 
         found, read = self.run(namespace, work) or (None, False)
-        if read:
+        self._nearests += 1
+        if read or self._nearests % _FIT_EVERY == 0:  # writes grow them too
             self._fit(namespace, "rows")
         return found
 

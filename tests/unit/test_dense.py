@@ -75,6 +75,7 @@ def test_the_copy_answers_only_when_every_memory_has_its_vector(tmp_path: Path) 
     found = index.nearest("a", query, 2)
     assert found is not None
     assert found[0][0][0] == items[3]
+    assert index.nearest("a", query[:8], 2) is None  # another model's query: the store's to say
     index.add(items[10:])  # read from the store, say: no vectors
     assert index.nearest("a", query, 2) is None
     assert index.unvectored("a") == [m.id for m in items[10:]]
