@@ -41,18 +41,18 @@ _DECODE_TOKENS = msgspec.json.Decoder(list[tuple[int, int, str]]).decode
 
 class Tokenizer:
     """FTS5's tokens of texts: a scratch FTS5 table with the index's tokenizer, in a private
-    in-memory database (one a thread, made at its first use: one for all made every search and
-    write of every namespace wait in line for it), read back through ``fts5vocab``.
-    Thread-safe; query words' tokens are cached."""
+    in-memory database (made at first use), read back through ``fts5vocab``. Thread-safe;
+    query words' tokens are cached."""
 
     def __init__(self, tokenize: str, *, cached_words: int = 50_000) -> None:
         self.tokenize = tokenize
         self.cached_words = cached_words
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
         self._words: dict[str, tuple[str, ...]] = {}
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(":memory:", isolation_level=None)
+        db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
         db.execute(f"CREATE VIRTUAL TABLE tok USING fts5(body, tokenize={self.tokenize!r})")
         db.execute("CREATE VIRTUAL TABLE tokv USING fts5vocab(tok, instance)")
         return db
@@ -65,19 +65,19 @@ class Tokenizer:
         # Three statements whatever the number of texts and tokens: a statement gives the GIL
         # up and takes it back once a row, and under load each time costs a wait behind the
         # threads that took it meanwhile.
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = self._connect()
-        try:
-            db.execute(
-                "INSERT INTO tok(rowid, body) SELECT key, value FROM json_each(?)",
-                (_ENCODE_TEXTS(list(texts)),),
-            )
-            (found,) = db.execute(
-                "SELECT json_group_array(json_array(doc, offset, term)) FROM tokv"
-            ).fetchone()
-        finally:
-            db.execute("DELETE FROM tok")
+        with self._lock:
+            if self._db is None:
+                self._db = self._connect()
+            try:
+                self._db.execute(
+                    "INSERT INTO tok(rowid, body) SELECT key, value FROM json_each(?)",
+                    (_ENCODE_TEXTS(list(texts)),),
+                )
+                (found,) = self._db.execute(
+                    "SELECT json_group_array(json_array(doc, offset, term)) FROM tokv"
+                ).fetchone()
+            finally:
+                self._db.execute("DELETE FROM tok")
         for doc, _, term in sorted(_DECODE_TOKENS(found)):
             out[doc].append(term)
         return out

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from memory import lexical
-from memory.bm25 import Tokenizer
 from memory.lexical import LexicalIndex, NamespaceIndex, query_terms
 from memory.recall import fuse
 from memory.records import Memory
@@ -224,7 +223,7 @@ def test_a_batch_is_written_in_a_few_statements(tmp_path: Path) -> None:
     index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
     index.put([mem(f"old{i}", f"an older memory {i}", i * 10.0) for i in range(50)])
     ran: list[str] = []
-    tokenizer_db = lexical._TOKENIZER._local.db  # this thread's (made by the put above)
+    tokenizer_db = lexical._TOKENIZER._db
     assert tokenizer_db is not None
     index.db.set_trace_callback(ran.append)
     tokenizer_db.set_trace_callback(ran.append)
@@ -276,25 +275,3 @@ def test_a_query_is_tokenized_before_the_namespace_lock_is_taken(
     assert ids(index.search("a", "zebras and cats", 5)) == ["1"]
     assert held == [False]
     index.close()
-
-
-def test_threads_tokenize_side_by_side() -> None:
-    import threading
-
-    tokenizer = Tokenizer("porter unicode61")
-    texts = [f"running dogs number {i} jumped over fences" for i in range(50)]
-    expected = tokenizer.tokens(texts)
-    failures: list[str] = []
-
-    def work() -> None:
-        for _ in range(20):
-            if tokenizer.tokens(texts) != expected:
-                failures.append("different tokens")
-
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert failures == []
-    assert expected[0][:2] == ["run", "dog"]
