@@ -543,12 +543,7 @@ class NamespaceIndex:
         ranked = rows.nearest(query, k)
         if not ranked:
             return [], {}
-        (found,) = self.db.execute(
-            "SELECT json_group_array(json_array(rid, json(CAST(payload AS TEXT)))) "
-            "FROM docs WHERE rid IN (SELECT value FROM json_each(?))",
-            (_ENCODE([rid for rid, _ in ranked]),),
-        ).fetchone()
-        by_rid = dict(_DECODE_PAYLOADS(found))
+        by_rid = self._by_rid([rid for rid, _ in ranked])
         hits = [(by_rid[rid], cosine) for rid, cosine in ranked if rid in by_rid]
         segments = self.segment_vectors([m.id for m, _ in hits]) if segmented else {}
         return hits, segments
@@ -609,14 +604,18 @@ class NamespaceIndex:
             ranked = postings.search([t[0] for t in phrases], limit, self.pair_weight)
             if not ranked:
                 return []
-            (found,) = self.db.execute(
-                "SELECT json_group_array(json_array(rid, json(CAST(payload AS TEXT)))) "
-                "FROM docs WHERE rid IN (SELECT value FROM json_each(?))",
-                (_ENCODE([rid for _, rid in ranked]),),
-            ).fetchone()
-            by_rid = dict(_DECODE_PAYLOADS(found))
+            by_rid = self._by_rid([rid for _, rid in ranked])
             return [(by_rid[rid], score) for score, rid in ranked]
         return self._fts5(terms, limit)
+
+    def _by_rid(self, rids: Sequence[int]) -> dict[int, Memory]:
+        """The memories of ``rids``, by rid (one statement, one row)."""
+        (found,) = self.db.execute(
+            "SELECT json_group_array(json_array(rid, json(CAST(payload AS TEXT)))) "
+            "FROM docs WHERE rid IN (SELECT value FROM json_each(?))",
+            (_ENCODE(list(rids)),),
+        ).fetchone()
+        return dict(_DECODE_PAYLOADS(found))
 
     def _fts5(self, terms: Sequence[str], limit: int) -> list[tuple[Memory, float]]:
         """The search by FTS5 itself: a big namespace's first searches since its file was
