@@ -108,6 +108,7 @@ class HybridStore:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="memgate-verify")
         self._background: set[str] = set()
         self._filling: set[str] = set()
+        self._catching: set[str] = set()
 
     def _lock(self, namespace: str) -> threading.Lock:
         return self._stripes[hash(namespace) % _STRIPES]
@@ -287,16 +288,48 @@ class HybridStore:
             for namespace, items in by_ns.items():
                 with self._lock(namespace):
                     self.lexical.add(items)
+        else:
+            encoded = {m.id: dense.encode(v) for m, v in zip(memories, vectors, strict=True)}
+            # Alone on the store: the store's write and the copy's under the namespaces' locks
+            # (taken in one order), so that no delete or erasure falls between the two.
+            with contextlib.ExitStack() as held:
+                for stripe in sorted({hash(namespace) % _STRIPES for namespace in by_ns}):
+                    held.enter_context(self._stripes[stripe])
+                self.store.add(memories, vectors)
+                for items in by_ns.values():
+                    self.lexical.add(items, encoded)
+        self._catch_up_soon(by_ns)
+
+    def _catch_up_soon(self, namespaces: Collection[str]) -> None:
+        """Catch up, in the background, the namespaces written before this process looked at
+        their copies: a copy that writes made has never been compared with the store, and its
+        first catch-up reads the whole namespace from it, which its first recall would wait
+        for (~6 ms a namespace of 10 on a store of 2,000 namespaces, py-spy)."""
+        for namespace in namespaces:
+            if self._state(namespace).checked > -1e17:
+                continue
+            with self._sync_lock:
+                if namespace in self._catching:
+                    continue
+                self._catching.add(namespace)
+            try:
+                self._worker.submit(self._background_catch_up, namespace)
+            except RuntimeError:  # closing
+                with self._sync_lock:
+                    self._catching.discard(namespace)
+
+    def _background_catch_up(self, namespace: str) -> None:
+        """``catch_up``, then (alone on the store) the vectors of what it read."""
+        try:
+            self.catch_up(namespace)
+        except Exception as exc:  # the next recall catches up (and says what is wrong)
+            log.warning("could not bring the local copy of %s up to date: %s", namespace, exc)
             return
-        encoded = {m.id: dense.encode(v) for m, v in zip(memories, vectors, strict=True)}
-        # Alone on the store: the store's write and the copy's under the namespaces' locks
-        # (taken in one order), so that no delete or erasure falls between the two.
-        with contextlib.ExitStack() as held:
-            for stripe in sorted({hash(namespace) % _STRIPES for namespace in by_ns}):
-                held.enter_context(self._stripes[stripe])
-            self.store.add(memories, vectors)
-            for items in by_ns.values():
-                self.lexical.add(items, encoded)
+        finally:
+            with self._sync_lock:
+                self._catching.discard(namespace)
+        if not self.shared:
+            self._fill(namespace)
 
     def search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None

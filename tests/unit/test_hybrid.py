@@ -97,13 +97,15 @@ def test_a_catch_up_reads_what_changed_not_the_namespace(tmp_path: Path) -> None
     mine, other = gateway(inner, tmp_path / "one"), gateway(inner, tmp_path / "two")
     mine.search_text("a", "note", 5)
     assert read[0] == 300  # the first look copies the namespace, once
+    other.search_text("a", "note", 5)  # (and the other gateway's first look, its own copy)
+    assert sorted(read)[-2:] == [300, 300]
     time.sleep(0.01)
     for i in range(3):
         fresh = Memory(id=f"new{i}", namespace="a", content=f"walrus {i}")
         other.add([fresh], embedder.embed([fresh.content]))
         assert [m.id for m, _ in mine.search_text("a", f"walrus {i}", 1)] == [f"new{i}"]
     # then only what was written since (the background check catches up too)
-    assert max(read[1:]) == 1
+    assert sorted(read)[-3] == 1
     mine.close()
     other.close()
 
@@ -467,4 +469,27 @@ def test_alone_on_its_store_the_copy_never_holds_what_the_store_does_not(tmp_pat
     assert not inner.ids("a")
     assert store.search_text("a", "walrus", 5) == []
     assert not store.lexical.ids("a")
+    store.close()
+
+
+def test_a_namespace_written_first_is_caught_up_before_its_first_recall(tmp_path: Path) -> None:
+    """A copy made by writes has never been compared with the store (which may hold older
+    memories of the namespace): that first catch-up reads the whole namespace, in the
+    background right after the write, not in the first recall."""
+    embedder = FakeEmbedder()
+    inner = MemStore()
+    older = Memory(
+        id="old", namespace="a", content="an older note about walruses", created_at=-99.0
+    )
+    inner.add([older], embedder.embed([older.content]))  # before this gateway's copy existed
+    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store.add(memories(), embedder.embed(TEXTS))
+    wait_until(lambda: inner.calls.count("changes") == 1)
+    wait_until(lambda: "old" in store.lexical.ids("a"))
+    wait_until(lambda: not store.lexical.unvectored("a"))  # and its vectors
+    assert [m.id for m, _ in store.search_text("a", "walruses", 5)] == ["old"]
+    assert store.search("a", embedder.embed(["walruses"])[0], 1)[0].memory.id == "old"
+    # the recall read nothing from the store
+    assert inner.calls.count("changes") == 1
+    assert "search" not in inner.calls
     store.close()
