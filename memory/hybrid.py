@@ -25,7 +25,10 @@ truth; the copy is derived from it and never answers with what the store no long
   (several gateways on one Chroma server) this happens at most every ``sync_interval``
   seconds a namespace: a memory written through another gateway is found lexically within
   that, and densely at once. Alone on its store, a gateway only checks once a namespace
-  after it starts (its own writes keep the copy in step).
+  after it starts (its own writes keep the copy in step). A namespace written before this
+  process looked at it is caught up in the background right after the write, so that its
+  first recall does not wait for that (a copy never compared with the store reads the whole
+  namespace from it).
 - **Erasure is a new generation.** A namespace erased through any gateway comes back (if
   written again) as a new generation: a copy of an older one is thrown away.
 - **Verified in the background.** Once a namespace after start (and, shared, at most every
