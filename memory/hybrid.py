@@ -49,11 +49,12 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -182,11 +183,17 @@ class HybridStore:
                 return
             state.verified = now
             self._background.add(namespace)
+        self._submit(self._background, namespace, lambda: self._verify(namespace, state))
+
+    def _submit(self, running: set[str], namespace: str, work: Callable[[], None]) -> None:
+        """``work`` on the background thread; ``namespace`` (which the caller put in
+        ``running`` under ``_sync_lock``, and ``work`` takes out when it ends) is taken out at
+        once if it cannot start (closing)."""
         try:
-            self._worker.submit(self._verify, namespace, state)
-        except RuntimeError:  # closing
+            self._worker.submit(work)
+        except RuntimeError:
             with self._sync_lock:
-                self._background.discard(namespace)
+                running.discard(namespace)
 
     def _verify(self, namespace: str, state: _Sync) -> None:
         """Counts that disagree twice, a moment apart and each right after a catch-up (a
@@ -244,11 +251,7 @@ class HybridStore:
                 return
             state.filled = now
             self._filling.add(namespace)
-        try:
-            self._worker.submit(self._fill, namespace)
-        except RuntimeError:  # closing
-            with self._sync_lock:
-                self._filling.discard(namespace)
+        self._submit(self._filling, namespace, lambda: self._fill(namespace))
 
     def _fill(self, namespace: str) -> None:
         try:
@@ -315,11 +318,9 @@ class HybridStore:
                 if namespace in self._catching:
                     continue
                 self._catching.add(namespace)
-            try:
-                self._worker.submit(self._background_catch_up, namespace)
-            except RuntimeError:  # closing
-                with self._sync_lock:
-                    self._catching.discard(namespace)
+            self._submit(
+                self._catching, namespace, functools.partial(self._background_catch_up, namespace)
+            )
 
     def _background_catch_up(self, namespace: str) -> None:
         """``catch_up``, then (alone on the store) the vectors of what it read."""
