@@ -338,8 +338,10 @@ class HybridStore:
     def search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> builtins.list[Hit]:
-        """The dense ranking, its memories read from the local copy (the store is asked only
-        for ids and cosines, which is cheaper; it is asked for the ones the copy lacks)."""
+        """The dense ranking, its memories read from the local copy: alone on the store, from
+        the copy's vectors when it has them all (see the module's docstring); else the store
+        is asked for ids and cosines only, which is cheaper, and for the memories the copy
+        lacks."""
         return self._search(namespace, vector, k, where, segmented=False)[0]
 
     def search_segmented(
