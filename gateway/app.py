@@ -15,13 +15,23 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.types import (
+    ASGIApp,
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Receive,
+    Scope,
+    Send,
+)
 
 from gateway import __version__
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, Settings
 from gateway.errors import error_response
 from gateway.namespaces import NamespaceResolver
-from gateway.routes.chat import chat_passthrough, memory_chat_path, memory_chat_query
+from gateway.plain_chat import is_plain_chat, plain_chat_app
+from gateway.routes.chat import memory_chat_path, memory_chat_query
 from gateway.routes.health import healthz, readyz
 from gateway.routes.health import metrics as metrics_route
 from gateway.routes.memories import (
@@ -163,6 +173,26 @@ def open_embedder(settings: Settings) -> Embedder:
     raise ConfigError(f"embedder.backend must be 'onnx' or 'torch', not {conf.backend!r}")
 
 
+class Gateway(Litestar):
+    """Litestar, with the plain chat pass-through answered before its routing
+    (``gateway.plain_chat``)."""
+
+    plain_chat: ASGIApp
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        if is_plain_chat(scope):
+            scope["app"] = scope["litestar_app"] = self
+            scope.setdefault("state", {})
+            await self.plain_chat(scope, receive, send)  # type: ignore[arg-type]
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -282,11 +312,10 @@ def create_app(
             data_dir.release()
             log.info("memgate stopped")
 
-    return Litestar(
+    app = Gateway(
         route_handlers=[
             memory_chat_query,
             memory_chat_path,
-            chat_passthrough,
             memory_responses_query,
             memory_responses_path,
             list_models,
@@ -341,3 +370,5 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+    app.plain_chat = plain_chat_app(metrics, settings.server.max_body_bytes)
+    return app

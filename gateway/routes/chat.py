@@ -430,13 +430,12 @@ async def memory_chat_path(
     )
 
 
-@post("/v1/chat/completions", status_code=200, summary="Chat (pass-through)")
-async def chat_passthrough(
-    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any]
+async def plain_chat(
+    gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], raw: bytes
 ) -> Response[Any]:
     """A plain OpenAI proxy: the body goes upstream byte for byte, the answer comes back as
-    it is; no memory is read or written."""
-    raw = await request.body()
+    it is; no memory is read or written. (``POST /v1/chat/completions``: answered before
+    Litestar's routing, see ``gateway.plain_chat``.)"""
     body = parse_chat_body(raw)
     upstream = gw.router.route(body["model"])
     strip_usage = ask_for_usage(body, upstream)

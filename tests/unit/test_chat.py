@@ -205,13 +205,34 @@ def test_body_over_the_limit_is_413(tmp_path: Any) -> None:
         big = {"model": "m", "messages": [{"role": "user", "content": "x" * 2000}]}
         error = assert_openai_error(client.post("/v1/memory/chat/completions", json=big), 413)
         assert error["code"] == "payload_too_large"
+        # the plain chat, answered before Litestar's routing, keeps the same limit
+        route = harness.upstream.post("/chat/completions").mock(
+            return_value=httpx.Response(200, json=completion("small enough"))
+        )
+        error = assert_openai_error(client.post("/v1/chat/completions", json=big), 413)
+        assert error["code"] == "payload_too_large"
+        # ... also when the body comes without a length (chunked): counted as it arrives
+        chunks = iter([json.dumps(big).encode()[:600], json.dumps(big).encode()[600:]])
+        r = client.post(
+            "/v1/chat/completions", content=chunks, headers={"content-type": "application/json"}
+        )
+        assert assert_openai_error(r, 413)["code"] == "payload_too_large"
+        assert not route.called
+        small = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
+        r = client.post("/v1/chat/completions", json=small)
+        assert r.json()["choices"][0]["message"]["content"] == "small enough"
 
 
 def test_unknown_route_and_method_are_openai_shaped(
     harness: AppHarness, client: TestClient[Any]
 ) -> None:
     assert_openai_error(client.get("/nope"), 404)
-    assert_openai_error(client.get("/v1/chat/completions"), 405)
+    assert_openai_error(client.get("/v1/memory/chat/completions"), 405)
+    # OpenAI's list of stored chat completions: the upstream's (only POST is the plain chat)
+    harness.upstream.get("/chat/completions").mock(
+        return_value=httpx.Response(200, json={"object": "list", "data": []})
+    )
+    assert client.get("/v1/chat/completions").json() == {"object": "list", "data": []}
     # an unknown /v1 path is the upstream's to answer (it may be an endpoint newer than us)
     harness.upstream.get("/nope").mock(
         return_value=httpx.Response(

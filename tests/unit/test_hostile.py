@@ -210,15 +210,13 @@ def test_deep_json_is_a_400(client: TestClient[Any], path: str) -> None:
     assert "nested too deeply" in error["message"] or error["type"] == "invalid_request_error"
 
 
-def test_the_key_is_checked_before_the_body_is_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("path", ["/v1/memory/memories", "/v1/chat/completions"])
+def test_the_key_is_checked_before_the_body_is_read(tmp_path: Path, path: str) -> None:
     keys = (KeySettings(name="k", key_sha256=key_hash("good"), admin=True),)
-    with AppHarness(tmp_path, keys=keys).client() as c:
-        r = c.post(
-            "/v1/memory/memories",
-            content=b"{not json",
-            headers={"content-type": "application/json"},
-        )
-        assert_openai_error(r, 401)
+    with AppHarness(tmp_path, keys=keys, server={"max_body_bytes": 100}).client() as c:
+        for body in (b"{not json", b"x" * 1000):  # a 401, not a 400 or a 413
+            r = c.post(path, content=body, headers={"content-type": "application/json"})
+            assert_openai_error(r, 401)
 
 
 def test_wrong_keys_are_throttled_by_address(tmp_path: Path) -> None:
