@@ -7,7 +7,8 @@ Behaviour is chosen by the request's ``model``:
 - ``cut``: streams two chunks, then drops the connection (no ``[DONE]``);
 - ``tool``: answers with a tool call to ``get_weather``; once the last message is the tool's
   result, answers ``"tool said: <its content>"`` instead (JSON, or SSE word by word);
-- ``drip``: streams 5 chunks ``drip_interval`` seconds apart.
+- ``drip``: streams 5 chunks ``drip_interval`` seconds apart, and stops when its client (the
+  gateway) closes the connection: ``left`` counts the drips cut short that way.
 
 ``/embeddings`` answers ``[len(text), 1.0]`` for each input; any other path is a 404.
 
@@ -46,6 +47,7 @@ class FakeUpstream:
     slow_seconds: float = 3.0
     drip_interval: float = 0.3
     chunk_times: list[float] = field(default_factory=list)
+    left: int = 0
 
     def last_body(self) -> Any:
         return self.requests[-1].body
@@ -138,13 +140,34 @@ class FakeUpstream:
             calls_tool, text = False, f"tool said: {messages[-1].get('content')}"
         if body.get("stream"):
             options = body.get("stream_options") or {}
-            await self._stream(
+            stream = self._stream(
                 send, model, text, calls_tool=calls_tool, usage=options.get("include_usage") is True
             )
+            if model == "drip":
+                await self._unless_left(stream, receive)
+            else:
+                await stream
         elif calls_tool:
             await _json(send, 200, _completion(model, None, tool_calls=[_tool_call()]))
         else:
             await _json(send, 200, _completion(model, text))
+
+    async def _unless_left(self, work: Awaitable[None], receive: Receive) -> None:
+        """``work``, cancelled when the client disconnects first (counted in ``left``)."""
+        task = asyncio.ensure_future(work)
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        watcher = asyncio.ensure_future(watch())
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            watcher.cancel()
+            task.result()
+        else:
+            task.cancel()
+            self.left += 1
 
     async def _stream(
         self, send: Send, model: str, text: str, *, calls_tool: bool, usage: bool = False

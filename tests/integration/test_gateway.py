@@ -150,6 +150,22 @@ def test_client_disconnect_mid_stream_persists_nothing(gateway: Running) -> None
     assert gateway.store.count("dc") == 0
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/memory/chat/completions"])
+def test_a_client_leaving_a_stream_stops_the_upstream(gateway: Running, path: str) -> None:
+    """The plain chat (answered before Litestar's routing) and the memory chat alike: the
+    upstream's connection is closed, not read to its end for nobody."""
+    gateway.upstream.drip_interval = 0.25  # 5 drips in 1.25 s: inside the upstream's 1.5 s
+    left, sent = gateway.upstream.left, len(gateway.upstream.chunk_times)
+    body = {"model": "drip", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with (
+        httpx.Client(base_url=gateway.url) as other,
+        other.stream("POST", path, params={"namespace": "gone"}, json=body) as r,
+    ):
+        next(r.iter_raw())
+    wait_until(lambda: gateway.upstream.left > left, timeout=2.0)
+    assert len(gateway.upstream.chunk_times) - sent < 5
+
+
 def test_unreachable_upstream_is_502(tmp_path: Path, minilm: Embedder) -> None:
     from tests.fake_upstream import free_port
 
