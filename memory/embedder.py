@@ -30,6 +30,11 @@ the done-callbacks run there; the worker threads see only the texts and return v
   segments' rows.
 - A waiter that is cancelled does not cancel the model call (others may share it); its
   future is skipped when the rows arrive.
+- A request may bring a follow-up (``then``, and the future ``after`` of its result): work
+  that needs its rows, run in the model's thread right after the model call when the batch is
+  that request alone (a lone caller: no hand-off back to the loop and out again). ``after``
+  is always resolved: the follow-up's result or error, or None when it did not run (a batch
+  of several, a failed call), and the caller then does that work itself.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
@@ -238,16 +243,58 @@ def segment_rows(texts: Sequence[str]) -> int:
     return sum(len(spans(text)) for text in texts)
 
 
+Then = Callable[[Vectors], Any]  # a follow-up of a model call, given the request's rows
+
+
 class _Pending:
-    __slots__ = ("future", "parts", "segmented", "texts")
+    __slots__ = ("after", "future", "parts", "segmented", "texts", "then")
 
     def __init__(
-        self, texts: Sequence[str], future: asyncio.Future[Vectors], *, segmented: bool = False
+        self,
+        texts: Sequence[str],
+        future: asyncio.Future[Vectors],
+        *,
+        segmented: bool = False,
+        then: Then | None = None,
+        after: asyncio.Future[Any] | None = None,
     ) -> None:
         self.texts = texts
         self.future = future
         self.segmented = segmented
         self.parts = segment_rows(texts) if segmented else 0  # rows after the texts' own
+        self.then = then if after is not None else None
+        self.after = after
+
+    def settle(self, followed: _Followed | None) -> None:
+        """Resolve ``after``: the follow-up's outcome, or None when it did not run."""
+        if self.after is None or self.after.done():
+            return
+        if followed is None:
+            self.after.set_result(None)
+        elif followed.error is not None:
+            self.after.set_exception(followed.error)
+        else:
+            self.after.set_result(followed.value)
+
+
+class _Followed:
+    """A model call's rows and what its follow-up gave (its value, or the error it raised)."""
+
+    __slots__ = ("error", "value", "vectors")
+
+    def __init__(self, vectors: Vectors, value: Any, error: Exception | None) -> None:
+        self.vectors = vectors
+        self.value = value
+        self.error = error
+
+
+def _followed(model: Callable[[Sequence[str]], Vectors], then: Then, texts: list[str]) -> _Followed:
+    """The model call, then its follow-up on the rows, in the same worker thread."""
+    vectors = model(texts)
+    try:
+        return _Followed(vectors, then(vectors), None)
+    except Exception as exc:  # the rows stand; the follow-up's waiter gets the error
+        return _Followed(vectors, None, exc)
 
 
 class _Lane:
@@ -279,6 +326,7 @@ def _fail(batch: Sequence[_Pending], error: BaseException) -> None:
     for item in batch:
         if not item.future.done():
             item.future.set_exception(error)
+        item.settle(None)
 
 
 def lower_priority(nice: int) -> None:
@@ -338,14 +386,21 @@ class BatchingEmbedder:
         return await self.submit(texts, background=background, segmented=segmented)
 
     def submit(
-        self, texts: Sequence[str], *, background: bool = False, segmented: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        background: bool = False,
+        segmented: bool = False,
+        then: Then | None = None,
+        after: asyncio.Future[Any] | None = None,
     ) -> asyncio.Future[Vectors]:
         """Queue ``texts`` and return the future of their vectors (``segmented``: followed by
         their segments', as ``embed_segmented`` gives them). When the lane has room, the
-        model call is handed to its thread right now, not on a later turn of the loop."""
+        model call is handed to its thread right now, not on a later turn of the loop.
+        ``then`` and ``after``: a follow-up (see the module's docstring)."""
         lane = self._background if background else self._foreground
         future: asyncio.Future[Vectors] = asyncio.get_running_loop().create_future()
-        lane.queue.append(_Pending(texts, future, segmented=segmented))
+        lane.queue.append(_Pending(texts, future, segmented=segmented, then=then, after=after))
         if lane.running < lane.concurrency:
             lane.running += 1
             self._next(lane)
@@ -383,14 +438,18 @@ class BatchingEmbedder:
                 batch.append(item)
                 size += len(item.texts)
             texts = [t for item in batch for t in item.texts]
-            model = (
+            model: Callable[[Sequence[str]], Vectors] = (
                 functools.partial(embed_segmented, self.embedder)
                 if segmented
                 else self.embedder.embed
             )
+            then = batch[0].then if len(batch) == 1 else None
+            work: Callable[[list[str]], Vectors | _Followed] = (
+                model if then is None else functools.partial(_followed, model, then)
+            )
             try:
                 call = asyncio.get_running_loop().run_in_executor(
-                    lane.executor_for(size), model, texts
+                    lane.executor_for(size), work, texts
                 )
             except Exception as exc:
                 _fail(batch, exc)
@@ -399,14 +458,18 @@ class BatchingEmbedder:
             return
         lane.running -= 1
 
-    def _finish(self, lane: _Lane, batch: list[_Pending], done: asyncio.Future[Vectors]) -> None:
+    def _finish(
+        self, lane: _Lane, batch: list[_Pending], done: asyncio.Future[Vectors | _Followed]
+    ) -> None:
         """Hand a finished call's rows (or its error) to its waiters, then start the next
         call. Whatever goes wrong here, every waiter of the batch is answered and the lane
         goes on: a waiter left pending would wait for ever."""
         try:
             if done.cancelled():
                 raise asyncio.CancelledError
-            vectors = done.result()  # the model's error, if it raised
+            result = done.result()  # the model's error, if it raised
+            followed = result if isinstance(result, _Followed) else None
+            vectors = result.vectors if isinstance(result, _Followed) else result
             own = sum(len(item.texts) for item in batch)
             if len(vectors) != own + sum(item.parts for item in batch):
                 raise RuntimeError(
@@ -422,6 +485,7 @@ class BatchingEmbedder:
                     part += item.parts
                 if not item.future.done():
                     item.future.set_result(rows)
+                item.settle(followed)
                 start = end
         except BaseException as exc:  # handed to every waiter still waiting
             _fail(batch, exc)

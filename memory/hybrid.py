@@ -351,6 +351,20 @@ class HybridStore:
         read with their memories."""
         return self._search(namespace, vector, k, where, segmented=True)
 
+    def search_nearby(
+        self, namespace: str, vector: Vectors, k: int, *, segmented: bool
+    ) -> tuple[builtins.list[Hit], dict[str, bytes]] | None:
+        """``search_segmented`` (``segmented``) or ``search`` with no filter, from the copy's
+        vectors alone: None, at once, when answering would need the store (shared, the copy
+        due to be caught up, or without all the vectors). A recall runs it in the model's
+        thread, right after its query's call, where nothing may wait for the store."""
+        if self.shared or self._due(self._state(namespace)):
+            return None
+        local = self.lexical.nearest(namespace, vector, k, segmented=segmented)
+        if local is None:
+            return None
+        return [Hit(m, cos, cos) for m, cos in local[0]], local[1]
+
     def _search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None, *, segmented: bool
     ) -> tuple[builtins.list[Hit], dict[str, bytes]]:

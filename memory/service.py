@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -39,7 +40,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from memory.embedder import BatchingEmbedder, Embedder
+from memory.embedder import BatchingEmbedder, Embedder, Then
 from memory.hybrid import HybridStore
 from memory.outbox import Outbox, Queued, Writer
 from memory.recall import RecallSettings, hybrid, rank
@@ -149,6 +150,9 @@ class MemoryService:
         self._segments = (
             store if isinstance(store, HybridStore) and self.settings.segment_weight > 0 else None
         )
+        # Alone on its store, a recall's dense search can run in the model's thread right
+        # after its query's call (``_dense_nearby``), from the local copy's vectors.
+        self._nearby = store if isinstance(store, HybridStore) and not store.shared else None
         self._filling: set[str] = set()
         # Encoded segment vectors by text, from the segmented model calls of ``_request``
         # (the writer takes them from here), on the event loop only, like ``_vectors``.
@@ -218,11 +222,18 @@ class MemoryService:
         return await self._collect(texts, self._request(texts, background=background))
 
     def _request(
-        self, texts: Sequence[str], *, background: bool = False
+        self,
+        texts: Sequence[str],
+        *,
+        background: bool = False,
+        then: Then | None = None,
+        after: asyncio.Future[Any] | None = None,
     ) -> dict[str, Vectors | tuple[asyncio.Future[Vectors], int]]:
         """Where each text's vector is: cached, or (future, row) of a model call, another
         caller's or one started here and now. Each call runs as its own task, so a caller
-        that is cancelled (a client that went away) does not fail the others waiting."""
+        that is cancelled (a client that went away) does not fail the others waiting.
+        ``then`` and ``after``: the follow-up of a call started here (``BatchingEmbedder``);
+        with no call started, ``after`` is None at once."""
         where: dict[str, Vectors | tuple[asyncio.Future[Vectors], int]] = {}
         todo: builtins.list[str] = []
         for text in dict.fromkeys(texts):
@@ -238,10 +249,14 @@ class MemoryService:
             # their own, the writer finds a text's segments cached whoever embedded it (a chat's
             # query is its user turn), and the lanes' batches stay of one kind.
             segmented = self._segments is not None
-            call = self.embedder.submit(todo, background=background, segmented=segmented)
+            call = self.embedder.submit(
+                todo, background=background, segmented=segmented, then=then, after=after
+            )
             task = asyncio.ensure_future(self._cache(todo, call, segmented=segmented))
             for i, text in enumerate(todo):
                 self._inflight[text] = where[text] = (task, i)
+        elif after is not None:
+            after.set_result(None)
         return where
 
     async def _collect(
@@ -368,6 +383,28 @@ class MemoryService:
         if self._segments is None:
             return self.store.search(namespace, vector, k, where), []
         hits, found = self._segments.search_segmented(namespace, vector, k, where)
+        return self._rescored(hits, found, vector)
+
+    def _dense_nearby(
+        self, namespace: str, k: int, rows: Vectors
+    ) -> tuple[builtins.list[Hit], builtins.list[Memory]] | None:
+        """``_dense`` with no filter for the query embedded in ``rows[0]``, from the local
+        copy's vectors alone (``HybridStore.search_nearby``), else None: the follow-up of the
+        query's model call, in the model's thread."""
+        if self._nearby is None:
+            return None
+        vector = rows[0]
+        segmented = self._segments is not None
+        found = self._nearby.search_nearby(namespace, vector, k, segmented=segmented)
+        if found is None:
+            return None
+        if not segmented:
+            return found[0], []
+        return self._rescored(*found, vector)
+
+    def _rescored(
+        self, hits: builtins.list[Hit], found: dict[str, bytes], vector: Vectors
+    ) -> tuple[builtins.list[Hit], builtins.list[Memory]]:
         if not hits:
             return hits, []
         missing = self._multi(h.memory for h in hits if h.memory.id not in found)
@@ -416,7 +453,14 @@ class MemoryService:
         # The lexical search needs no vector: it runs while the query is being embedded. The
         # namespace's queued memories come from memory; their texts were sent to the model
         # when they were queued, so their vectors are cached or on their way.
-        query_at = self._request([query])  # the model call starts now: first in line
+        # The model call starts now, first in line; with no filter, alone on the store, the
+        # dense search follows it in the model's thread (``nearby``, None if it did not run).
+        nearby: asyncio.Future[Any] | None = None
+        then: Then | None = None
+        if where is None and self._nearby is not None:
+            nearby = asyncio.get_running_loop().create_future()
+            then = functools.partial(self._dense_nearby, namespace, candidates)
+        query_at = self._request([query], then=then, after=nearby)
         lexical = asyncio.ensure_future(
             asyncio.to_thread(self.store.search_text, namespace, query, candidates, where)
         )
@@ -431,9 +475,14 @@ class MemoryService:
                     erasure = asyncio.ensure_future(self._unerased(namespace, pending))
             query_vec = (await embedding)[0]
             with self._searches.searching():
-                dense, unsegmented = await asyncio.to_thread(
-                    self._dense, namespace, query_vec, candidates, where
+                found: tuple[builtins.list[Hit], builtins.list[Memory]] | None = (
+                    await nearby if nearby is not None else None
                 )
+                if found is None:
+                    found = await asyncio.to_thread(
+                        self._dense, namespace, query_vec, candidates, where
+                    )
+                dense, unsegmented = found
             if unsegmented:
                 self._fill_segments(unsegmented)
             matched = await lexical if dense else []
@@ -449,7 +498,7 @@ class MemoryService:
                     pending, cosines = [pending[i] for i in chosen], cosines[chosen]
                 hits.extend(_pending_hits(hits, pending, cosines, candidates))
         finally:
-            _discard(lexical, embedding, queued, erasure)
+            _discard(lexical, embedding, nearby, queued, erasure)
         return rank(
             hits,
             floor=self.settings.similarity_floor,

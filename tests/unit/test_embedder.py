@@ -259,3 +259,55 @@ def test_a_bulk_embedding_uses_both_lanes_and_keeps_the_order() -> None:
     asyncio.run(run())
     assert any(t.startswith("memgate-embed-busy") for t in threads)
     assert any(not t.startswith("memgate-embed") for t in threads)
+
+
+def test_a_lone_requests_follow_up_runs_in_the_models_thread() -> None:
+    """A follow-up runs right after its model call, in the same thread, when its request is
+    the batch alone; else (a batch of several, a failed call) it does not run and its future
+    says None; an error it raises is its own, the rows stand."""
+    model = Faulty()
+    ran: list[tuple[str, int]] = []
+
+    def follow(rows: Vectors) -> str:
+        ran.append((threading.current_thread().name, len(rows)))
+        if len(rows) == 3:
+            raise LookupError("the follow-up broke")
+        return "followed"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        lanes = BatchingEmbedder(model)
+        after = loop.create_future()
+        rows = await asyncio.wait_for(lanes.submit(["a", "b"], then=follow, after=after), BOUND)
+        assert rows.shape == (2, model.dimension)
+        assert await asyncio.wait_for(after, BOUND) == "followed"
+        assert ran == [(ran[0][0], 2)]
+        assert ran[0][0] != threading.current_thread().name
+
+        after = loop.create_future()  # the follow-up raises
+        rows = await asyncio.wait_for(
+            lanes.submit(["a", "b", "c"], then=follow, after=after), BOUND
+        )
+        assert rows.shape == (3, model.dimension)
+        with pytest.raises(LookupError, match="the follow-up broke"):
+            await asyncio.wait_for(after, BOUND)
+
+        ran.clear()  # a batch of several: none runs
+        model.plan = ["ok", "ok"]
+        first = lanes.submit(["x"])  # the lane is busy with this one, the next two queue
+        afters = [loop.create_future() for _ in range(2)]
+        calls = [lanes.submit([f"y{i}"], then=follow, after=a) for i, a in enumerate(afters)]
+        await asyncio.wait_for(asyncio.gather(first, *calls), BOUND)
+        assert [await asyncio.wait_for(a, BOUND) for a in afters] == [None, None]
+        assert model.calls[-1] == ["y0", "y1"]
+        assert ran == []
+
+        model.plan = ["raise"]  # a failed call: the rows' waiter gets the error, after None
+        after = loop.create_future()
+        with pytest.raises(ValueError, match="the model broke"):
+            await asyncio.wait_for(lanes.submit(["z"], then=follow, after=after), BOUND)
+        assert await asyncio.wait_for(after, BOUND) is None
+        assert ran == []
+        lanes.close()
+
+    asyncio.run(run())

@@ -4,13 +4,18 @@ writer's wait for a gap between searches."""
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from memory.hybrid import HybridStore
+from memory.lexical import LexicalIndex
 from memory.outbox import Outbox
-from memory.records import Exchange, Hit, Memory
+from memory.recall import RecallSettings
+from memory.records import Exchange, Hit, Memory, Vectors
 from memory.service import MemoryService, _pending_hits
 from tests.fakes import FakeEmbedder, MemStore
 
@@ -130,3 +135,68 @@ def test_queued_memories_are_scored_among_the_stored_hits(fused: bool) -> None:
         cut = _pending_hits(stored, pending, cosines, 5)
         best = sorted(want, key=lambda w: -w[2])[:5]
         assert sorted(h.cosine for h in cut) == sorted(w[2] for w in best)
+
+
+TEA = ["green tea in the morning", "my sister lives in Porto", "the parcel will be late"]
+
+
+@pytest.mark.parametrize("segment_weight", [1.0, 0.0])
+def test_alone_on_its_store_a_recall_searches_in_the_models_thread(
+    tmp_path: Path, segment_weight: float
+) -> None:
+    """Alone on its store, a recall's dense search follows its query's model call in the
+    model's thread, and finds what the search on its own finds; with a filter, a query
+    already embedded or a shared store, it runs on its own as before."""
+    model_threads: list[int] = []
+    nearby: list[tuple[int, bool]] = []
+
+    class Recording(FakeEmbedder):
+        def embed(self, texts: Sequence[str]) -> Vectors:
+            model_threads.append(threading.get_ident())
+            return super().embed(texts)
+
+    class Watched(HybridStore):
+        def search_nearby(
+            self, namespace: str, vector: Vectors, k: int, *, segmented: bool
+        ) -> tuple[list[Hit], dict[str, bytes]] | None:
+            found = super().search_nearby(namespace, vector, k, segmented=segmented)
+            nearby.append((threading.get_ident(), found is not None))
+            return found
+
+    def hits(found: list[Hit]) -> list[tuple[str, float]]:
+        return [(h.memory.id, round(h.score, 5)) for h in found]
+
+    async def run(shared: bool) -> None:
+        store = Watched(MemStore(), LexicalIndex(tmp_path / f"index-{shared}"), shared=shared)
+        settings = RecallSettings(segment_weight=segment_weight, similarity_floor=0.0)
+        service = MemoryService(
+            store, Recording(), Outbox(tmp_path / f"q-{shared}.sqlite3"), recall=settings
+        )
+        await service.add([mem(f"m{i}", text=t) for i, t in enumerate(TEA * 3)])
+        await asyncio.to_thread(store.catch_up, "a")  # as after a first recall
+        model_threads.clear()
+        got = await service.recall("a", "tea in Porto")
+        if shared:
+            assert nearby == []  # never tried: the store answers
+        else:
+            assert nearby == [(model_threads[-1], True)]  # in the model's thread, after it
+        chained, service._nearby = service._nearby, None  # the search on its own
+        service._vectors.clear()
+        service._segment_cache.clear()
+        alone = await service.recall("a", "tea in Porto")
+        assert got
+        assert hits(got) == hits(alone)
+        service._nearby = chained
+        nearby.clear()
+        again = await service.recall("a", "tea in Porto")  # embedded already: on its own
+        assert hits(again) == hits(got)
+        assert nearby == []
+        filtered = await service.recall("a", "Porto again", where={"role": "user"})
+        assert filtered
+        assert nearby == []
+        service.embedder.close()
+        store.close()
+
+    for shared in (False, True):
+        nearby.clear()
+        asyncio.run(run(shared))
