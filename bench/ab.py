@@ -4,14 +4,15 @@ both meet the same host (a shared machine drifts more between runs than most cha
 
 Usage::
 
-    python bench/ab.py TREE_A TREE_B [--memories 10000] [--rounds 40]
+    python bench/ab.py TREE_A TREE_B [--memories 10000] [--rounds 40] [--pause 0]
 
 Each tree is a folder holding ``gateway/`` and ``memory/`` (this repository, or a checkout of
 another commit: ``git worktree add /tmp/base COMMIT``). Both gateways run at once on their
 embedded defaults with their own data folders, in front of the fake upstream of
 ``bench/load.py``; each gets the same ``--memories`` generated memories in one namespace. Then
 ``--rounds`` rounds of 10 memory chats each way (order alternating), each gateway's write
-queue drained after its block. Prints p50/p90/p99 of each.
+queue drained after its block (``--pause``: seconds between two chats, else none). Prints
+p50/p90/p99 of each.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import random
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import httpx
@@ -40,6 +42,7 @@ def main() -> int:
     parser.add_argument("--memories", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pause", type=float, default=0.0)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="memgate-ab-"))
     children: list[Child] = []
@@ -80,6 +83,7 @@ def main() -> int:
                 for url in urls if round_ % 2 == 0 else urls[::-1]:
                     for _ in range(10):
                         times[url].append(chat(client, url, "ab", next(questions)))
+                        time.sleep(args.pause)
                     wait_drained(client, url)
         for tree, url in zip(args.trees, urls, strict=True):
             got = times[url]

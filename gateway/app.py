@@ -60,7 +60,6 @@ from gateway.state import GatewayState, authenticate, get_gateway, get_principal
 from gateway.telemetry import Metrics, telemetry_middleware
 from gateway.upstream import Router, Upstream
 from gateway.usage import UsageLedger
-from memory import dense
 from memory.datadir import HOSTNAME, DataDir, orphans
 from memory.embedder import Embedder
 from memory.outbox import Outbox
@@ -209,7 +208,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        dense.one_blas_thread()
         data_dir = DataDir(settings.data_dir)
         if outbox_path is None:
             await asyncio.to_thread(data_dir.claim)  # DataDirInUse: a clear stop

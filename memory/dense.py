@@ -13,7 +13,6 @@ Rows are L2-normalised when they come in: a product with a normalised query is t
 from __future__ import annotations
 
 import numpy as np
-import threadpoolctl
 
 from memory.records import Vectors
 
@@ -21,17 +20,6 @@ from memory.records import Vectors
 # ~1 ms here, about what Chroma's query costs across its process; it grows with the rows).
 MAX_ROWS = 30_000
 _DTYPE = np.float32
-
-
-def one_blas_thread() -> None:
-    """Make numpy's BLAS compute each product in the calling thread, for the whole process
-    (the gateway calls this as it starts). A scan is one matrix-vector product over the rows;
-    OpenBLAS splits it across the cores by default, and the split waits for cores that are
-    busy. Four threads scanning 10,000 rows at once (as concurrent recalls do): 781 scans/s
-    with a p99 of 57 ms, against 3,818 scans/s and 4.8 ms in one thread each; one scan beside
-    one busy process: 3.3 ms (p50), against 1.2 ms. Alone on a quiet machine the split wins
-    (0.8 against 1.25 ms), which a gateway seldom is."""
-    threadpoolctl.threadpool_limits(1, user_api="blas")
 
 
 def encode(vector: Vectors) -> bytes:

@@ -137,20 +137,3 @@ def test_a_namespace_past_the_scan_limit_is_left_to_the_store(
     index.delete("a", ["m0"])
     assert index.nearest("a", _unit(rng, 1)[0], 2) is not None
     index.close()
-
-
-def test_one_blas_thread_holds_numpys_blas_to_the_calling_thread() -> None:
-    import threadpoolctl
-
-    from memory.dense import one_blas_thread
-
-    before = threadpoolctl.threadpool_info()
-    try:
-        one_blas_thread()
-        blas = [p for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
-        assert blas  # numpy's own OpenBLAS at least
-        assert all(p["num_threads"] == 1 for p in blas)
-    finally:
-        for pool in before:
-            if pool["user_api"] == "blas":
-                threadpoolctl.threadpool_limits(pool["num_threads"], user_api="blas")
