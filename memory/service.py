@@ -15,6 +15,9 @@ Concurrency (the rules a change must keep):
 - The segment-vector cache (``_segment_cache``: text -> encoded segment vectors of the
   model calls of ``_request``, which the writer stores) and the set of memories whose
   segment vectors are being filled in (``_filling``) are event-loop-only state too.
+- A recall's dense search may run in the model's worker thread, as the follow-up of its
+  query's call (``_dense_nearby``); like the searches run with ``to_thread``, it reads the
+  store and pure functions only, never the event-loop state above.
 - Lock order, outermost first: ``Writer.lock`` (an asyncio lock: writes, deletes, updates
   and erasures of the store are serialized with the writer's batches) -> the store's own
   locks (``HybridStore``'s per-namespace stripes, then ``LexicalIndex``'s writer lock; its
