@@ -95,8 +95,12 @@ def test_int8_vectors_are_the_float_models(minilm: Embedder, tmp_path: Path) -> 
     assert plain.model_file == source()
     a, b = minilm.embed(TEXTS), plain.embed(TEXTS)
     cosines = (a * b).sum(axis=1)
-    assert float(cosines.mean()) > 0.98
-    assert float(cosines.min()) > 0.95  # "thanks!": short texts move most
+    # "thanks!": short texts move most, and more with the 7-bit weights of an x86 CPU without
+    # VNNI (an AMD EPYC, 2026-12-01: "thanks!" 0.941 in this batch; 300 LoCoMo turns there,
+    # mean 0.990 and lowest 0.978)
+    seven_bits = "-w7-" in minilm.model_file.name
+    assert float(cosines.mean()) > (0.975 if seven_bits else 0.98)
+    assert float(cosines.min()) > (0.93 if seven_bits else 0.95)
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     # the same neighbours either way
     assert (np.argsort(-(a @ a[0]))[:3] == np.argsort(-(b @ b[0]))[:3]).all()
