@@ -360,6 +360,12 @@ class HybridStore:
         thread, right after its query's call, where nothing may wait for the store."""
         if self.shared or self._due(self._state(namespace)):
             return None
+        return self._from_copy(namespace, vector, k, segmented=segmented)
+
+    def _from_copy(
+        self, namespace: str, vector: Vectors, k: int, *, segmented: bool
+    ) -> tuple[builtins.list[Hit], dict[str, bytes]] | None:
+        """The dense ranking from the copy's vectors, None if they cannot answer."""
         local = self.lexical.nearest(namespace, vector, k, segmented=segmented)
         if local is None:
             return None
@@ -370,9 +376,9 @@ class HybridStore:
     ) -> tuple[builtins.list[Hit], dict[str, bytes]]:
         if not self.shared and where is None:
             self.catch_up(namespace)
-            local = self.lexical.nearest(namespace, vector, k, segmented=segmented)
+            local = self._from_copy(namespace, vector, k, segmented=segmented)
             if local is not None:
-                return [Hit(m, cos, cos) for m, cos in local[0]], local[1]
+                return local
             self._fill_soon(namespace)
         ranked = self.store.nearest(namespace, vector, k, where)
         ids = [mid for mid, _ in ranked]
