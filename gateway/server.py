@@ -179,6 +179,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from gateway.app import create_app
+    from memory.heap import freeze_heap
 
     setup_logging(settings)
     check_bind(settings)
@@ -190,8 +191,10 @@ def serve(settings: Settings) -> None:
             settings.server.host,
             settings.server.port,
         )
+    app = create_app(settings)
+    app.on_startup.append(freeze_heap)  # after its lifespan opened the store and the model
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host=settings.server.host,
         port=settings.server.port,
         log_level=settings.server.log_level.lower(),

@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from memory.heap import freeze_heap
 from memory.records import Filter, Hit, Memory, Vectors
 from memory.store import Changes, MemoryStore, NamespaceCount, StoreUnavailable, Version
 
@@ -104,6 +105,7 @@ def _serve(conn: Connection, factory: StoreFactory, lock_path: str, threads: int
         except BaseException as exc:
             conn.send((0, False, _portable(exc)))
             return
+        freeze_heap()  # what opening the store made lives as long as this process
         conn.send((0, True, None))
         send_lock = threading.Lock()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import re
@@ -208,3 +209,11 @@ class FailingStore(MemStore):
 
 def broken_store() -> MemStore:
     raise StoreUnavailable("cannot open the fake store")
+
+
+class FreezeCountStore(MemStore):
+    """A ``MemStore`` whose ``count`` answers how many objects its process has frozen out of
+    the cyclic collector's walks (``gc.get_freeze_count``)."""
+
+    def count(self, namespace: str) -> int:
+        return gc.get_freeze_count()
