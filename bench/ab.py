@@ -5,25 +5,29 @@ both meet the same host (a shared machine drifts more between runs than most cha
 Usage::
 
     python bench/ab.py TREE_A TREE_B [--memories 10000] [--rounds 40] [--pause 0]
+                       [--concurrency 1]
 
 Each tree is a folder holding ``gateway/`` and ``memory/`` (this repository, or a checkout of
 another commit: ``git worktree add /tmp/base COMMIT``). Both gateways run at once on their
 embedded defaults with their own data folders, in front of the fake upstream of
 ``bench/load.py``; each gets the same ``--memories`` generated memories in one namespace. Then
 ``--rounds`` rounds of 10 memory chats each way (order alternating), each gateway's write
-queue drained after its block (``--pause``: seconds between two chats, else none). Prints
-p50/p90/p99 of each.
+queue drained after its block (``--pause``: seconds between two chats, else none). With
+``--concurrency N``, a block is 10 x N chats sent by N threads at once. Prints p50/p90/p99
+(and the slowest chat) of each.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import random
 import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -43,6 +47,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pause", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="memgate-ab-"))
     children: list[Child] = []
@@ -73,23 +78,38 @@ def main() -> int:
             wait_http(urls[-1] + "/readyz", child, 300, want_ready=True)
         rng = random.Random(args.seed)
         texts = memory_texts(args.memories, rng)
-        questions = iter(question_texts(args.rounds * 20 + 10, rng))
+        width = max(args.concurrency, 1)
+        questions = iter(question_texts(args.rounds * 20 * width + 10, rng))
         times: dict[str, list[float]] = {url: [] for url in urls}
-        with httpx.Client(timeout=60, trust_env=False) as client:
+        limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+        with (
+            httpx.Client(timeout=60, trust_env=False, limits=limits) as client,
+            ThreadPoolExecutor(width) as pool,
+        ):
             for url in urls:
                 preload(client, url, "ab", texts)
             log("preloaded both")
+
+            def sender(url: str, block: list[str]) -> list[float]:
+                got = []
+                for question in block:
+                    got.append(chat(client, url, "ab", question))
+                    time.sleep(args.pause)
+                return got
+
             for round_ in range(args.rounds):
                 for url in urls if round_ % 2 == 0 else urls[::-1]:
-                    for _ in range(10):
-                        times[url].append(chat(client, url, "ab", next(questions)))
-                        time.sleep(args.pause)
+                    block = list(itertools.islice(questions, 10 * width))
+                    shares = [block[i::width] for i in range(width)]
+                    for got in pool.map(sender, [url] * width, shares):
+                        times[url].extend(got)
                     wait_drained(client, url)
         for tree, url in zip(args.trees, urls, strict=True):
             got = times[url]
             print(
                 f"{tree}: {len(got)} memory chats, p50 {percentile(got, 50) * 1000:.1f} ms, "
-                f"p90 {percentile(got, 90) * 1000:.1f} ms, p99 {percentile(got, 99) * 1000:.1f} ms"
+                f"p90 {percentile(got, 90) * 1000:.1f} ms, "
+                f"p99 {percentile(got, 99) * 1000:.1f} ms, slowest {max(got) * 1000:.1f} ms"
             )
     except KeyboardInterrupt:
         return 130
