@@ -10,7 +10,7 @@ def freeze_heap() -> None:
 
     A started gateway holds ~100,000 objects that live as long as it does (the imported
     libraries, the model, the app; the store process likewise with Chroma's). Each of the
-    collector's full passes walked them all, every few seconds under load: 50-120 ms at a
+    collector's full passes walked them all, every ~10 s under load: 50-120 ms at a
     time with the GIL held, so every request in flight stalled (``bench/ab.py`` with a
     collector hook, README "Performance"). Frozen, they are left out of its walks; they are
     still freed as soon as nothing refers to them, and only a reference cycle among them
