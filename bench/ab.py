@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import random
 import shutil
 import sys
@@ -31,13 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from fleet import chat, preload, wait_drained
-from loadbench.children import Child, gateway_env, log, start_child, stop_child, wait_http
+from fleet import chat, preload, start_gateway, start_upstream, wait_drained
+from loadbench.children import Child, log, stop_child
 from loadbench.texts import memory_texts, question_texts
-from procs import free_port
 from stats import percentile
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
@@ -52,30 +48,13 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="memgate-ab-"))
     children: list[Child] = []
     try:
-        port = free_port()
-        upstream = start_child(
-            "upstream",
-            [sys.executable, str(REPO / "bench" / "load.py"), "--serve-upstream", str(port)],
-            root / "upstream.log",
-            dict(os.environ),
-        )
+        upstream, upstream_url = start_upstream(root)
         children.append(upstream)
-        wait_http(f"http://127.0.0.1:{port}/v1/models", upstream, 60, want_ready=False)
         urls = []
         for i, tree in enumerate(args.trees):
-            gw_port = free_port()
-            env = gateway_env([])
-            env["HF_HUB_OFFLINE"] = "1"
-            env["PYTHONPATH"] = str(tree.resolve())
-            command = [
-                sys.executable, "-m", "gateway.cli", "serve", "--port", str(gw_port),
-                "--data-dir", str(root / f"data{i}"),
-                "--upstream-url", f"http://127.0.0.1:{port}/v1", "--upstream-api-key", "sk-ab",
-            ]  # fmt: skip
-            child = start_child(f"gateway {tree}", command, root / f"gw{i}.log", env, tree)
+            child, url = start_gateway(f"data{i}", root, upstream_url, tree=tree)
             children.append(child)
-            urls.append(f"http://127.0.0.1:{gw_port}")
-            wait_http(urls[-1] + "/readyz", child, 300, want_ready=True)
+            urls.append(url)
         rng = random.Random(args.seed)
         texts = memory_texts(args.memories, rng)
         width = max(args.concurrency, 1)

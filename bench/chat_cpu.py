@@ -30,10 +30,9 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from fleet import chat, preload, wait_drained
-from loadbench.children import Child, gateway_env, start_child, stop_child, wait_http
+from fleet import chat, preload, start_gateway, start_upstream, wait_drained
+from loadbench.children import Child, child_pids, stop_child
 from loadbench.texts import memory_texts, question_texts
-from procs import free_port
 from stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,20 +50,6 @@ def thread_seconds(pid: int) -> dict[tuple[int, int], float]:
         fields = stat[stat.rindex(")") + 2 :].split()
         out[(pid, int(tid))] = (int(fields[11]) + int(fields[12])) / TICK
     return out
-
-
-def descendants(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == pid:
-            found += [int(entry), *descendants(int(entry))]
-    return found
 
 
 def thread_names(py_spy: str | None, pid: int) -> dict[int, str]:
@@ -92,28 +77,10 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="memgate-cpu-"))
     children: list[Child] = []
     try:
-        port = free_port()
-        upstream = start_child(
-            "upstream",
-            [sys.executable, str(REPO / "bench" / "load.py"), "--serve-upstream", str(port)],
-            root / "upstream.log",
-            dict(os.environ),
-        )
+        upstream, upstream_url = start_upstream(root)
         children.append(upstream)
-        wait_http(f"http://127.0.0.1:{port}/v1/models", upstream, 60, want_ready=False)
-        gw_port = free_port()
-        env = gateway_env([])
-        env["HF_HUB_OFFLINE"] = "1"
-        env["PYTHONPATH"] = str(args.tree.resolve())
-        command = [
-            sys.executable, "-m", "gateway.cli", "serve", "--port", str(gw_port),
-            "--data-dir", str(root / "data"),
-            "--upstream-url", f"http://127.0.0.1:{port}/v1", "--upstream-api-key", "sk-cpu",
-        ]  # fmt: skip
-        gateway = start_child("gateway", command, root / "gateway.log", env, args.tree)
+        gateway, url = start_gateway("gateway", root, upstream_url, tree=args.tree)
         children.append(gateway)
-        url = f"http://127.0.0.1:{gw_port}"
-        wait_http(url + "/readyz", gateway, 300, want_ready=True)
         rng = random.Random(args.seed)
         texts = memory_texts(args.memories, rng)
         questions = iter(question_texts(args.chats + 60, rng))
@@ -123,7 +90,7 @@ def main() -> int:
                 chat(client, url, "cpu", next(questions))
             wait_drained(client, url)
             time.sleep(1.0)
-            pids = [gateway.proc.pid, *descendants(gateway.proc.pid)]
+            pids = [gateway.proc.pid, *child_pids(gateway.proc.pid)]
             names = thread_names(args.py_spy, gateway.proc.pid)
 
             def snapshot() -> dict[tuple[int, int], float]:

@@ -93,7 +93,30 @@ def summary(times: Sequence[float]) -> dict[str, float]:
     }
 
 
-def start_gateway(name: str, root: Path, upstream: str, *extra: str) -> tuple[Child, str]:
+def start_upstream(root: Path) -> tuple[Child, str]:
+    """The fake upstream of ``bench/load.py`` in its own process; its ``/v1`` URL."""
+    port = free_port()
+    child = start_child(
+        "upstream",
+        [PYTHON, str(REPO / "bench" / "load.py"), "--serve-upstream", str(port)],
+        root / "upstream.log",
+        dict(os.environ),
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_http(url + "/models", child, 60, want_ready=False)
+    except BaseException:
+        stop_child(child)
+        raise
+    return child, url
+
+
+def start_gateway(
+    name: str, root: Path, upstream: str, *extra: str, tree: Path | None = None
+) -> tuple[Child, str]:
+    """A gateway on its embedded defaults, data in ``root / name``, once ready; its URL.
+    ``tree``: run the ``gateway/`` and ``memory/`` of that folder (another commit's
+    worktree) instead of this repository's."""
     port = free_port()
     data = root / name
     data.mkdir(parents=True, exist_ok=True)
@@ -103,9 +126,15 @@ def start_gateway(name: str, root: Path, upstream: str, *extra: str) -> tuple[Ch
     ]  # fmt: skip
     env = gateway_env([])
     env["HF_HUB_OFFLINE"] = "1"
-    child = start_child(name, command, root / f"{name}.log", env)
+    if tree is not None:
+        env["PYTHONPATH"] = str(tree.resolve())
+    child = start_child(name, command, root / f"{name}.log", env, tree or REPO)
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/readyz", child, 300, want_ready=True)
+    try:
+        wait_http(url + "/readyz", child, 300, want_ready=True)
+    except BaseException:
+        stop_child(child)
+        raise
     return child, url
 
 
@@ -319,16 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     root = Path(tempfile.mkdtemp(prefix="memgate-fleet-"))
     results: dict[str, Any] = {"args": vars(args) | {"json": str(args.json)}}
-    upstream_port = free_port()
-    upstream = start_child(
-        "upstream",
-        [PYTHON, str(REPO / "bench" / "load.py"), "--serve-upstream", str(upstream_port)],
-        root / "upstream.log",
-        dict(os.environ),
-    )
-    upstream_url = f"http://127.0.0.1:{upstream_port}/v1"
+    upstream: Child | None = None
     try:
-        wait_http(upstream_url + "/models", upstream, 60, want_ready=False)
+        upstream, upstream_url = start_upstream(root)
         if args.only in (None, "fleet"):
             results["fleet"] = fleet_part(root, args, upstream_url)
         if args.only in (None, "tenants"):
@@ -340,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"error: {exc}")
         return 1
     finally:
-        stop_child(upstream)
+        if upstream is not None:
+            stop_child(upstream)
         shutil.rmtree(root, ignore_errors=True)
     print(report(results))
     if args.json is not None:
