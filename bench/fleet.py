@@ -103,12 +103,7 @@ def start_upstream(root: Path) -> tuple[Child, str]:
         dict(os.environ),
     )
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        wait_http(url + "/models", child, 60, want_ready=False)
-    except BaseException:
-        stop_child(child)
-        raise
-    return child, url
+    return _answering(child, url + "/models", 60, want_ready=False), url
 
 
 def start_gateway(
@@ -130,12 +125,17 @@ def start_gateway(
         env["PYTHONPATH"] = str(tree.resolve())
     child = start_child(name, command, root / f"{name}.log", env, tree or REPO)
     url = f"http://127.0.0.1:{port}"
+    return _answering(child, url + "/readyz", 300, want_ready=True), url
+
+
+def _answering(child: Child, url: str, timeout: float, *, want_ready: bool) -> Child:
+    """``child`` once ``url`` answers; stopped if it never does."""
     try:
-        wait_http(url + "/readyz", child, 300, want_ready=True)
+        wait_http(url, child, timeout, want_ready=want_ready)
     except BaseException:
         stop_child(child)
         raise
-    return child, url
+    return child
 
 
 def process_figures(pid: int) -> dict[str, float]:
