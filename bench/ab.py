@@ -22,16 +22,14 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
-import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from fleet import chat, preload, start_gateway, start_upstream, wait_drained
-from loadbench.children import Child, log, stop_child
+from fleet import chat, preload, scratch, start_gateway, start_upstream, wait_drained
+from loadbench.children import log
 from loadbench.texts import memory_texts, question_texts
 from stats import percentile
 
@@ -45,57 +43,52 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=1)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="memgate-ab-"))
-    children: list[Child] = []
     try:
-        upstream, upstream_url = start_upstream(root)
-        children.append(upstream)
-        urls = []
-        for i, tree in enumerate(args.trees):
-            child, url = start_gateway(f"data{i}", root, upstream_url, tree=tree)
-            children.append(child)
-            urls.append(url)
-        rng = random.Random(args.seed)
-        texts = memory_texts(args.memories, rng)
-        width = max(args.concurrency, 1)
-        questions = iter(question_texts(args.rounds * 20 * width + 10, rng))
-        times: dict[str, list[float]] = {url: [] for url in urls}
-        limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
-        with (
-            httpx.Client(timeout=60, trust_env=False, limits=limits) as client,
-            ThreadPoolExecutor(width) as pool,
-        ):
-            for url in urls:
-                preload(client, url, "ab", texts)
-            log("preloaded both")
+        with scratch("memgate-ab-") as (root, children):
+            upstream, upstream_url = start_upstream(root)
+            children.append(upstream)
+            urls = []
+            for i, tree in enumerate(args.trees):
+                child, url = start_gateway(f"data{i}", root, upstream_url, tree=tree)
+                children.append(child)
+                urls.append(url)
+            rng = random.Random(args.seed)
+            texts = memory_texts(args.memories, rng)
+            width = max(args.concurrency, 1)
+            questions = iter(question_texts(args.rounds * 20 * width + 10, rng))
+            times: dict[str, list[float]] = {url: [] for url in urls}
+            limits = httpx.Limits(max_connections=width, max_keepalive_connections=width)
+            with (
+                httpx.Client(timeout=60, trust_env=False, limits=limits) as client,
+                ThreadPoolExecutor(width) as pool,
+            ):
+                for url in urls:
+                    preload(client, url, "ab", texts)
+                log("preloaded both")
 
-            def sender(url: str, block: list[str]) -> list[float]:
-                got = []
-                for question in block:
-                    got.append(chat(client, url, "ab", question))
-                    time.sleep(args.pause)
-                return got
+                def sender(url: str, block: list[str]) -> list[float]:
+                    got = []
+                    for question in block:
+                        got.append(chat(client, url, "ab", question))
+                        time.sleep(args.pause)
+                    return got
 
-            for round_ in range(args.rounds):
-                for url in urls if round_ % 2 == 0 else urls[::-1]:
-                    block = list(itertools.islice(questions, 10 * width))
-                    shares = [block[i::width] for i in range(width)]
-                    for got in pool.map(sender, [url] * width, shares):
-                        times[url].extend(got)
-                    wait_drained(client, url)
-        for tree, url in zip(args.trees, urls, strict=True):
-            got = times[url]
-            print(
-                f"{tree}: {len(got)} memory chats, p50 {percentile(got, 50) * 1000:.1f} ms, "
-                f"p90 {percentile(got, 90) * 1000:.1f} ms, "
-                f"p99 {percentile(got, 99) * 1000:.1f} ms, slowest {max(got) * 1000:.1f} ms"
-            )
+                for round_ in range(args.rounds):
+                    for url in urls if round_ % 2 == 0 else urls[::-1]:
+                        block = list(itertools.islice(questions, 10 * width))
+                        shares = [block[i::width] for i in range(width)]
+                        for got in pool.map(sender, [url] * width, shares):
+                            times[url].extend(got)
+                        wait_drained(client, url)
+            for tree, url in zip(args.trees, urls, strict=True):
+                got = times[url]
+                print(
+                    f"{tree}: {len(got)} memory chats, p50 {percentile(got, 50) * 1000:.1f} ms, "
+                    f"p90 {percentile(got, 90) * 1000:.1f} ms, "
+                    f"p99 {percentile(got, 99) * 1000:.1f} ms, slowest {max(got) * 1000:.1f} ms"
+                )
     except KeyboardInterrupt:
         return 130
-    finally:
-        for child in reversed(children):
-            stop_child(child)
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

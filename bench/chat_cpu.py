@@ -21,17 +21,15 @@ import argparse
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
 import httpx
-from fleet import chat, preload, start_gateway, start_upstream, wait_drained
-from loadbench.children import Child, child_pids, stop_child
+from fleet import chat, preload, scratch, start_gateway, start_upstream, wait_drained
+from loadbench.children import child_pids
 from loadbench.texts import memory_texts, question_texts
 from stats import percentile
 
@@ -74,70 +72,66 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--py-spy", default=None)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="memgate-cpu-"))
-    children: list[Child] = []
     try:
-        upstream, upstream_url = start_upstream(root)
-        children.append(upstream)
-        gateway, url = start_gateway("gateway", root, upstream_url, tree=args.tree)
-        children.append(gateway)
-        rng = random.Random(args.seed)
-        texts = memory_texts(args.memories, rng)
-        questions = iter(question_texts(args.chats + 60, rng))
-        with httpx.Client(timeout=60, trust_env=False) as client:
-            preload(client, url, "cpu", texts)
-            for _ in range(50):  # warm: the namespace's copy read, the model's first calls
-                chat(client, url, "cpu", next(questions))
-            wait_drained(client, url)
-            time.sleep(1.0)
-            pids = [gateway.proc.pid, *child_pids(gateway.proc.pid)]
-            names = thread_names(args.py_spy, gateway.proc.pid)
+        with scratch("memgate-cpu-") as (root, children):
+            upstream, upstream_url = start_upstream(root)
+            children.append(upstream)
+            gateway, url = start_gateway("gateway", root, upstream_url, tree=args.tree)
+            children.append(gateway)
+            rng = random.Random(args.seed)
+            texts = memory_texts(args.memories, rng)
+            questions = iter(question_texts(args.chats + 60, rng))
+            with httpx.Client(timeout=60, trust_env=False) as client:
+                preload(client, url, "cpu", texts)
+                for _ in range(50):  # warm: the namespace's copy read, the model's first calls
+                    chat(client, url, "cpu", next(questions))
+                wait_drained(client, url)
+                time.sleep(1.0)
+                pids = [gateway.proc.pid, *child_pids(gateway.proc.pid)]
+                names = thread_names(args.py_spy, gateway.proc.pid)
 
-            def snapshot() -> dict[tuple[int, int], float]:
-                out: dict[tuple[int, int], float] = {}
-                for pid in pids:
-                    out.update(thread_seconds(pid))
-                return out
+                def snapshot() -> dict[tuple[int, int], float]:
+                    out: dict[tuple[int, int], float] = {}
+                    for pid in pids:
+                        out.update(thread_seconds(pid))
+                    return out
 
-            before, up_before = snapshot(), sum(thread_seconds(upstream.proc.pid).values())
-            mine, started = os.times(), time.perf_counter()
-            latencies = []
-            for _ in range(args.chats):
-                latencies.append(chat(client, url, "cpu", next(questions)))
-                time.sleep(args.pause)
-            wait_drained(client, url)  # the chats' writes count too
-            wall = time.perf_counter() - started
-            after, up_after = snapshot(), sum(thread_seconds(upstream.proc.pid).values())
-            mine_after = os.times()
-        n = args.chats
-        spent = Counter({key: after[key] - before.get(key, 0.0) for key in after})
-        own = sum(v for (pid, _), v in spent.items() if pid == gateway.proc.pid)
-        store = sum(v for (pid, _), v in spent.items() if pid != gateway.proc.pid)
-        client_s = (mine_after.user + mine_after.system) - (mine.user + mine.system)
-        print(
-            f"{args.tree}: {n} memory chats at c=1, pause {args.pause * 1000:.0f} ms: "
-            f"latency p50 {percentile(latencies, 50) * 1000:.1f} ms, "
-            f"p90 {percentile(latencies, 90) * 1000:.1f}, "
-            f"p99 {percentile(latencies, 99) * 1000:.1f}"
-        )
-        print(
-            f"CPU ms per chat: gateway {own / n * 1000:.2f}, "
-            f"its store process {store / n * 1000:.2f}"
-            f", upstream {(up_after - up_before) / n * 1000:.2f}, client {client_s / n * 1000:.2f}"
-            f" (wall {wall / n * 1000:.1f} ms per chat, writes drained)"
-        )
-        print("busiest threads (ms per chat):")
-        for (pid, tid), seconds in spent.most_common(8):
-            if seconds <= 0:
-                break
-            where = "gateway" if pid == gateway.proc.pid else "store process"
-            print(f"  {where} thread {tid} {names.get(tid, '')}: {seconds / n * 1000:.2f}")
+                before, up_before = snapshot(), sum(thread_seconds(upstream.proc.pid).values())
+                mine, started = os.times(), time.perf_counter()
+                latencies = []
+                for _ in range(args.chats):
+                    latencies.append(chat(client, url, "cpu", next(questions)))
+                    time.sleep(args.pause)
+                wait_drained(client, url)  # the chats' writes count too
+                wall = time.perf_counter() - started
+                after, up_after = snapshot(), sum(thread_seconds(upstream.proc.pid).values())
+                mine_after = os.times()
+            n = args.chats
+            spent = Counter({key: after[key] - before.get(key, 0.0) for key in after})
+            own = sum(v for (pid, _), v in spent.items() if pid == gateway.proc.pid)
+            store = sum(v for (pid, _), v in spent.items() if pid != gateway.proc.pid)
+            client_s = (mine_after.user + mine_after.system) - (mine.user + mine.system)
+            print(
+                f"{args.tree}: {n} memory chats at c=1, pause {args.pause * 1000:.0f} ms: "
+                f"latency p50 {percentile(latencies, 50) * 1000:.1f} ms, "
+                f"p90 {percentile(latencies, 90) * 1000:.1f}, "
+                f"p99 {percentile(latencies, 99) * 1000:.1f}"
+            )
+            print(
+                f"CPU ms per chat: gateway {own / n * 1000:.2f}, "
+                f"its store process {store / n * 1000:.2f}"
+                f", upstream {(up_after - up_before) / n * 1000:.2f}, "
+                f"client {client_s / n * 1000:.2f}"
+                f" (wall {wall / n * 1000:.1f} ms per chat, writes drained)"
+            )
+            print("busiest threads (ms per chat):")
+            for (pid, tid), seconds in spent.most_common(8):
+                if seconds <= 0:
+                    break
+                where = "gateway" if pid == gateway.proc.pid else "store process"
+                print(f"  {where} thread {tid} {names.get(tid, '')}: {seconds / n * 1000:.2f}")
     except KeyboardInterrupt:
         return 130
-    finally:
-        for child in reversed(children):
-            stop_child(child)
-        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 

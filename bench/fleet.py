@@ -23,6 +23,7 @@ Two parts, everything on 127.0.0.1, bounded, cleaned up at the end (also on Ctrl
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -31,7 +32,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,20 @@ def summary(times: Sequence[float]) -> dict[str, float]:
         "p50_ms": percentile(times, 50) * 1000,
         "p99_ms": percentile(times, 99) * 1000,
     }
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[tuple[Path, list[Child]]]:
+    """A temporary folder and the list of child processes a bench starts: at the end, the
+    children are stopped (the last started first) and the folder removed."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    children: list[Child] = []
+    try:
+        yield root, children
+    finally:
+        for child in reversed(children):
+            stop_child(child)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def start_upstream(root: Path) -> tuple[Child, str]:
@@ -346,25 +361,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.memories, args.namespaces, args.requests = 1000, 200, 60
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    root = Path(tempfile.mkdtemp(prefix="memgate-fleet-"))
     results: dict[str, Any] = {"args": vars(args) | {"json": str(args.json)}}
-    upstream: Child | None = None
     try:
-        upstream, upstream_url = start_upstream(root)
-        if args.only in (None, "fleet"):
-            results["fleet"] = fleet_part(root, args, upstream_url)
-        if args.only in (None, "tenants"):
-            results["tenants"] = tenants_part(root, args, upstream_url)
+        with scratch("memgate-fleet-") as (root, children):
+            upstream, upstream_url = start_upstream(root)
+            children.append(upstream)
+            if args.only in (None, "fleet"):
+                results["fleet"] = fleet_part(root, args, upstream_url)
+            if args.only in (None, "tenants"):
+                results["tenants"] = tenants_part(root, args, upstream_url)
     except KeyboardInterrupt:
         log("interrupted")
         return 130
     except (RuntimeError, httpx.HTTPError) as exc:
         log(f"error: {exc}")
         return 1
-    finally:
-        if upstream is not None:
-            stop_child(upstream)
-        shutil.rmtree(root, ignore_errors=True)
     print(report(results))
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
