@@ -58,6 +58,7 @@ _STAMP = "w"  # metadata key of the write stamp
 _HNSW = {"space": "cosine", "sync_threshold": 1, "batch_size": 1}
 _PAGE = 5000  # rows a Chroma get returns at most (beyond ~32,000 it fails: too many SQL variables)
 _REGISTRY = "registry"  # collection name suffix of the erasure registry
+_CLOCK_MARGIN = 5.0  # seconds the clocks of processes sharing a store may disagree
 T = TypeVar("T")
 
 
@@ -226,14 +227,17 @@ class ChromaStore:
             self._cache.pop(namespace, None)
 
     def _run(self, namespace: str, work: Callable[[Any], T], *, create: bool = False) -> T | None:
-        """``work`` on the namespace's collection (None when there is none)."""
+        """``work`` on the namespace's collection (None when there is none). A call that
+        creates nothing and fails while the namespace is being erased (a Chroma server
+        answers such a call with errors such as "Missing metadata segment") finds it gone."""
         from chromadb.errors import NotFoundError
 
+        started = time.time()
         for attempt in range(2):
-            col = self._collection(namespace, create=create)
-            if col is None:
-                return None
             try:
+                col = self._collection(namespace, create=create)
+                if col is None:
+                    return None
                 return work(col)
             except NotFoundError:
                 # The collection was erased (maybe by another gateway process): forget the
@@ -241,11 +245,23 @@ class ChromaStore:
                 self._forget(namespace)
                 if attempt:
                     return None
-            except StoreUnavailable:
-                raise
             except Exception as exc:
+                if not create and self._erased_since(namespace, started):
+                    self._forget(namespace)
+                    return None
+                if isinstance(exc, StoreUnavailable):
+                    raise
                 raise StoreUnavailable(f"Chroma failed: {exc}") from exc
         return None
+
+    def _erased_since(self, namespace: str, started: float) -> bool:
+        """Whether the namespace was erased (through any gateway) since ``started``, less a
+        margin for the clocks of the processes sharing the store."""
+        try:
+            erased = self.erasures([namespace]).get(namespace)
+        except StoreUnavailable:
+            return False
+        return erased is not None and erased >= started - _CLOCK_MARGIN
 
     def _registry_collection(self) -> Any:
         if self._registry_col is None:
@@ -277,6 +293,28 @@ class ChromaStore:
                 )
 
             self._run(namespace, upsert, create=True)
+
+    def replace(self, memory: Memory, vectors: Vectors) -> bool:
+        """Chroma's ``update`` changes only ids the collection holds (an id deleted before it,
+        through any client, is skipped), and fails on an erased collection: the conditional
+        write ``MemoryStore.replace`` asks for. Metadata keys the new memory drops are
+        removed (``update`` merges metadata; None deletes a key)."""
+
+        def work(col: Any) -> bool:
+            old = col.get(ids=[memory.id], include=["metadatas"])
+            if not old["ids"]:
+                return False
+            meta: dict[str, Any] = dict.fromkeys(old["metadatas"][0] or {})
+            meta.update(_to_meta(memory, time.time()))
+            col.update(
+                ids=[memory.id],
+                embeddings=vectors[:1],
+                documents=[memory.content],
+                metadatas=[meta],
+            )
+            return bool(col.get(ids=[memory.id], include=[])["ids"])
+
+        return bool(self._run(memory.namespace, work))
 
     def search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
@@ -450,12 +488,12 @@ class ChromaStore:
             return True
 
         found = bool(self._run(namespace, work))
-        if found:  # its earlier versions go with it
-            self._registry(
-                lambda reg: reg.delete(
-                    where={"$and": [{"ns": _digest(namespace)}, {"memory_id": memory_id}]}
-                )
+        # its earlier versions go with it, after it (see ``MemoryStore.delete``)
+        self._registry(
+            lambda reg: reg.delete(
+                where={"$and": [{"ns": _digest(namespace)}, {"memory_id": memory_id}]}
             )
+        )
         return found
 
     def keep_version(self, memory: Memory, changed_at: float) -> None:
@@ -494,18 +532,19 @@ class ChromaStore:
                 metadatas=[{_NS_KEY: namespace, "erased_at": erased_at}],
             )
         )
-        self._registry(lambda reg: reg.delete(where={"ns": _digest(namespace)}))
         self._forget(namespace)
         from chromadb.errors import NotFoundError
 
         try:
             self._client.delete_collection(collection_name(self._prefix, namespace))
         except NotFoundError:
-            return 0
+            count = 0
         except Exception as exc:
             raise StoreUnavailable(f"Chroma delete_collection failed: {exc}") from exc
         finally:
             self._forget(namespace)
+        # the earlier versions after the memories (see ``MemoryStore.delete_namespace``)
+        self._registry(lambda reg: reg.delete(where={"ns": _digest(namespace)}))
         return count
 
     def erasures(self, namespaces: Collection[str]) -> dict[str, float]:

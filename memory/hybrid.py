@@ -306,6 +306,25 @@ class HybridStore:
                     self.lexical.add(items, encoded)
         self._catch_up_soon(by_ns)
 
+    def replace(self, memory: Memory, vectors: Vectors) -> bool:
+        """The store's conditional write first; the copy follows what the store says (a
+        memory the store no longer holds leaves the copy too). Alone on the store, both
+        under the namespace's lock, as in ``add``."""
+        namespace = memory.namespace
+        with contextlib.ExitStack() as held:
+            if not self.shared:
+                held.enter_context(self._lock(namespace))
+            replaced = self.store.replace(memory, vectors)
+            if self.shared:
+                held.enter_context(self._lock(namespace))
+            if not replaced:
+                self.lexical.delete(namespace, [memory.id])
+            elif self.shared:
+                self.lexical.add([memory])
+            else:
+                self.lexical.add([memory], {memory.id: dense.encode(vectors[0])})
+        return replaced
+
     def _catch_up_soon(self, namespaces: Collection[str]) -> None:
         """Catch up, in the background, the namespaces written before this process looked at
         their copies: a copy that writes made has never been compared with the store, and its

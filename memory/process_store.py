@@ -45,6 +45,7 @@ _CLOSE = "__close__"
 _CALLS = frozenset(
     [
         "add",
+        "replace",
         "search",
         "search_text",
         "nearest",
@@ -312,6 +313,9 @@ class ProcessStore:
 
     def add(self, memories: Sequence[Memory], vectors: Vectors) -> None:
         self._call("add", builtins.list(memories), vectors)
+
+    def replace(self, memory: Memory, vectors: Vectors) -> bool:
+        return bool(self._call("replace", memory, vectors))
 
     def search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None

@@ -18,6 +18,13 @@ Concurrency (the rules a change must keep):
 - A recall's dense search may run in the model's worker thread, as the follow-up of its
   query's call (``_dense_nearby``); like the searches run with ``to_thread``, it reads the
   store and pure functions only, never the event-loop state above.
+- Deletes and erasures win every race with an update, on one gateway and across a fleet:
+  an update either lands before the delete (which then removes it) or finds the memory gone
+  (None: a 404), never after. On one gateway the writer's lock orders them; across gateways
+  the update's store write is conditional (``MemoryStore.replace``: Chroma's ``update``
+  skips ids the store no longer holds, and fails on an erased collection). The earlier
+  version an update keeps is written before its conditional write, and a delete or erasure
+  removes versions after the memories: whichever wins, no version of a deleted memory stays.
 - Lock order, outermost first: ``Writer.lock`` (an asyncio lock: writes, deletes, updates
   and erasures of the store are serialized with the writer's batches) -> the store's own
   locks (``HybridStore``'s per-namespace stripes, then ``LexicalIndex``'s writer lock; its
@@ -562,9 +569,15 @@ class MemoryService:
         if changed == current:
             return current
         vectors, kept = await self._embed_memories([changed])
-        await asyncio.to_thread(self.store.keep_version, current, time.time())
-        await asyncio.to_thread(self.store.add, [changed], vectors)
-        await asyncio.to_thread(self._keep_segments, kept)
+        async with self.writer.lock:  # ordered with this gateway's deletes and erasures
+            await asyncio.to_thread(self.store.keep_version, current, time.time())
+            # A conditional write: a delete or erasure through any gateway since ``get``
+            # above wins (see the module's docstring).
+            if not await asyncio.to_thread(self.store.replace, changed, vectors):
+                # the version just kept goes with the memory
+                await asyncio.to_thread(self.store.delete, namespace, memory_id)
+                return None
+            await asyncio.to_thread(self._keep_segments, kept)
         return changed
 
     async def versions(self, namespace: str, memory_id: str) -> builtins.list[Version]:

@@ -54,6 +54,13 @@ class MemoryStore(Protocol):
         """Insert or replace (by id) memories with their vectors; idempotent. Each write is
         stamped with the time it was made, which ``changes`` reads back."""
 
+    def replace(self, memory: Memory, vectors: Vectors) -> bool:
+        """Change the stored memory of ``memory.id`` to ``memory`` (vector: one row), only if
+        its namespace still holds it: a conditional write, so that a memory deleted, or a
+        namespace erased, before it (by any process sharing the store) is never brought
+        back. True when the memory is in the store after the call, False when it is gone
+        (nothing was written, or a delete came right after)."""
+
     def search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> builtins.list[Hit]:
@@ -114,12 +121,15 @@ class MemoryStore(Protocol):
         """The earlier versions of a memory, oldest first."""
 
     def delete(self, namespace: str, memory_id: str) -> bool:
-        """Delete one memory (and its earlier versions); False when the namespace holds no
-        such id."""
+        """Delete one memory and its earlier versions (those even when the memory is gone
+        already: an update that lost its race to a delete leaves none behind); False when
+        the namespace holds no such id."""
 
     def delete_namespace(self, namespace: str) -> int:
-        """Erase every memory of the namespace; returns how many there were. The erasure is
-        recorded (``erasures``) before anything is deleted."""
+        """Erase every memory of the namespace, and their earlier versions (after the
+        memories: a version kept by an update that raced the erasure goes too); returns how
+        many memories there were. The erasure is recorded (``erasures``) before anything is
+        deleted."""
 
     def erasures(self, namespaces: Collection[str]) -> dict[str, float]:
         """When each of ``namespaces`` that was ever erased was last erased (seconds since

@@ -77,6 +77,16 @@ class MemStore:
                 self.stamps[memory.id] = stamp
             self.adds += len(memories)
 
+    def replace(self, memory: Memory, vectors: Vectors) -> bool:
+        self._check("replace")
+        with self._lock:
+            rows = self.rows.get(memory.namespace, {})
+            if memory.id not in rows:
+                return False
+            rows[memory.id] = (memory, vectors[0])
+            self.stamps[memory.id] = time.time()
+            return True
+
     def search(
         self, namespace: str, vector: Vectors, k: int, where: Filter | None = None
     ) -> list[Hit]:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.e2e.conftest import GatewayProcess, start_gateway
+from tests.e2e.races import race
 from tests.fake_upstream import FakeUpstream
 from tests.processes import ChromaServer
 
@@ -263,3 +264,18 @@ def test_a_second_gateway_on_the_same_data_dir_stops_at_once(
         start_gateway(fleet[0].data_dir, upstream[1])
     assert time.monotonic() - started < 30
     assert "Traceback" not in str(info.value)
+
+
+def test_a_patch_through_one_gateway_never_outlives_a_delete_through_another(
+    fleet: list[GatewayProcess],
+) -> None:
+    a, b, _ = fleet
+    assert race(a, b, 100, erase=False) == []
+    assert race(a, a, 100, erase=False) == []
+
+
+def test_a_patch_through_one_gateway_never_outlives_an_erasure_through_another(
+    fleet: list[GatewayProcess],
+) -> None:
+    a, b, _ = fleet
+    assert race(a, b, 100, erase=True) == []

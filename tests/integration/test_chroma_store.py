@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -142,6 +143,28 @@ def test_store_contract(store: MemoryStore, minilm: Embedder) -> None:
     assert store.delete("ns-b", "ns:a@x-1") is False
     assert store.delete("ns:a@x", "ns:a@x-1") is True
     assert store.get("ns:a@x", "ns:a@x-1") is None
+    assert store.count("ns:a@x") == 4
+
+    # replace: a conditional write, which a delete before it wins, with the metadata given
+    changed = msgspec.structs.replace(
+        a[3], content="I play the cello now", metadata={"i": 3, "new": "yes"}
+    )
+    assert store.replace(changed, minilm.embed([changed.content])) is True
+    assert store.get("ns:a@x", "ns:a@x-3") == changed
+    cello = store.search("ns:a@x", minilm.embed(["which instrument: cello?"])[0], 1)
+    assert cello[0].memory == changed
+    store.keep_version(a[4], 1_700_000_200.0)
+    assert store.delete("ns:a@x", "ns:a@x-4") is True
+    gone = msgspec.structs.replace(a[4], content="brought back?")
+    assert store.replace(gone, minilm.embed([gone.content])) is False
+    assert store.get("ns:a@x", "ns:a@x-4") is None
+    assert store.delete("ns:a@x", "ns:a@x-4") is False
+    assert store.versions("ns:a@x", "ns:a@x-4") == []
+    store.add(a[4:5], minilm.embed([a[4].content]))
+    assert store.replace(gone, minilm.embed([gone.content])) is True
+    assert store.replace(msgspec.structs.replace(a[0], namespace="nobody"), vectors[:1]) is False
+    assert store.count("nobody") == 0
+    store.add(a[3:5], minilm.embed([m.content for m in a[3:5]]))
     assert store.count("ns:a@x") == 4
 
     before = time.time()
