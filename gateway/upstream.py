@@ -91,8 +91,10 @@ class Upstream:
         most requests go to a few paths."""
         url = self._urls.get(path)
         if url is None:
-            relative = httpx.URL(path.lstrip("/"))
-            url = self.base_url.copy_with(raw_path=self.base_url.raw_path + relative.raw_path)
+            # appended as it is (percent-encoded ASCII): never parsed as a URL of its own, so a
+            # first segment such as "http:" is a segment, not a scheme
+            relative = path.lstrip("/").encode("ascii")
+            url = self.base_url.copy_with(raw_path=self.base_url.raw_path + relative)
             if len(self._urls) >= _URL_CACHE:
                 self._urls.clear()
             self._urls[path] = url

@@ -39,6 +39,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: Any
+    query: str = ""
 
 
 @dataclass
@@ -70,7 +71,8 @@ class FakeUpstream:
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         body = json.loads(raw) if raw else None
         path = scope["path"]
-        self.requests.append(Received(scope["method"], path, headers, body))
+        query = scope.get("query_string", b"").decode("latin-1")
+        self.requests.append(Received(scope["method"], path, headers, body, query))
         if path.endswith("/models"):
             await _json(
                 send,

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, unquote_plus
 
 import httpx
 import msgspec
@@ -17,7 +17,7 @@ from litestar import HttpMethod, Request, Response, route
 from litestar.response import Stream
 
 from gateway.auth import Principal
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import BadRequest, GatewayError, NotFound
 from gateway.routes.chat import upstream_client_headers
 from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator
@@ -104,6 +104,42 @@ async def passthrough_namespace_base(
     return await relay_other(gw, principal, request, path)
 
 
+def forwarded_path(raw_path: bytes, path: str) -> str:
+    """``path`` (the routed rest of the request's path, percent-decoded) as the upstream gets
+    it, below its ``/v1``, percent-encoded again; a ``BadRequest`` for any path that could
+    reach past that prefix: an encoded slash or backslash anywhere in the request's raw path
+    (``raw_path``), a dot segment (``.``, ``..``, also once more encoded), a backslash or a
+    control character. Nothing is resolved: a client of the OpenAI API never sends these."""
+    if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
+        raise BadRequest(
+            "encoded slashes are not allowed in a path", param="path", code="invalid_path"
+        )
+    for segment in path.split("/"):
+        decoded = unquote(segment)
+        if (
+            decoded in (".", "..")
+            or "/" in decoded
+            or "\\" in decoded
+            or any(ord(c) < 0x20 or ord(c) == 0x7F for c in decoded)
+        ):
+            raise BadRequest(
+                f"the path segment {segment[:40]!r} is not allowed: paths are passed through "
+                "only below /v1, as they are",
+                param="path",
+                code="invalid_path",
+            )
+    return quote(path, safe="/:@!$&'()*+,;=-._~")
+
+
+def without_namespace(query: str) -> str:
+    """A query string less its ``namespace`` parameters (the memory's, never the upstream's);
+    the others are kept byte for byte."""
+    if "namespace" not in query:
+        return query
+    kept = [part for part in query.split("&") if unquote_plus(part.split("=", 1)[0]) != "namespace"]
+    return "&".join(kept)
+
+
 async def relay_other(
     gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
 ) -> Response[Any]:
@@ -112,8 +148,8 @@ async def relay_other(
     content_type = request.headers.get("content-type", "")
     model = model_of(raw, content_type)
     upstream = gw.router.route(model) if model else gw.router.default
-    query = request.scope.get("query_string", b"").decode("latin-1")
-    path = quote(path, safe="/:@!$&'()*+,;=-._~")  # as it was sent: percent-encoded
+    query = without_namespace(request.scope.get("query_string", b"").decode("latin-1"))
+    path = forwarded_path(request.scope.get("raw_path") or b"", path)
     deadline = asyncio.get_running_loop().time() + upstream.settings.timeout
     upstream, response = await upstream.within(
         deadline,

@@ -182,3 +182,74 @@ def test_an_answer_whose_client_left_is_not_remembered(
         assert listed(gw, "gone") == []
     finally:
         gw.stop()
+
+
+def raw_request(gw: GatewayProcess, method: str, target: str, body: bytes = b"") -> tuple[int, Any]:
+    """``method target`` sent as it is (no client normalizes the path: curl's --path-as-is);
+    the status and the JSON body of the answer."""
+    port = int(gw.url.rsplit(":", 1)[1])
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(head.encode() + body)
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        parsed = payload
+    return int(status_line.split()[1]), parsed
+
+
+TRAVERSALS = [
+    ("DELETE", "/v1/../api/delete"),
+    ("GET", "/v1/../../admin/secrets"),
+    ("GET", "/v1/%2e%2e/%2e%2e/admin/secrets"),
+    ("GET", "/v1/%2E%2E/admin/secrets"),
+    ("GET", "/v1/.%2e/admin/secrets"),
+    ("GET", "/v1/models/../../admin/secrets"),
+    ("GET", "/v1/./../admin/secrets"),
+    ("GET", "/v1/%252e%252e/%252e%252e/admin/secrets"),
+    ("GET", "/v1/..%2Fadmin/secrets"),
+    ("GET", "/v1/..%5cadmin/secrets"),
+    ("GET", "/v1/..\\admin/secrets"),
+    ("POST", "/v1/memory/ns/..%2F..%2Fapi%2Fpull/x"),
+    ("POST", "/v1/memory/ns/../../api/pull/x"),
+    ("POST", "/v1/memory/ns/alice/../../../api/pull"),
+    ("POST", "/v1/memory/../../api/pull"),
+    ("POST", "/v1/memory/%2e%2e/%2e%2e/api/pull"),
+    ("GET", "/v1/memory/ns/alice/%2e%2e/%2e%2e/%2e%2e/admin"),
+    ("GET", "/v1/http:%2F%2Fevil.example/admin"),
+    ("GET", "/v1/http://evil.example/../admin"),
+]
+
+
+def test_the_pass_through_never_reaches_past_v1(
+    gateway: GatewayProcess, upstream: tuple[FakeUpstream, str]
+) -> None:
+    """The traversal family, as raw request lines: each is refused with an OpenAI error, and
+    the upstream receives no request outside its /v1 (with the gateway's upstream key)."""
+    fake = upstream[0]
+    before = len(fake.requests)
+    for method, target in TRAVERSALS:
+        status, body = raw_request(gateway, method, target, b'{"model": "fake-model"}')
+        assert status in (400, 404), (target, status, body)
+        assert set(body["error"]) == {"message", "type", "param", "code"}, (target, body)
+    received = fake.requests[before:]
+    outside = [r.path for r in received if not r.path.startswith("/v1/") or ".." in r.path]
+    assert outside == []
+    # a normal pass-through still passes, and the namespace parameter stays with the gateway
+    status, _ = raw_request(
+        gateway,
+        "POST",
+        "/v1/memory/ns/alice/embeddings?namespace=x&a=b%20c",
+        b'{"model": "fake-model", "input": "hi"}',
+    )
+    assert status == 200
+    assert fake.requests[-1].path == "/v1/embeddings"
+    assert fake.requests[-1].query == "a=b%20c"
