@@ -156,6 +156,8 @@ def _validation_message(exc: ValidationException) -> tuple[str, str | None]:
     param: str | None = key.replace("[...]", "") or None
     if param == "data":  # the whole body: name the field itself where we can
         param = None
+        if message == "'data'":  # Litestar's KeyError text: no body at all
+            message = "the request needs a JSON object as its body"
     unknown = _NAMED_FIELD.search(message)
     if unknown:
         param = f"{param}.{unknown.group(1)}" if param else unknown.group(1)

@@ -53,8 +53,10 @@ class StreamAccumulator:
 
     @property
     def completed(self) -> bool:
-        """The stream ended as a finished answer: ``[DONE]`` seen, or a finish reason."""
-        return self.error is None and (self.done or self.finish_reason is not None)
+        """The stream ended as a finished answer: a finish reason seen, and no error (a
+        ``[DONE]`` alone is not enough: a stream cut by something between the upstream and
+        the gateway may end with it)."""
+        return self.error is None and self.finish_reason is not None
 
     def feed(self, chunk: bytes) -> None:
         self._buffer += chunk
@@ -267,6 +269,12 @@ async def relay(
             on_end(accumulator)
 
 
+def _incomplete(upstream_name: str, on_error: ErrorHook | None) -> None:
+    if on_error:
+        on_error(upstream_name, "incomplete")
+    log.warning("upstream %s ended a stream without finishing it", upstream_name)
+
+
 async def _relay(
     response: httpx.Response,
     accumulator: StreamAccumulator,
@@ -300,6 +308,10 @@ async def _relay(
                     accumulator.feed(chunk)
                     if stripper is not None:
                         chunk = stripper.feed(chunk)
+                    if accumulator.done and not accumulator.completed and not remembered:
+                        # [DONE] without a finish reason: relayed as it came, not remembered
+                        remembered = True
+                        _incomplete(upstream_name, on_error)
                     if accumulator.done and accumulator.completed and not remembered:
                         # The answer is whole: commit it before the client sees its end, as
                         # the SDKs close the connection right after [DONE].
@@ -320,10 +332,8 @@ async def _relay(
     if not accumulator.completed:
         # The upstream closed the stream cleanly but never finished the answer (no finish
         # reason, no [DONE]): to the client that is a cut stream, and nothing is remembered.
-        if accumulator.error is None:
-            if on_error:
-                on_error(upstream_name, "incomplete")
-            log.warning("upstream %s ended a stream without finishing it", upstream_name)
+        if accumulator.error is None and not accumulator.done:
+            _incomplete(upstream_name, on_error)
             yield error_event(
                 UpstreamError(
                     f"upstream {upstream_name} ended the stream before finishing the answer",

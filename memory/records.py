@@ -116,12 +116,22 @@ def micros_later(created_at: float, steps: int) -> float:
     return (micros(created_at) + steps) / 1_000_000
 
 
+# Roles a memory may not have: the instructions' own. A memory is quoted data in the injected
+# message; it must not even claim to be an instruction (import drops such messages too).
+RESERVED_ROLES = frozenset({"system", "developer"})
+
+
 def role_problem(role: Any) -> str | None:
     """Why ``role`` cannot be a memory's role, or None."""
     if not isinstance(role, str) or not ROLE.fullmatch(role):
         return (
             f"role {role!r} is not allowed: 1-64 letters, digits, '_' or '-', starting with a "
             "letter (user, assistant, fact, ...)"
+        )
+    if role.lower() in RESERVED_ROLES:
+        return (
+            f"role {role!r} is not allowed for a memory: memories are quoted data, never "
+            "instructions (use user, assistant, fact, note, ...)"
         )
     return None
 

@@ -233,6 +233,8 @@ def _parse_json_array(path: Path, text: str, conversations: set[str]) -> History
         raise HistoryError(
             f"{path}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"
         ) from exc
+    except RecursionError as exc:
+        raise HistoryError(f"{path}: not valid JSON: {TOO_DEEP}") from exc
     if not isinstance(data, list):
         raise HistoryError(f"{path}: expected a JSON array or JSON lines")
     if data and all(isinstance(c, dict) and "mapping" in c for c in data):
@@ -252,15 +254,23 @@ def _parse_json_array(path: Path, text: str, conversations: set[str]) -> History
     return history
 
 
+TOO_DEEP = "nested too deeply"
+
+
 def _parse_jsonl(path: Path, text: str) -> History:
     history = History(path, "jsonl")
-    for number, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" (or "\r\n") only: not at the other breaks ``str.splitlines`` knows
+    # (U+2028, U+2029, U+0085, \x1c-\x1e), which a memory's text may hold.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             history.problem(f"line {number}", f"not valid JSON: {exc.msg} (column {exc.colno})")
+            continue
+        except RecursionError:
+            history.problem(f"line {number}", f"not valid JSON: {TOO_DEEP}")
             continue
         _read_item(history, f"line {number}", item)
     if not history.records and not history.problems and not history.ignored:
@@ -534,7 +544,13 @@ def export_line(memory: Mapping[str, Any]) -> str:
             "metadata": metadata,
         },
         ensure_ascii=False,
-    )
+    ).translate(_LINE_BREAKS)
+
+
+# Characters that JSON leaves as they are inside strings but that many line readers (Python's
+# ``str.splitlines`` among them) take for line breaks: escaped in export lines, so that each
+# memory stays on one line for whatever reads the file.
+_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\u0085\u2028\u2029"})
 
 
 def _kind(value: Any) -> str:

@@ -515,7 +515,7 @@ async def list_namespaces(
     gw: GatewayState,
     principal: Principal,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Parameter(ge=0)] = 0,
+    offset: Annotated[int, Parameter(ge=0, le=2**31 - 1)] = 0,
 ) -> NamespaceList:
     """A page of the namespaces, in the order they were first written, with their memory
     counts; ``next_offset`` is the ``offset`` of the next page. Admin keys only."""

@@ -51,6 +51,22 @@ def test_an_export_line_has_the_keys_of_the_memory_it_came_from() -> None:
     assert list(line["metadata"]) == ["a", "b"]
 
 
+def test_an_export_line_keeps_every_character_and_stays_one_line(tmp_path: Path) -> None:
+    """What ``str.splitlines`` takes for line breaks (and JSON leaves raw) survives export and
+    import: the export escapes it, the import splits at newlines only (also for files written
+    before the export escaped them)."""
+    content = "a\u2028b\u2029c\u0085d\x1ce\x1df\x1eg\u00e9"
+    memory = {"content": content, "role": "user", "created_at": "2024-01-01T00:00:00Z"}
+    line = export_line(memory)
+    assert len(line.splitlines()) == 1
+    raw = json.dumps({"content": content}, ensure_ascii=False)
+    path = tmp_path / "h.jsonl"
+    path.write_text(line + "\n" + raw + "\r\n", encoding="utf-8")
+    history = read_history(path)
+    assert history.problems == []
+    assert [r.content for r in history.records] == [content, content]
+
+
 def test_existing_memories_match_both_their_stored_key_and_their_content(tmp_path: Path) -> None:
     path = tmp_path / "h.jsonl"
     path.write_text(
@@ -153,6 +169,11 @@ def test_chatgpt_zip_export(tmp_path: Path) -> None:
         ('{"content": "x", "created_at": true}', "line 1: created_at True is not an RFC 3339"),
         ('{"messages": {}}', 'line 1: "messages" must be a list, got an object'),
         ('{"content": "' + "x" * 100_001 + '"}', "line 1: content is 100,001 characters long"),
+        ('{"messages": ' + "[" * 1100 + "]" * 1100 + "}", "line 1: not valid JSON: nested too"),
+        (
+            '{"content": "x", "metadata": {"a": ' + "[" * 3000 + "]" * 3000 + "}}",
+            "line 1: not valid JSON: nested too deeply",
+        ),
     ],
 )
 def test_bad_records_are_problems_with_their_line(
@@ -179,6 +200,9 @@ def test_unreadable_files_raise_a_clear_error(tmp_path: Path) -> None:
         read_history(tmp_path / "latin.jsonl")
     with pytest.raises(HistoryError, match=r"obj\.json: line 1 column 3: not valid JSON"):
         read_history(tmp_path / "obj.json")
+    (tmp_path / "deep.json").write_text("[" * 1100 + "]" * 1100)
+    with pytest.raises(HistoryError, match=r"deep\.json: not valid JSON: nested too deeply"):
+        read_history(tmp_path / "deep.json")
     with pytest.raises(HistoryError, match="is a folder"):
         read_history(tmp_path)
     (tmp_path / "x.zip").write_text("not a zip")
