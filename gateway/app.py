@@ -258,7 +258,11 @@ def create_app(
             "Memories the writer stored since start",
             lambda: float(service.written),
         )
-        metrics.gauge("memgate_ready", "1 when the gateway has started", lambda: float(gw.ready))
+        metrics.gauge(
+            "memgate_ready",
+            "1 when /readyz answers 200 (its checks are run at each scrape)",
+            lambda: float(gw.ready_seen),
+        )
         usage = await asyncio.to_thread(
             UsageLedger,
             settings.data_dir,

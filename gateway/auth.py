@@ -10,22 +10,22 @@ loopback unless told otherwise).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
 import math
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from gateway.config import KeySettings, Settings
 from gateway.errors import Forbidden, RateLimited, Unauthorized
 
 if TYPE_CHECKING:
     from limits import RateLimitItem
+    from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
 
 log = logging.getLogger("memgate.auth")
 
@@ -70,89 +70,108 @@ OPEN = Principal(name="anonymous")
 
 
 class RateLimiter:
-    """Token buckets in this process, one per caller: ``per_minute`` requests a minute, bursts
-    up to that. With several gateway processes each allows that much: ``SharedRateLimiter``
-    counts for the fleet."""
+    """Rate limits: a moving window of one minute a caller (``limits``' moving-window strategy),
+    the same rule whether it is counted in this process (``limits``' memory storage) or, with
+    ``uri`` (``redis://...``), in Redis for every gateway process that uses the same one.
 
-    def __init__(self, *, max_callers: int = 100_000) -> None:
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
-        self._lock = threading.Lock()
-        self._max_callers = max_callers
+    Redis is a guard, not a dependency: a call to it that fails or takes longer than
+    ``timeout`` seconds opens a circuit for ``cooldown`` seconds, during which (and for that
+    request) the limit is counted in this process instead; the failure is logged once a
+    circuit. So a hung Redis costs one request ``timeout``, not every request its stall."""
 
-    async def acheck(self, who: str, per_minute: int) -> None:
-        self.check(who, per_minute)
-
-    def wait(self, who: str, per_minute: int, now: float | None = None) -> int:
-        """Seconds until ``who`` has a request left (0: now), without using one."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            if who not in self._buckets:
-                return 0
-            tokens, last = self._buckets[who]
-        tokens = min(float(per_minute), tokens + (now - last) * per_minute / 60.0)
-        return 0 if tokens >= 1.0 else math.ceil((1.0 - tokens) * 60.0 / per_minute)
-
-    def check(self, who: str, per_minute: int, now: float | None = None) -> None:
-        if per_minute <= 0:
-            return
-        now = time.monotonic() if now is None else now
-        rate = per_minute / 60.0
-        with self._lock:
-            if who not in self._buckets and len(self._buckets) >= self._max_callers:
-                self._buckets.popitem(last=False)  # the least recently seen caller: refilled
-            tokens, last = self._buckets.pop(who, (float(per_minute), now))
-            tokens = min(float(per_minute), tokens + (now - last) * rate)
-            if tokens < 1.0:
-                self._buckets[who] = (tokens, now)
-                wait = math.ceil((1.0 - tokens) / rate)
-                raise RateLimited(
-                    f"rate limit of {per_minute} requests a minute reached; retry in {wait} s",
-                    headers={"retry-after": str(wait)},
-                )
-            self._buckets[who] = (tokens - 1.0, now)
-
-
-class SharedRateLimiter:
-    """Rate limits counted in Redis for every gateway process that uses the same one: a
-    moving window of one minute a caller (``limits``' moving-window strategy, whose log of
-    hits lives in a Redis sorted set). If Redis cannot be reached the request is let through
-    and the failure logged (at most once a minute): limits are a guard, not a dependency."""
-
-    def __init__(self, uri: str, *, key_prefix: str = "memgate") -> None:
-        from limits.aio.storage import RedisStorage
-        from limits.aio.strategies import MovingWindowRateLimiter
+    def __init__(self, uri: str = "", *, timeout: float = 0.25, cooldown: float = 10.0) -> None:
+        from limits.storage import MemoryStorage
+        from limits.strategies import MovingWindowRateLimiter
 
         self.uri = uri
-        self._storage = RedisStorage(
-            uri, implementation="redispy", key_prefix=key_prefix, wrap_exceptions=True
-        )
-        self._limiter = MovingWindowRateLimiter(self._storage)
+        self.timeout = timeout
+        self.cooldown = cooldown
+        self._local = MovingWindowRateLimiter(MemoryStorage())
         self._items: dict[int, RateLimitItem] = {}
-        self._warned = -math.inf
+        self._shared: AsyncMovingWindow | None = None
+        if uri:
+            from limits.aio.storage import RedisStorage
+            from limits.aio.strategies import MovingWindowRateLimiter as AsyncMovingWindow
 
-    async def acheck(self, who: str, per_minute: int) -> None:
-        if per_minute <= 0:
-            return
-        from limits import RateLimitItemPerMinute
-        from limits.errors import StorageError
+            storage = RedisStorage(
+                uri,
+                implementation="redispy",
+                key_prefix="memgate",
+                wrap_exceptions=True,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+            self._shared = AsyncMovingWindow(storage)
+        self._closed_at = -math.inf  # the circuit to Redis is open until then
 
+    def _item(self, per_minute: int) -> RateLimitItem:
         item = self._items.get(per_minute)
         if item is None:
+            from limits import RateLimitItemPerMinute
+
             item = self._items[per_minute] = RateLimitItemPerMinute(per_minute)
-        try:
-            if await self._limiter.hit(item, who):
-                return
-            stats = await self._limiter.get_window_stats(item, who)
-        except StorageError as exc:
-            if time.monotonic() - self._warned > 60:
-                self._warned = time.monotonic()
-                log.warning("rate limit store %s unreachable, not limiting: %s", self.uri, exc)
+        return item
+
+    async def acheck(self, who: str, per_minute: int) -> None:
+        """Count a request of ``who``; ``RateLimited`` (with its retry-after) over the limit."""
+        if per_minute <= 0:
             return
-        wait = max(1, math.ceil(stats.reset_time - time.time()))
-        raise RateLimited(
-            f"rate limit of {per_minute} requests a minute reached; retry in {wait} s",
-            headers={"retry-after": str(wait)},
-        )
+        if self._shared is None or time.monotonic() < self._closed_at:
+            self.check(who, per_minute)
+            return
+        from limits.errors import StorageError
+
+        item = self._item(per_minute)
+        try:
+            async with asyncio.timeout(self.timeout):
+                if await self._shared.hit(item, who):
+                    return
+                stats = await self._shared.get_window_stats(item, who)
+        except (StorageError, TimeoutError) as exc:
+            self._closed_at = time.monotonic() + self.cooldown
+            log.warning(
+                "rate limit store %s failed (%s): counting in this process for %g s",
+                self.uri,
+                str(exc) or type(exc).__name__,
+                self.cooldown,
+            )
+            self.check(who, per_minute)
+            return
+        _refuse(per_minute, stats.reset_time)
+
+    def check(self, who: str, per_minute: int) -> None:
+        """``acheck`` counted in this process (non-blocking: fit for the event loop)."""
+        if per_minute <= 0:
+            return
+        item = self._item(per_minute)
+        if not self._local.hit(item, who):
+            _refuse(per_minute, self._local.get_window_stats(item, who).reset_time)
+
+    def wait(self, who: str, per_minute: int) -> int:
+        """Seconds until ``who`` may make a request again in this process (0: now), without
+        counting one."""
+        item = self._item(per_minute)
+        if self._local.test(item, who):
+            return 0
+        return _seconds_until(self._local.get_window_stats(item, who).reset_time)
+
+
+def _seconds_until(reset_time: float) -> int:
+    return max(1, math.ceil(reset_time - time.time()))
+
+
+def _refuse(per_minute: int, reset_time: float) -> NoReturn:
+    wait = _seconds_until(reset_time)
+    raise RateLimited(
+        f"rate limit of {per_minute} requests a minute reached; retry in {wait} s",
+        headers={"retry-after": str(wait)},
+    )
+
+
+# Wrong keys are counted a client address and the first characters of the key presented: a
+# guess at one key is slowed down, and so is that key from that address, but a tenant sending
+# a wrong key does not lock out another tenant's key from the same address (behind one proxy).
+KEY_PREFIX_CHARS = 8
 
 
 def presented_key(headers: Mapping[str, str]) -> tuple[str | None, bool]:
@@ -171,14 +190,12 @@ class Authenticator:
     def __init__(self, settings: Settings) -> None:
         self._by_hash: dict[str, KeySettings] = {k.key_sha256: k for k in settings.keys}
         self._default_rpm = settings.auth.requests_per_minute
-        # Wrong keys, counted a client address at a time in this process (a guess at keys is
-        # slowed down; the right key from that address waits too, until the minute passes).
+        # Wrong keys, counted in this process by client address and key prefix
+        # (``KEY_PREFIX_CHARS``): a guess at a key is slowed down, and the right key with that
+        # prefix from that address waits too, until a minute after the first wrong one.
         self._failed = RateLimiter()
         self._failed_rpm = settings.auth.failed_keys_per_minute
-        uri = settings.auth.rate_limit_storage
-        self.limiter: RateLimiter | SharedRateLimiter = (
-            SharedRateLimiter(uri) if uri else RateLimiter()
-        )
+        self.limiter = RateLimiter(settings.auth.rate_limit_storage)
 
     @property
     def enabled(self) -> bool:
@@ -188,13 +205,13 @@ class Authenticator:
         if not self.enabled:
             await self.limiter.acheck(f"addr:{client}", self._default_rpm)
             return OPEN
-        failed = f"failed:{client}"
+        key, via_authorization = presented_key(headers)
+        failed = f"failed:{client}:{(key or '')[:KEY_PREFIX_CHARS]}"
         if self._failed_rpm > 0 and (wait := self._failed.wait(failed, self._failed_rpm)):
             raise RateLimited(
                 f"too many wrong API keys from this address; retry in {wait} s",
                 headers={"retry-after": str(wait)},
             )
-        key, via_authorization = presented_key(headers)
         found = (
             self._by_hash.get(hashlib.sha256(key.encode()).hexdigest()) if key is not None else None
         )

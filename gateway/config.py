@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     # one whose request body has not come in body_timeout_seconds after its head.
     header_timeout_seconds: float = 10.0
     body_timeout_seconds: float = 60.0
+    # Addresses or networks of reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are
+    # believed (the client address that keys' throttles and logs use). Empty: none, not even
+    # loopback; the compose stack names its nginx.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 class UpstreamSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -296,6 +301,8 @@ def load_settings(
 
 
 def _parse_env(value: str, typ: Any) -> Any:
+    if typing.get_origin(typ) is tuple:  # a list: comma-separated
+        return tuple(part.strip() for part in value.split(",") if part.strip())
     if typ is bool:
         lowered = value.strip().lower()
         if lowered in {"1", "true", "yes", "on"}:

@@ -175,6 +175,13 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for X-Forwarded-* headers: believed only from
+    ``server.trusted_proxies`` (uvicorn's own default believes loopback)."""
+    trusted = list(settings.server.trusted_proxies)
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted or ""}
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -201,6 +208,7 @@ def serve(settings: Settings) -> None:
         log_config=None,
         timeout_graceful_shutdown=int(settings.server.shutdown_flush_seconds),
         access_log=False,
+        **proxy_options(settings),
         http=guarded_http(
             settings.server.header_timeout_seconds, settings.server.body_timeout_seconds
         ),

@@ -31,6 +31,7 @@ class GatewayState:
     namespaces: NamespaceResolver
     usage: UsageLedger
     ready: bool = False
+    ready_seen: bool = False  # the last readiness checked (``routes.health.readiness``)
     _upstream_health: tuple[float, dict[str, str]] = (0.0, {})
 
     async def upstream_health(self, max_age: float = 10.0) -> dict[str, str]:

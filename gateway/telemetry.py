@@ -136,8 +136,11 @@ class Metrics:
             "Requests sent to a fallback upstream after their upstream failed",
             ("upstream", "fallback"),
         )
+        # Series by key, in a registry of their own: shown to admin keys only when
+        # auth.protect_operations puts /metrics behind keys (``render``).
+        self.per_key = CollectorRegistry(auto_describe=True)
         self.tokens = Counter(
-            r,
+            self.per_key,
             "memgate_tokens",
             "Tokens the upstreams reported (usage), by key, model and kind (prompt, completion)",
             ("key", "model", "kind"),
@@ -151,8 +154,11 @@ class Metrics:
         """A counter whose running total is read at scrape time (``name`` without _total)."""
         self._readings.counters[name] = (help_, read)
 
-    def render(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
+    def render(self, *, per_key: bool = True) -> bytes:
+        text = prometheus_client.generate_latest(self.registry)
+        if per_key:
+            text += prometheus_client.generate_latest(self.per_key)
+        return text
 
 
 class JsonFormatter(logging.Formatter):

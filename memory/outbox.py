@@ -161,12 +161,20 @@ class Outbox:
                         del self._queued[namespace]
 
     def take(self, limit: int) -> list[Queued]:
-        """The oldest ``limit`` queued memories (left queued until ``ack``)."""
+        """The oldest ``limit`` queued memories (left queued until ``ack``), and the rest of
+        the last one's ``put`` (up to ``limit`` more): an exchange's user turn and reply are
+        written together, so no listing shows the one without the other."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, payload, enqueued_at FROM outbox ORDER BY seq LIMIT ?", (limit,)
+                "SELECT seq, payload, enqueued_at, namespace FROM outbox ORDER BY seq LIMIT ?",
+                (2 * limit,),
             ).fetchall()
-        return [Queued(seq, self._decoder.decode(payload), at) for seq, payload, at in rows]
+        cut = min(limit, len(rows))
+        while 0 < cut < len(rows) and rows[cut][2:] == rows[cut - 1][2:]:
+            cut += 1  # same namespace, same enqueue time: the same put
+        return [
+            Queued(seq, self._decoder.decode(payload), at) for seq, payload, at, _ in rows[:cut]
+        ]
 
     def ack(self, seqs: Sequence[int]) -> None:
         if not seqs:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.auth import Principal
 from gateway.state import GatewayState
 
 log = logging.getLogger("memgate")
@@ -19,11 +20,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@get("/readyz", summary="Readiness")
-async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
-    """200 when the store answers, the embedding model is loaded and the writer runs;
-    503 otherwise, with each check's state. Upstreams are probed too (``GET /models``, cached
-    for 10 s): one that cannot be reached makes the status ``degraded``, not unready."""
+async def readiness(gw: GatewayState) -> tuple[bool, dict[str, Any]]:
+    """Whether the gateway is ready (the store answers, the embedding model is loaded, the
+    queue can be written and the writer runs), and /readyz's body; remembered for the
+    ``memgate_ready`` metric."""
     service = gw.service
     checks = await service.health()
     # The state exists only once the model has loaded; ready turns off at shutdown.
@@ -39,10 +39,24 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
     }
     if ready and any(v != "ok" for v in upstreams.values()):
         body["status"] = "degraded"  # memory works; some model answers will fail
+    gw.ready_seen = ready
+    return ready, body
+
+
+@get("/readyz", summary="Readiness")
+async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
+    """200 when the store answers, the embedding model is loaded and the writer runs;
+    503 otherwise, with each check's state. Upstreams are probed too (``GET /models``, cached
+    for 10 s): one that cannot be reached makes the status ``degraded``, not unready."""
+    ready, body = await readiness(gw)
     return Response(body, status_code=200 if ready else 503)
 
 
 @get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
-async def metrics(gw: GatewayState) -> bytes:
-    """Requests, latency, recalls, injected memories, queue depth, upstream errors."""
-    return gw.metrics.render()
+async def metrics(gw: GatewayState, request: Request[Any, Any, Any]) -> bytes:
+    """Requests, latency, recalls, injected memories, queue depth, upstream errors; tokens by
+    key only for admin keys when ``auth.protect_operations`` puts this behind keys."""
+    await readiness(gw)  # memgate_ready is what /readyz would answer now
+    principal: Principal | None = request.state.get("principal")
+    per_key = not gw.settings.auth.protect_operations or bool(principal and principal.admin)
+    return gw.metrics.render(per_key=per_key)

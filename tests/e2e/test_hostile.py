@@ -253,3 +253,17 @@ def test_the_pass_through_never_reaches_past_v1(
     assert status == 200
     assert fake.requests[-1].path == "/v1/embeddings"
     assert fake.requests[-1].query == "a=b%20c"
+
+
+def test_forwarded_addresses_are_not_believed_by_default(keyed_gateway: GatewayProcess) -> None:
+    """Wrong keys under 30 made-up X-Forwarded-For addresses are one client (the socket's):
+    throttled after auth.failed_keys_per_minute (20), and the throttled address cannot get
+    through by naming another (server.trusted_proxies is empty unless configured)."""
+    codes = [
+        httpx.get(
+            f"{keyed_gateway.url}/v1/memory/memories",
+            headers={"authorization": f"Bearer xffguess-{i}", "x-forwarded-for": f"10.0.0.{i}"},
+        ).status_code
+        for i in range(30)
+    ]
+    assert codes == [401] * 20 + [429] * 10

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,15 +204,70 @@ def test_rate_limits_counted_in_redis_hold_for_the_whole_fleet(tmp_path: Path) -
         redis.stop()
 
 
-def test_rate_limiter_refills() -> None:
+def test_rate_limiter_is_a_moving_window_of_a_minute() -> None:
     limiter = RateLimiter()
     for _ in range(2):
-        limiter.check("k", 2, now=100.0)
+        limiter.check("k", 2)
     with pytest.raises(RateLimited) as info:
-        limiter.check("k", 2, now=100.0)
-    assert info.value.headers["retry-after"] == "30"
-    limiter.check("k", 2, now=131.0)  # half a minute later: one token back
-    limiter.check("other", 2, now=100.0)
+        limiter.check("k", 2)
+    assert 58 <= int(info.value.headers["retry-after"]) <= 60  # a minute after the first
+    assert limiter.wait("k", 2) >= 58
+    limiter.check("other", 2)
+    assert limiter.wait("third", 2) == 0
+
+
+def test_a_hung_redis_costs_one_short_wait_then_limits_are_counted_here() -> None:
+    """A Redis that accepts connections and never answers: the first request waits the
+    limiter's timeout, the next ones not at all (the circuit is open), and the limit still
+    holds, counted in this process."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                accepted.append(listener.accept()[0])  # and never answer
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        limiter = RateLimiter(f"redis://127.0.0.1:{listener.getsockname()[1]}/0", timeout=0.2)
+        times = []
+        for _ in range(3):
+            started = time.monotonic()
+            asyncio.run(limiter.acheck("k", 3))
+            times.append(time.monotonic() - started)
+        assert times[0] < 1.0
+        assert max(times[1:]) < 0.05
+        with pytest.raises(RateLimited):
+            asyncio.run(limiter.acheck("k", 3))
+    finally:
+        stop.set()
+        thread.join()
+        for conn in accepted:
+            conn.close()
+        listener.close()
+
+
+def test_one_tenants_wrong_keys_do_not_lock_out_anothers(tmp_path: Path) -> None:
+    """Clients behind one address (a proxy): wrong keys are counted by address and key
+    prefix, so tenant A's client with a stale key locks out A's key prefix only."""
+    keys = (
+        KeySettings(name="a", key_sha256=key_hash("tenantA-good"), admin=True),
+        KeySettings(name="b", key_sha256=key_hash("tenantB-good"), admin=True),
+    )
+    with AppHarness(tmp_path, keys=keys, auth={"failed_keys_per_minute": 3}).client() as c:
+        for i in range(5):
+            c.get("/v1/memory/memories", headers=bearer(f"tenantA-stale{i}"))
+        assert_openai_error(c.get("/v1/memory/memories", headers=bearer("tenantA-good")), 429)
+        assert c.get("/v1/memory/memories", headers=bearer("tenantB-good")).status_code == 200
 
 
 @pytest.mark.parametrize(

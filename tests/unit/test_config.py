@@ -124,3 +124,16 @@ api_key_env = "LOCAL_KEY"
     assert s.keys[0].name == "j"
     with pytest.raises(ConfigError, match="JSON"):
         load_settings(None, {"MEMGATE_KEYS_JSON": "{oops"})
+
+
+def test_forwarded_headers_are_believed_only_from_trusted_proxies(tmp_path: Path) -> None:
+    from gateway.server import proxy_options
+
+    default = load_settings(env={})
+    assert proxy_options(default) == {"proxy_headers": False, "forwarded_allow_ips": ""}
+    behind = load_settings(env={"MEMGATE_SERVER_TRUSTED_PROXIES": "10.0.0.5, 172.16.0.0/12"})
+    assert behind.server.trusted_proxies == ("10.0.0.5", "172.16.0.0/12")
+    assert proxy_options(behind) == {
+        "proxy_headers": True,
+        "forwarded_allow_ips": ["10.0.0.5", "172.16.0.0/12"],
+    }

@@ -226,18 +226,21 @@ def test_the_key_is_checked_before_the_body_is_read(tmp_path: Path, path: str) -
             assert_openai_error(r, 401)
 
 
-def test_wrong_keys_are_throttled_by_address(tmp_path: Path) -> None:
-    keys = (KeySettings(name="k", key_sha256=key_hash("good"), admin=True),)
+def test_wrong_keys_are_throttled_by_address_and_key_prefix(tmp_path: Path) -> None:
+    keys = (KeySettings(name="k", key_sha256=key_hash("mgkey-good"), admin=True),)
     with AppHarness(tmp_path, keys=keys, auth={"failed_keys_per_minute": 5}).client() as c:
         codes = [
-            c.get("/v1/memory/memories", headers={"authorization": f"Bearer bad{i}"}).status_code
+            c.get("/v1/memory/memories", headers={"authorization": f"Bearer mgkey-go{i}"})
             for i in range(8)
         ]
-        assert codes == [401] * 5 + [429] * 3
-        # the right key from that address waits too (a guesser cannot tell it found one)
-        r = c.get("/v1/memory/memories", headers={"authorization": "Bearer good"})
+        assert [r.status_code for r in codes] == [401] * 5 + [429] * 3
+        # refused until a minute after the first wrong key (README "Keys")
+        assert 55 <= int(codes[-1].headers["retry-after"]) <= 60
+        # the right key with that prefix from that address waits too (a guesser cannot tell
+        # it found one)
+        r = c.get("/v1/memory/memories", headers={"authorization": "Bearer mgkey-good"})
         assert_openai_error(r, 429)
-        assert int(r.headers["retry-after"]) >= 1
+        assert int(r.headers["retry-after"]) >= 55
 
 
 def test_operational_endpoints_can_be_put_behind_a_key(tmp_path: Path) -> None:
@@ -284,3 +287,33 @@ def test_memory_api_input_is_refused_with_what_is_wrong(client: TestClient[Any])
     assert assert_openai_error(r, 400)["param"] == "role"
     r = client.get("/v1/memory/namespaces?offset=99999999999999999999")
     assert assert_openai_error(r, 400)["param"] == "offset"
+
+
+def test_tokens_by_key_are_shown_to_admin_keys_only(tmp_path: Path) -> None:
+    keys = (
+        KeySettings(name="boss", key_sha256=key_hash("admin-key"), admin=True),
+        KeySettings(name="tenant", key_sha256=key_hash("tenant-key"), namespaces=("t",)),
+    )
+    h = AppHarness(tmp_path, keys=keys, auth={"protect_operations": True})
+    h.upstream.post("/chat/completions").mock(
+        return_value=httpx.Response(200, json=completion("ok"))
+    )
+    with h.client() as c:
+        tenant = {"authorization": "Bearer tenant-key"}
+        assert c.post("/v1/chat/completions", json=CHAT, headers=tenant).status_code == 200
+        seen_by_tenant = c.get("/metrics", headers=tenant).text
+        assert "memgate_http_requests_total" in seen_by_tenant
+        assert "memgate_tokens" not in seen_by_tenant
+        seen_by_admin = c.get("/metrics", headers={"authorization": "Bearer admin-key"}).text
+        assert 'memgate_tokens_total{key="tenant"' in seen_by_admin
+
+
+def test_the_readiness_metric_is_what_readyz_answers(
+    harness: AppHarness, client: TestClient[Any]
+) -> None:
+    assert client.get("/readyz").status_code == 200
+    assert "memgate_ready 1.0" in client.get("/metrics").text
+    fill_queue_disk(client)
+    client.app.state["gateway"].service.outbox.failing = "the disk is full"
+    assert client.get("/readyz").status_code == 503
+    assert "memgate_ready 0.0" in client.get("/metrics").text

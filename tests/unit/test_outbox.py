@@ -147,3 +147,18 @@ def test_acking_a_batch_runs_two_statements_and_forgets_it(tmp_path: Path) -> No
     left = [item.memory.id for item in box.take(1000)]
     assert left == [f"m{i}" for i in range(100, 120)]
     assert {m.id for ns in ("ns0", "ns1", "ns2") for m in box.pending(ns)} == set(left)
+
+
+def test_a_batch_never_splits_an_exchange(tmp_path: Path) -> None:
+    """A batch ends where a put (an exchange's user turn and reply) ends: a listing never
+    shows a turn without its reply because the two went into different batches."""
+    box = Outbox(tmp_path / "q.sqlite3")
+    box.put([mem("1")])
+    box.put([mem("2"), mem("3")])  # one exchange
+    box.put([mem("4"), mem("5")])
+    assert [i.memory.id for i in box.take(2)] == ["1", "2", "3"]
+    assert [i.memory.id for i in box.take(1)] == ["1"]
+    assert [i.memory.id for i in box.take(4)] == ["1", "2", "3", "4", "5"]
+    box.ack([i.seq for i in box.take(5)])
+    box.put([mem(f"x{i}") for i in range(6)])
+    assert len(box.take(2)) == 4  # at most twice the batch
