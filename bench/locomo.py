@@ -337,7 +337,7 @@ def check(response: httpx.Response) -> Any:
     return response.json()
 
 
-def serve_command(port: int, data_dir: Path) -> list[str]:
+def serve_command(port: int, data_dir: Path, upstream: str = "http://127.0.0.1:9/v1") -> list[str]:
     script = Path(sys.executable).with_name("memgate")
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "gateway.cli"]
     return [
@@ -350,7 +350,7 @@ def serve_command(port: int, data_dir: Path) -> list[str]:
         "--data-dir",
         str(data_dir),
         "--upstream-url",
-        "http://127.0.0.1:9/v1",
+        upstream,
         "--log-level",
         "warning",
     ]
@@ -378,7 +378,11 @@ def gateway_ready(
 
 @contextmanager
 def local_gateway(
-    keep: bool, *, data_dir: Path | None = None, env: dict[str, str] | None = None
+    keep: bool,
+    *,
+    data_dir: Path | None = None,
+    env: dict[str, str] | None = None,
+    upstream: str = "http://127.0.0.1:9/v1",
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Start ``memgate serve`` on a free loopback port, with ``env`` added to its environment,
     on ``data_dir`` (default: a temporary folder of its own, removed at the end unless
@@ -387,7 +391,7 @@ def local_gateway(
     logfile = root / "gateway.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = serve_command(port, data_dir or root / "data")
+    command = serve_command(port, data_dir or root / "data", upstream)
     log(f"starting: {' '.join(command)} {' '.join(f'{k}={v}' for k, v in (env or {}).items())}")
     info: dict[str, Any] = {"command": command, "env": dict(env or {})}
     proc: subprocess.Popen[bytes] | None = None

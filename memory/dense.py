@@ -27,6 +27,11 @@ def encode(vector: Vectors) -> bytes:
     return np.asarray(vector, dtype=_DTYPE).tobytes()
 
 
+def decode(blob: bytes) -> Vectors:
+    """A vector ``encode`` wrote."""
+    return np.frombuffer(blob, dtype=_DTYPE)
+
+
 class DenseRows:
     """Vectors by the copy's row id (``rid``); every method expects the caller to hold the
     namespace file's lock."""

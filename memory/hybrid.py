@@ -421,6 +421,18 @@ class HybridStore:
         ``memory_ids`` that have them."""
         return self.lexical.segment_vectors(namespace, memory_ids)
 
+    def subject_vectors(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> tuple[dict[str, Vectors], dict[str, bytes]]:
+        """The vectors of ``memory_ids`` (the copy's, else the store's) and the copy's encoded
+        segment vectors of those that have them (``memory.current``)."""
+        kept, segments = self.lexical.vectors_and_segments(namespace, memory_ids)
+        found = {mid: dense.decode(blob) for mid, blob in kept.items()}
+        missing = [mid for mid in memory_ids if mid not in found]
+        if missing:
+            found.update((mid, vector) for mid, _, vector in self.store.vectors(namespace, missing))
+        return found, segments
+
     def keep_segments(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
         """Keep segment vectors in the copy, beside their memories (dropped with them):
         (memory id, the content they were computed from, encoded vectors)."""

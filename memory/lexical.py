@@ -704,15 +704,22 @@ class NamespaceIndex:
 
     def segment_vectors(self, memory_ids: Sequence[str]) -> dict[str, bytes]:
         """The encoded segment vectors of those of ``memory_ids`` that have them."""
+        return self._blobs("segs", "vectors", memory_ids)
+
+    def vectors(self, memory_ids: Sequence[str]) -> dict[str, bytes]:
+        """The vectors (``dense.encode``) of those of ``memory_ids`` the copy has."""
+        return self._blobs("vecs", "vector", memory_ids)
+
+    def _blobs(self, table: str, column: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         if not memory_ids:
             return {}
-        # One row, not one a memory (see ``search``): the ids with their vectors' lengths, and
-        # the vectors end to end in the same order (group_concat appends a value's bytes as
+        # One row, not one a memory (see ``search``): the ids with their blobs' lengths, and
+        # the blobs end to end in the same order (group_concat appends a value's bytes as
         # they are).
         sizes, joined = self.db.execute(
             "SELECT json_group_array(json_array(mid, n)), CAST(group_concat(v, '') AS BLOB) "
-            "FROM (SELECT d.mid AS mid, length(s.vectors) AS n, s.vectors AS v FROM docs d "
-            "JOIN segs s ON s.rid = d.rid WHERE d.mid IN (SELECT value FROM json_each(?)))",
+            f"FROM (SELECT d.mid AS mid, length(s.{column}) AS n, s.{column} AS v FROM docs d "
+            f"JOIN {table} s ON s.rid = d.rid WHERE d.mid IN (SELECT value FROM json_each(?)))",
             (_ENCODE(list(memory_ids)),),
         ).fetchone()
         found = _DECODE_SIZES(sizes)
@@ -963,6 +970,15 @@ class LexicalIndex:
 
     def segment_vectors(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         return self.run(namespace, lambda index: index.segment_vectors(memory_ids)) or {}
+
+    def vectors_and_segments(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """The copy's vectors and encoded segment vectors of ``memory_ids`` (those it has)."""
+        found = self.run(
+            namespace, lambda index: (index.vectors(memory_ids), index.segment_vectors(memory_ids))
+        )
+        return found or ({}, {})
 
     def memories_and_segments(
         self, namespace: str, memory_ids: Sequence[str]

@@ -38,6 +38,19 @@ class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     recency_half_life_days: float = 30.0
     content_free_weight: float = 0.5
     segment_weight: float = 1.0
+    # Follow-ups: a last user message that leans on the turns before it ("what is she into
+    # again?") is recalled with its earlier user messages (up to this many) as context.
+    follow_up_messages: int = 2
+    follow_up_weight: float = 1.0
+    # A memory made only of questions ("Where does Ravi live?") scores this share: it answers
+    # nothing; a statement of the fact should come first.
+    question_weight: float = 0.5
+    # What is current comes first (memory.current): two statements are about the same subject
+    # when their sentences that match the query best are at least this close (above 1: off),
+    # and their closeness stands out: at least subject_margin above the median closeness of
+    # the first one to the other candidates.
+    same_subject: float = 0.45
+    subject_margin: float = 0.3
 
     @property
     def recency_half_life(self) -> float:
@@ -123,6 +136,52 @@ def query_text(messages: Sequence[Mapping[str, Any]], context_messages: int = 0)
     return "\n".join(reversed(texts))
 
 
+# Words by which a message leans on what was said before it: pronouns and determiners that
+# point back, and "again", "too", "instead"... A message of three words or fewer does too.
+_POINTING_TEXT = """
+    he she him her his hers they them their theirs it its that this those these there
+    again too also else instead same other one ones
+"""
+POINTING = frozenset(_POINTING_TEXT.split())
+
+
+def leans_on_context(text: str) -> bool:
+    """Whether ``text`` (a user message) reads as a follow-up that needs the turns before it:
+    it points back (``POINTING``) or is three words or fewer."""
+    words = _WORD.findall(text.casefold().replace("\u2019", "'"))
+    return len(words) <= 3 or any(w in POINTING for w in words)
+
+
+def conversation_query(
+    messages: Sequence[Mapping[str, Any]], context_messages: int = 0, follow_up_messages: int = 2
+) -> tuple[str, str]:
+    """What to recall for a conversation: the query (``query_text``) and its context: when
+    the last user message leans on the turns before it (``leans_on_context``), up to
+    ``follow_up_messages`` earlier user messages (oldest first), else ""."""
+    query = query_text(messages, context_messages)
+    if not query or follow_up_messages <= 0:
+        return query, ""
+    users = [
+        text
+        for m in messages
+        if m.get("role") == "user" and (text := content_text(m.get("content")).strip())
+    ]
+    if len(users) < 2 or not leans_on_context(users[-1]):
+        return query, ""
+    return query, "\n".join(users[-1 - follow_up_messages : -1])
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+@functools.lru_cache(maxsize=4096)
+def only_questions(text: str) -> bool:
+    """Whether ``text`` asks and states nothing: each of its sentences (past acknowledgements
+    and greetings, ``content_free``) is a question."""
+    sentences = [s for s in _SENTENCE_END.split(text.strip()) if s and not content_free(s)]
+    return bool(sentences) and all(s.rstrip().endswith("?") for s in sentences)
+
+
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free token estimate: about four characters a token, at least one a word."""
     return max(len(text.split()), math.ceil(len(text) / 4), 1)
@@ -138,6 +197,7 @@ def rank(
     recency_half_life: float = 30 * 86400.0,
     now: float | None = None,
     content_free_weight: float = 1.0,
+    question_weight: float = 1.0,
 ) -> list[Hit]:
     """Filter and order recall candidates, best first.
 
@@ -149,7 +209,8 @@ def rank(
     - keeps one hit per distinct text (and per id), the best scoring;
     - with ``recency_weight`` > 0, adds ``weight * 0.5 ** (age / half_life)`` to the score;
     - multiplies the score of a ``content_free`` memory by ``content_free_weight`` (0: such a
-      memory is not recalled at all).
+      memory is not recalled at all), and that of a memory made only of questions
+      (``only_questions``) by ``question_weight``.
     """
     carried_norm = [normalize(t) for t in carried if t and t.strip()]
     carried_set = set(carried_norm)
@@ -171,6 +232,8 @@ def rank(
             if content_free_weight <= 0:
                 continue
             score *= content_free_weight
+        elif question_weight != 1.0 and only_questions(hit.memory.content):
+            score *= question_weight
         if recency_weight > 0 and now is not None:
             age = max(0.0, now - hit.memory.created_at)
             score += recency_weight * 0.5 ** (age / recency_half_life)

@@ -50,6 +50,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from memory.current import current_first, subject_vectors
 from memory.embedder import BatchingEmbedder, Embedder, Then
 from memory.hybrid import HybridStore
 from memory.outbox import Outbox, Queued, Writer
@@ -453,13 +454,18 @@ class MemoryService:
         k: int | None = None,
         carried: Iterable[str] = (),
         where: Filter | None = None,
+        context: str = "",
     ) -> builtins.list[Hit]:
         """The memories of ``namespace`` (passing ``where``) relevant to ``query``, ranked, best
-        first (before any token budget). Memories still queued for writing are included."""
+        first (before any token budget). Memories still queued for writing are included.
+        ``context``: the turns a follow-up ``query`` leans on (``recall.conversation_query``):
+        embedded in the same model call, its vector is added to the query's (weighted by
+        ``follow_up_weight``) and its words to the lexical search."""
         k = k or self.settings.k
         if not query.strip():
             return []
         candidates = max(self.settings.candidates, k)
+        texts = [query, context] if context.strip() else [query]
         # The lexical search needs no vector: it runs while the query is being embedded. The
         # namespace's queued memories come from memory; their texts were sent to the model
         # when they were queued, so their vectors are cached or on their way.
@@ -467,14 +473,16 @@ class MemoryService:
         # dense search follows it in the model's thread (``nearby``, None if it did not run).
         nearby: asyncio.Future[Any] | None = None
         then: Then | None = None
-        if where is None and self._nearby is not None:
+        if where is None and self._nearby is not None and len(texts) == 1:
             nearby = asyncio.get_running_loop().create_future()
             then = functools.partial(self._dense_nearby, namespace, candidates)
-        query_at = self._request([query], then=then, after=nearby)
+        query_at = self._request(texts, then=then, after=nearby)
         lexical = asyncio.ensure_future(
-            asyncio.to_thread(self.store.search_text, namespace, query, candidates, where)
+            asyncio.to_thread(
+                self.store.search_text, namespace, "\n".join(texts), candidates, where
+            )
         )
-        embedding = asyncio.ensure_future(self._collect([query], query_at, self.embed_timeout))
+        embedding = asyncio.ensure_future(self._collect(texts, query_at, self.embed_timeout))
         queued: asyncio.Future[Vectors] | None = None
         erasure: asyncio.Future[builtins.list[Memory]] | None = None
         try:
@@ -483,7 +491,8 @@ class MemoryService:
                 queued = asyncio.ensure_future(self._embed_texts([m.content for m in pending]))
                 if self.shared:  # erased through another gateway since they were queued?
                     erasure = asyncio.ensure_future(self._unerased(namespace, pending))
-            query_vec = (await embedding)[0]
+            rows = await embedding
+            query_vec = rows[0] if len(rows) == 1 else _mixed(rows, self.settings.follow_up_weight)
             with self._searches.searching():
                 found: tuple[builtins.list[Hit], builtins.list[Memory]] | None = (
                     await nearby if nearby is not None else None
@@ -509,16 +518,55 @@ class MemoryService:
                 hits.extend(_pending_hits(hits, pending, cosines, candidates))
         finally:
             _discard(lexical, embedding, nearby, queued, erasure)
-        return rank(
+        ranked = rank(
             hits,
             floor=self.settings.similarity_floor,
             carried=carried,
-            limit=k,
+            limit=None if self.settings.same_subject <= 1.0 else k,
             recency_weight=self.settings.recency_weight,
             recency_half_life=self.settings.recency_half_life,
             now=_now(),
             content_free_weight=self.settings.content_free_weight,
+            question_weight=self.settings.question_weight,
         )
+        if self.settings.same_subject <= 1.0 and len(ranked) > 1:
+            ranked = await self._current_first(namespace, ranked, query_vec)
+        return ranked[:k]
+
+    async def _current_first(
+        self, namespace: str, ranked: builtins.list[Hit], query: Vectors
+    ) -> builtins.list[Hit]:
+        """``memory.current.current_first`` over the ranked candidates: their vectors and
+        segment vectors from the caches (queued memories) and the store's local copy."""
+        vectors: dict[str, Vectors] = {}
+        segments: dict[str, bytes] = {}
+        for hit in ranked:  # the caches: on the event loop
+            text = hit.memory.content
+            if (cached := self._vectors.get(text)) is not None:
+                vectors[hit.memory.id] = cached
+            if (blob := self._segment_cache.get(text)) is not None:
+                segments[hit.memory.id] = blob
+        rest = [h.memory.id for h in ranked if h.memory.id not in vectors]
+        if rest:
+            found, kept = await asyncio.to_thread(self._stored_vectors, namespace, rest)
+            vectors.update(found)
+            segments.update((mid, blob) for mid, blob in kept.items() if mid not in segments)
+        chosen = subject_vectors(ranked, vectors, segments, query)
+        return current_first(
+            ranked,
+            chosen,
+            same_subject=self.settings.same_subject,
+            margin=self.settings.subject_margin,
+        )
+
+    def _stored_vectors(
+        self, namespace: str, memory_ids: Sequence[str]
+    ) -> tuple[dict[str, Vectors], dict[str, bytes]]:
+        """Vectors and encoded segment vectors of stored memories (in a worker thread)."""
+        if isinstance(self.store, HybridStore):
+            return self.store.subject_vectors(namespace, memory_ids)
+        found = {mid: vector for mid, _, vector in self.store.vectors(namespace, memory_ids)}
+        return found, {}
 
     async def list(
         self,
@@ -717,6 +765,15 @@ def _discard(*futures: asyncio.Future[Any] | None) -> None:
 def _with_parts(memories: Sequence[Memory], rows: Vectors) -> builtins.list[tuple[Memory, bytes]]:
     by_text = dict(encoded_parts([m.content for m in memories], rows))
     return [(m, by_text[m.content]) for m in memories if m.content in by_text]
+
+
+def _mixed(rows: Vectors, weight: float) -> Vectors:
+    """A follow-up's query vector: its own (``rows[0]``) plus ``weight`` times its context's
+    (``rows[1]``), normalised."""
+    mixed = rows[0] + weight * rows[1]
+    norm = float(np.linalg.norm(mixed))
+    out: Vectors = mixed / norm if norm > 0 else rows[0]
+    return out
 
 
 def _now() -> float:

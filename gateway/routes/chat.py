@@ -22,7 +22,7 @@ from gateway.state import GatewayState
 from gateway.streaming import ErrorEvent, StreamAccumulator, relay, sse_error_event
 from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
 from gateway.usage import Account, usage_of_body
-from memory.recall import budget, content_text, query_text
+from memory.recall import budget, content_text, conversation_query
 from memory.records import Exchange, Hit, Metadata
 
 log = logging.getLogger("memgate.chat")
@@ -129,9 +129,14 @@ async def recall_for(gw: GatewayState, namespace: str, messages: Sequence[Any]) 
     """What a memory chat with these messages injects: the namespace's recall for them, cut
     to the token budget (the memories ``inject`` puts in the request, best first)."""
     settings = gw.settings.recall
-    query = query_text(messages, settings.query_context_messages)
+    query, context = conversation_query(
+        messages, settings.query_context_messages, settings.follow_up_messages
+    )
     hits = await gw.service.recall(
-        namespace, query, carried=[content_text(m.get("content")) for m in messages]
+        namespace,
+        query,
+        context=context,
+        carried=[content_text(m.get("content")) for m in messages],
     )
     return budget(hits, settings.token_budget)
 

@@ -113,3 +113,42 @@ def test_budget_keeps_order_and_skips_what_does_not_fit() -> None:
     assert budget(hits, 0) == []
     assert [h.memory.id for h in budget(hits, 10_000, max_items=2)] == ["a", "b"]
     assert estimate_tokens("abcd" * 10) == 10
+
+
+def test_a_follow_up_leans_on_the_user_turns_before_it() -> None:
+    from memory.recall import conversation_query, leans_on_context
+
+    assert leans_on_context("What is she into these days?")
+    assert leans_on_context("and Ravi?")
+    assert not leans_on_context("What hobby is my cousin Ravi into?")
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "I want to call my cousin Ravi."},
+        {"role": "assistant", "content": "Nice!"},
+        {"role": "user", "content": "What is he into again?"},
+    ]
+    assert conversation_query(messages) == (
+        "What is he into again?",
+        "I want to call my cousin Ravi.",
+    )
+    assert conversation_query(messages, follow_up_messages=0) == ("What is he into again?", "")
+    own = [*messages[:3], {"role": "user", "content": "What hobby is my cousin Ravi into?"}]
+    assert conversation_query(own)[1] == ""
+    assert conversation_query(messages[3:]) == ("What is he into again?", "")
+
+
+def test_bare_questions_are_told_from_statements() -> None:
+    from memory.recall import only_questions
+
+    assert only_questions("Where does Omar live, do you know?")
+    assert only_questions("Thanks! Where does Omar live?")
+    assert not only_questions("Omar lives in Bergen. Any podcast tips?")
+    assert not only_questions("thanks!")
+    weighted = rank(
+        [
+            Hit(Memory(id="q", namespace="a", content="Where does Omar live?"), 0.9),
+            Hit(Memory(id="s", namespace="a", content="Omar lives in Bergen."), 0.6),
+        ],
+        question_weight=0.5,
+    )
+    assert [h.memory.id for h in weighted] == ["s", "q"]

@@ -92,7 +92,14 @@ def test_segment_vectors_live_and_go_with_their_memory(tmp_path: Path) -> None:
 
 
 def _service(tmp_path: Path, store: HybridStore, weight: float = 0.5) -> MemoryService:
-    settings = RecallSettings(lexical=False, segment_weight=weight, similarity_floor=0.0)
+    # segment vectors alone: NEAR is a question, which would weigh less (question_weight)
+    settings = RecallSettings(
+        lexical=False,
+        segment_weight=weight,
+        similarity_floor=0.0,
+        question_weight=1.0,
+        same_subject=2.0,
+    )
     return MemoryService(store, FakeEmbedder(), Outbox(tmp_path / "q.sqlite3"), recall=settings)
 
 

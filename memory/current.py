@@ -1,0 +1,114 @@
+"""What is current comes first: a newer statement of a fact is recalled with, and ranked above,
+the older statements of it; pure functions, no I/O.
+
+A fact that changed ("Mina lives in Graz" ... months later "Mina moved to Gdansk") leaves
+two statements, both relevant to a question about it, the older often ranked first. Recall
+groups its ranked candidates by subject, each group led by its best-ranked member: a later
+candidate joins the first group whose leader is about the same subject, that is, said by the
+same role, neither a bare question nor content-free, and whose sentence that matches the
+query best is close to the leader's (cosine at least ``same_subject``; the sentence vectors
+are the memory's segment vectors, ``memory.segments``, or its whole vector). Comparing the
+sentences that make two memories relevant, not their whole texts, matters: a fact is usually
+said in passing inside an unrelated request, and two statements about one person's city are
+closer than one about her city and one about her hobby only sentence by sentence.
+
+Within a group the members keep the group's places in the ranking, and take them newest
+first: the latest statement of a fact takes the best place of its group, which brings it
+within the cut when it was below it, and every older statement of the same fact comes after
+it. Scores stay those of the places, so the ranking stays in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import msgspec
+import numpy as np
+
+from memory.recall import content_free, only_questions
+from memory.records import Hit, Vectors
+from memory.segments import decode
+
+
+def subject_vectors(
+    hits: Sequence[Hit],
+    vectors: Mapping[str, Vectors],
+    segments: Mapping[str, bytes],
+    query: Vectors,
+) -> dict[str, Vectors]:
+    """For each hit with a vector: of its whole vector (``vectors``) and its segment vectors
+    (``segments``, encoded), the one closest to ``query``, normalised."""
+    out: dict[str, Vectors] = {}
+    dimension = int(query.shape[0])
+    for hit in hits:
+        mid = hit.memory.id
+        rows = []
+        whole = vectors.get(mid)
+        if whole is not None:
+            rows.append(np.asarray(whole, dtype=np.float32).reshape(1, dimension))
+        blob = segments.get(mid)
+        if blob:
+            rows.append(decode(blob, dimension))
+        if not rows:
+            continue
+        matrix = np.concatenate(rows)
+        norms = np.linalg.norm(matrix, axis=1)
+        unit = (matrix / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+        out[mid] = unit[int(np.argmax(unit @ query))]
+    return out
+
+
+def statement(hit: Hit) -> bool:
+    """Whether a hit can state a fact: not only questions, not content-free."""
+    text = hit.memory.content
+    return not content_free(text) and not only_questions(text)
+
+
+def current_first(
+    hits: Sequence[Hit],
+    vectors: Mapping[str, Vectors],
+    *,
+    same_subject: float,
+    margin: float = 0.3,
+) -> list[Hit]:
+    """``hits`` (ranked, best first) where each statement is preceded by the newest later
+    statement of its subject found below it, moved up to just above it (see the module's
+    docstring); hits without a vector in ``vectors`` stay where they are. Two statements are
+    about one subject when their sentences' cosine is at least ``same_subject`` and stands out
+    among the first one's cosines with the other candidates (at least ``margin`` above their
+    median: where every memory looks alike, as turns that all begin "Caroline said", nothing
+    is)."""
+    chosen = [i for i, h in enumerate(hits) if h.memory.id in vectors and statement(h)]
+    if len(chosen) < 2 or same_subject > 1.0:
+        return list(hits)
+    matrix = np.stack([vectors[hits[i].memory.id] for i in chosen])
+    sims = matrix @ matrix.T
+    np.fill_diagonal(sims, np.nan)
+    # (with two candidates, the one cosine is its own median: only ``same_subject`` counts)
+    floor = np.nanmedian(sims, axis=1) + margin if len(chosen) > 2 else np.full(2, -1.0)
+    close = sims >= np.maximum(same_subject, floor)[:, None]
+    order = [hits[i] for i in range(len(hits))]
+    moved: set[str] = set()
+    for a in range(len(chosen)):
+        first = hits[chosen[a]]
+        if first.memory.id in moved:
+            continue
+        newer = [
+            b
+            for b in range(a + 1, len(chosen))
+            if close[a, b]
+            and hits[chosen[b]].memory.role == first.memory.role
+            and hits[chosen[b]].memory.created_at > first.memory.created_at
+            and hits[chosen[b]].memory.id not in moved
+        ]
+        if not newer:
+            continue
+        latest = hits[chosen[max(newer, key=lambda b: hits[chosen[b]].memory.created_at)]]
+        moved.add(latest.memory.id)
+        order.remove(latest)
+        order.insert(order.index(first), latest)
+    # the ranking's scores stay with the places
+    return [
+        hit if hit.score == place.score else msgspec.structs.replace(hit, score=place.score)
+        for hit, place in zip(order, hits, strict=True)
+    ]
