@@ -44,9 +44,7 @@ def test_the_latest_statement_of_a_subject_moves_above_the_older_one() -> None:
 
 def test_where_every_memory_looks_alike_nothing_moves() -> None:
     base = unit(1, 1, 1, 1)
-    hits = [
-        hit(f"m{i}", f"Caroline said thing {i}.", float(i), 1.0 - i / 10) for i in range(6)
-    ]
+    hits = [hit(f"m{i}", f"Caroline said thing {i}.", float(i), 1.0 - i / 10) for i in range(6)]
     vectors = {h.memory.id: unit(*(base + 0.05 * np.eye(4)[i % 4])) for i, h in enumerate(hits)}
     assert current_first(hits, vectors, same_subject=0.45) == hits
     assert current_first(hits, vectors, same_subject=0.45, margin=0.0) != hits  # the margin
