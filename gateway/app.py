@@ -52,6 +52,7 @@ from gateway.routes.passthrough import (
     passthrough,
     passthrough_memory_base,
     passthrough_namespace_base,
+    shared_path_routes,
 )
 from gateway.routes.responses import memory_responses_path, memory_responses_query
 from gateway.routes.ui import docs_asset, ui
@@ -326,6 +327,7 @@ def create_app(
             passthrough,
             passthrough_memory_base,
             passthrough_namespace_base,
+            *shared_path_routes(),
             add_memories,
             list_memories,
             list_namespaces,
