@@ -36,6 +36,7 @@ from gateway.routes.health import healthz, readyz
 from gateway.routes.health import metrics as metrics_route
 from gateway.routes.memories import (
     add_memories,
+    delete_memories,
     delete_memory,
     erase_namespace,
     get_memory,
@@ -335,6 +336,7 @@ def create_app(
             update_memory,
             memory_history,
             delete_memory,
+            delete_memories,
             search_memories,
             recall_preview,
             erase_namespace,

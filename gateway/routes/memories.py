@@ -169,6 +169,12 @@ class Deleted(msgspec.Struct):
     object: str = "memory.deleted"
 
 
+class MemoriesDeleted(msgspec.Struct):
+    namespace: str
+    deleted: int
+    object: str = "memories.deleted"
+
+
 class NamespaceErased(msgspec.Struct):
     namespace: str
     deleted: int
@@ -309,6 +315,69 @@ async def list_memories(
             code="invalid_cursor",
         ) from exc
     return MemoryList(data=[memory_out(m) for m in memories], has_more=has_more)
+
+
+@delete("/v1/memory/memories", status_code=200, summary="Delete memories by filter")
+async def delete_memories(
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    *,
+    namespace: NamespaceQuery = None,
+    conversation_id: Annotated[
+        str | None,
+        Parameter(
+            min_length=1,
+            max_length=128,
+            description="the memories of one conversation (metadata conversation_id)",
+        ),
+    ] = None,
+    filter_: Annotated[
+        str | None,
+        Parameter(
+            query="filter",
+            max_length=8000,
+            description='a JSON object, as for listing: {"key": value} or {"key": {"$in": [...]}}',
+        ),
+    ] = None,
+    created_after: Annotated[
+        str | None,
+        Parameter(max_length=64, description="RFC 3339: memories created at or after it"),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        Parameter(max_length=64, description="RFC 3339: memories created strictly before it"),
+    ] = None,
+) -> MemoriesDeleted:
+    """Delete every memory of the namespace that matches all the conditions given (the
+    listing's ``filter`` and time range, ``conversation_id`` short for
+    ``filter={"conversation_id": ...}``), queued ones included; how many. At least one
+    condition is required: erasing a whole namespace is ``DELETE
+    /v1/memory/namespaces/{namespace}`` (admin keys)."""
+    ns = _ns(gw, principal, namespace, request)
+    where = checked_filter(filter_, "filter") or {}
+    if conversation_id is not None:
+        if "conversation_id" in where:
+            raise BadRequest(
+                "conversation_id is given twice (as a parameter and in filter)",
+                param="conversation_id",
+                code="invalid_value",
+            )
+        where = {**where, "conversation_id": conversation_id}
+    since = checked_time(created_after, "created_after")
+    until = checked_time(created_before, "created_before")
+    if not where and since is None and until is None:
+        raise BadRequest(
+            "a delete by filter needs conversation_id, filter, created_after or "
+            "created_before; a whole namespace is erased with DELETE "
+            "/v1/memory/namespaces/{namespace}",
+            param="filter",
+            code="missing_required_parameter",
+        )
+    deleted = await gw.service.delete_where(
+        ns, where or None, created_after=since, created_before=until
+    )
+    return MemoriesDeleted(namespace=ns, deleted=deleted)
 
 
 @get("/v1/memory/memories/{memory_id:str}", summary="Get a memory")
