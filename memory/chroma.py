@@ -622,8 +622,10 @@ class ChromaStore:
     def namespaces(
         self, *, limit: int, offset: int = 0
     ) -> tuple[builtins.list[NamespaceCount], bool]:
-        """A page of the namespaces in Chroma's collection order (the order they were first
-        written), ``offset`` counting Chroma's collections; counts for that page only."""
+        """A page of the namespaces in Chroma's order of its collections (by their internal
+        ids, which are random: neither by name nor by the time they were first written; the
+        same from call to call while no collection is made or deleted), ``offset`` counting
+        Chroma's collections; counts for that page only."""
         try:
             cols = self._client.list_collections(limit=limit + 1, offset=offset)
         except Exception as exc:

@@ -156,7 +156,9 @@ class MemoryStore(Protocol):
     def namespaces(
         self, *, limit: int, offset: int = 0
     ) -> tuple[builtins.list[NamespaceCount], bool]:
-        """A page of the namespaces that hold memories, with their counts; and has_more."""
+        """A page of the namespaces that hold memories, with their counts; and has_more. In
+        the store's own order, the same from call to call while no namespace is made or
+        erased (so that ``offset`` pages through them each once)."""
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""

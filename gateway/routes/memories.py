@@ -586,8 +586,9 @@ async def list_namespaces(
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     offset: Annotated[int, Parameter(ge=0, le=2**31 - 1)] = 0,
 ) -> NamespaceList:
-    """A page of the namespaces, in the order they were first written, with their memory
-    counts; ``next_offset`` is the ``offset`` of the next page. Admin keys only."""
+    """A page of the namespaces with their memory counts, in no particular order (the
+    store's: neither by name nor by time) but the same from page to page while no namespace
+    is made or erased; ``next_offset`` is the ``offset`` of the next page. Admin keys only."""
     principal.require_admin()
     page, has_more = await gw.service.namespaces(limit=limit, offset=offset)
     return NamespaceList(

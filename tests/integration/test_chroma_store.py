@@ -224,6 +224,25 @@ def test_delete_by_filter_contract(store: MemoryStore, minilm: Embedder) -> None
     assert store.delete_many("nobody", ["m4"]) == 0
 
 
+def test_namespace_pages_keep_one_order(store: MemoryStore, minilm: Embedder) -> None:
+    """README: no particular order, but the same from page to page: paging by ``offset``
+    lists each namespace once, as one big page does."""
+    names = ["zeta", "alpha", "mike", "bravo", "yankee", "charlie", "x:1@b.c"]
+    for i, name in enumerate(names):
+        store.add([make(name, i, TEXTS[i % 5])], minilm.embed([TEXTS[i % 5]]))
+    whole, more = store.namespaces(limit=1000)  # (the server holds other tests' too)
+    assert not more
+    assert sorted(n.namespace for n in whole) == sorted(names)
+    paged: list[str] = []
+    offset, more = 0, True
+    while more:
+        page, more = store.namespaces(limit=2, offset=offset)
+        paged += [n.namespace for n in page]
+        offset += 2
+    assert paged == [n.namespace for n in whole]
+    assert store.namespaces(limit=1000)[0] == whole
+
+
 def test_a_bounded_vector_cache_loses_nothing(tmp_path: Path, minilm: Embedder) -> None:
     """Chroma 1.5.9 drops vectors of an evicted HNSW index that were not saved yet: with every
     write saved, 40 namespaces through a cache of 4 still find all their memories; so do
