@@ -50,7 +50,9 @@ ENV MEMGATE_SERVER_HOST=0.0.0.0 \
 VOLUME ["/data"]
 EXPOSE 11435
 
+# Readiness, with the admin key when there is one (/readyz needs a key under
+# auth.protect_operations).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=5 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:11435/readyz', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request as u; k = os.environ.get('MEMGATE_ADMIN_KEY'); r = u.Request('http://127.0.0.1:11435/readyz', headers={'authorization': 'Bearer ' + k} if k else {}); sys.exit(u.urlopen(r, timeout=4).status != 200)"]
 
 CMD ["memgate", "serve"]
