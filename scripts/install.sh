@@ -73,4 +73,5 @@ else
     "${INSTALL[@]}" --config-settings editable_mode=compat -e .
 fi
 echo "$WANT" > "$STAMP"
-echo "memgate: installed" >&2
+echo "memgate: installed; its command line is .venv/bin/memgate" \
+    "(export PATH=\"\$PWD/.venv/bin:\$PATH\" puts memgate on PATH)" >&2

@@ -11,7 +11,7 @@ from litestar import Request, delete, get, patch, post
 from litestar.params import Parameter
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.errors import ADMIN_ERRORS, MEMORY_ERRORS, BadRequest, Conflict, NotFound
 from gateway.inject import memory_message
 from gateway.namespaces import check_namespace
 from gateway.routes.chat import recall_for
@@ -249,7 +249,7 @@ def _ns(
     return ns
 
 
-@post("/v1/memory/memories", status_code=200, summary="Add memories")
+@post("/v1/memory/memories", status_code=200, summary="Add memories", responses=MEMORY_ERRORS)
 async def add_memories(
     gw: GatewayState,
     principal: Principal,
@@ -265,7 +265,7 @@ async def add_memories(
     return AddMemoriesResponse(ids=[m.id for m in memories])
 
 
-@get("/v1/memory/memories", summary="List memories")
+@get("/v1/memory/memories", summary="List memories", responses=MEMORY_ERRORS)
 async def list_memories(
     gw: GatewayState,
     principal: Principal,
@@ -317,7 +317,12 @@ async def list_memories(
     return MemoryList(data=[memory_out(m) for m in memories], has_more=has_more)
 
 
-@delete("/v1/memory/memories", status_code=200, summary="Delete memories by filter")
+@delete(
+    "/v1/memory/memories",
+    status_code=200,
+    summary="Delete memories by filter",
+    responses=MEMORY_ERRORS,
+)
 async def delete_memories(
     gw: GatewayState,
     principal: Principal,
@@ -380,7 +385,7 @@ async def delete_memories(
     return MemoriesDeleted(namespace=ns, deleted=deleted)
 
 
-@get("/v1/memory/memories/{memory_id:str}", summary="Get a memory")
+@get("/v1/memory/memories/{memory_id:str}", summary="Get a memory", responses=MEMORY_ERRORS)
 async def get_memory(
     gw: GatewayState,
     principal: Principal,
@@ -394,7 +399,12 @@ async def get_memory(
     return memory_out(memory)
 
 
-@patch("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Change a memory")
+@patch(
+    "/v1/memory/memories/{memory_id:str}",
+    status_code=200,
+    summary="Change a memory",
+    responses=MEMORY_ERRORS,
+)
 async def update_memory(
     gw: GatewayState,
     principal: Principal,
@@ -435,7 +445,11 @@ async def update_memory(
     return memory_out(memory)
 
 
-@get("/v1/memory/memories/{memory_id:str}/history", summary="Earlier versions of a memory")
+@get(
+    "/v1/memory/memories/{memory_id:str}/history",
+    summary="Earlier versions of a memory",
+    responses=MEMORY_ERRORS,
+)
 async def memory_history(
     gw: GatewayState,
     principal: Principal,
@@ -462,7 +476,12 @@ async def memory_history(
     )
 
 
-@delete("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Delete a memory")
+@delete(
+    "/v1/memory/memories/{memory_id:str}",
+    status_code=200,
+    summary="Delete a memory",
+    responses=MEMORY_ERRORS,
+)
 async def delete_memory(
     gw: GatewayState,
     principal: Principal,
@@ -475,7 +494,7 @@ async def delete_memory(
     return Deleted(id=memory_id, deleted=True)
 
 
-@post("/v1/memory/search", status_code=200, summary="Search memories")
+@post("/v1/memory/search", status_code=200, summary="Search memories", responses=MEMORY_ERRORS)
 async def search_memories(
     gw: GatewayState,
     principal: Principal,
@@ -506,7 +525,12 @@ def checked_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return messages
 
 
-@post("/v1/memory/recall", status_code=200, summary="Preview a memory chat's injection")
+@post(
+    "/v1/memory/recall",
+    status_code=200,
+    summary="Preview a memory chat's injection",
+    responses=MEMORY_ERRORS,
+)
 async def recall_preview(
     gw: GatewayState,
     principal: Principal,
@@ -540,7 +564,12 @@ async def recall_preview(
     )
 
 
-@delete("/v1/memory/namespaces/{namespace:str}", status_code=200, summary="Erase a namespace")
+@delete(
+    "/v1/memory/namespaces/{namespace:str}",
+    status_code=200,
+    summary="Erase a namespace",
+    responses=ADMIN_ERRORS,
+)
 async def erase_namespace(
     gw: GatewayState, principal: Principal, namespace: str
 ) -> NamespaceErased:
@@ -563,7 +592,11 @@ class NamespaceOut(msgspec.Struct):
     object: str = "namespace"
 
 
-@get("/v1/memory/namespaces/{namespace:str}", summary="Count a namespace's memories")
+@get(
+    "/v1/memory/namespaces/{namespace:str}",
+    summary="Count a namespace's memories",
+    responses=MEMORY_ERRORS,
+)
 async def get_namespace(gw: GatewayState, principal: Principal, namespace: str) -> NamespaceOut:
     """How many memories the namespace holds (those still in the write queue not yet): any
     key that may use the namespace's memory API."""
@@ -579,7 +612,7 @@ class NamespaceList(msgspec.Struct):
     object: str = "list"
 
 
-@get("/v1/memory/namespaces", summary="List namespaces")
+@get("/v1/memory/namespaces", summary="List namespaces", responses=ADMIN_ERRORS)
 async def list_namespaces(
     gw: GatewayState,
     principal: Principal,

@@ -18,7 +18,7 @@ from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import PASSTHROUGH_ERRORS, BadRequest, GatewayError, NotFound
 from gateway.routes.chat import upstream_client_headers
 from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator
@@ -56,6 +56,7 @@ MEMORY_ENDPOINTS = frozenset({"memories", "search", "namespaces", "ns", "usage",
     http_method=METHODS,
     summary="Any other OpenAI endpoint (pass-through)",
     status_code=200,
+    responses=PASSTHROUGH_ERRORS,
 )
 async def passthrough(
     gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
@@ -73,6 +74,7 @@ async def passthrough(
     http_method=METHODS,
     summary="Any other OpenAI endpoint under the memory base URL (pass-through, no memory)",
     status_code=200,
+    responses=PASSTHROUGH_ERRORS,
 )
 async def passthrough_memory_base(
     gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
@@ -90,6 +92,7 @@ async def passthrough_memory_base(
     http_method=METHODS,
     summary="Any other OpenAI endpoint under a namespace's base URL (pass-through, no memory)",
     status_code=200,
+    responses=PASSTHROUGH_ERRORS,
 )
 async def passthrough_namespace_base(
     gw: GatewayState,
