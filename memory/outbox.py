@@ -208,6 +208,23 @@ class Outbox:
             self._forget([(namespace, memory_id)])
         return cur.rowcount > 0
 
+    def remove_where(self, namespace: str, chosen: Callable[[Memory], bool]) -> int:
+        """Drop the namespace's queued memories for which ``chosen`` is true; how many. Costs
+        the namespace's queued rows (the queue is short: the writer drains it)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, payload FROM outbox WHERE namespace = ?", (namespace,)
+            ).fetchall()
+            gone = [mid for mid, payload in rows if chosen(self._decoder.decode(payload))]
+            if gone:
+                self._db.execute(
+                    "DELETE FROM outbox WHERE namespace = ? AND id IN "
+                    "(SELECT value FROM json_each(?))",
+                    (namespace, self._encoder.encode(gone)),
+                )
+                self._forget([(namespace, mid) for mid in gone])
+        return len(gone)
+
     def purge_namespace(self, namespace: str, before: float | None = None) -> int:
         """Drop the namespace's queued memories (those queued at or before ``before``)."""
         with self._lock:

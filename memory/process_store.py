@@ -59,6 +59,8 @@ _CALLS = frozenset(
         "keep_version",
         "versions",
         "delete",
+        "ids_where",
+        "delete_many",
         "delete_namespace",
         "erasures",
         "count",
@@ -389,6 +391,19 @@ class ProcessStore:
 
     def delete(self, namespace: str, memory_id: str) -> bool:
         return bool(self._call("delete", namespace, memory_id))
+
+    def ids_where(
+        self,
+        namespace: str,
+        where: Filter | None,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> set[str]:
+        return set(self._call("ids_where", namespace, where, since=since, until=until))
+
+    def delete_many(self, namespace: str, memory_ids: Collection[str]) -> int:
+        return int(self._call("delete_many", namespace, builtins.list(memory_ids)))
 
     def delete_namespace(self, namespace: str) -> int:
         return int(self._call("delete_namespace", namespace))

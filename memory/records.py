@@ -262,6 +262,12 @@ def cursor_at(stamp: int) -> str:
     return f"mem_{max(stamp + _EPOCH_US, 0):016x}{0:016x}"
 
 
+def created_in(memory: Memory, since: int | None, until: int | None) -> bool:
+    """Whether ``memory`` was created in ``[since, until)`` (``micros``; None: unbounded)."""
+    created = micros(memory.created_at)
+    return (since is None or created >= since) and (until is None or created < until)
+
+
 def sort_key(memory: Memory) -> tuple[int, str]:
     """Where a memory stands in a listing: by ``(micros(created_at), id)``, newest last."""
     return micros(memory.created_at), memory.id

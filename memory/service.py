@@ -61,6 +61,7 @@ from memory.records import (
     Hit,
     Memory,
     Vectors,
+    created_in,
     cursor_at,
     id_micros,
     matches,
@@ -636,6 +637,37 @@ class MemoryService:
             queued = await asyncio.to_thread(self.outbox.remove, namespace, memory_id)
             stored = await asyncio.to_thread(self.store.delete, namespace, memory_id)
         return queued or stored
+
+    async def delete_where(
+        self,
+        namespace: str,
+        where: Filter | None,
+        *,
+        created_after: float | None = None,
+        created_before: float | None = None,
+    ) -> int:
+        """Delete the namespace's memories that pass ``where`` and were created at or after
+        ``created_after`` and strictly before ``created_before`` (seconds since the epoch):
+        the stored ones with their earlier versions, and the queued ones; how many. At least
+        one condition is required (``ValueError``): erasing a namespace is
+        ``delete_namespace``. Under the writer's lock, as a single delete: no batch of this
+        gateway is in flight meanwhile. Memories still queued in another gateway sharing the
+        store are not covered (they are written after this delete)."""
+        if not where and created_after is None and created_before is None:
+            raise ValueError("a delete by filter needs a filter or a time bound")
+        since = None if created_after is None else micros(created_after)
+        until = None if created_before is None else micros(created_before)
+
+        def chosen(memory: Memory) -> bool:
+            return matches(memory, where) and created_in(memory, since, until)
+
+        async with self.writer.lock:
+            queued = await asyncio.to_thread(self.outbox.remove_where, namespace, chosen)
+            ids = await asyncio.to_thread(
+                self.store.ids_where, namespace, where, since=since, until=until
+            )
+            stored = await asyncio.to_thread(self.store.delete_many, namespace, ids)
+        return queued + stored
 
     async def delete_namespace(self, namespace: str) -> int:
         async with self.writer.lock:

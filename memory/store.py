@@ -125,6 +125,22 @@ class MemoryStore(Protocol):
         already: an update that lost its race to a delete leaves none behind); False when
         the namespace holds no such id."""
 
+    def ids_where(
+        self,
+        namespace: str,
+        where: Filter | None,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> set[str]:
+        """The ids of the namespace's memories that pass ``where`` and were created in
+        ``[since, until)`` (``records.micros``; None: unbounded), read from the store itself
+        (the truth, not a local copy): what a delete by filter deletes."""
+
+    def delete_many(self, namespace: str, memory_ids: Collection[str]) -> int:
+        """``delete`` for many ids at once (their earlier versions too); how many of them the
+        namespace held."""
+
     def delete_namespace(self, namespace: str) -> int:
         """Erase every memory of the namespace, and their earlier versions (after the
         memories: a version kept by an update that raced the erasure goes too); returns how
@@ -140,7 +156,9 @@ class MemoryStore(Protocol):
     def namespaces(
         self, *, limit: int, offset: int = 0
     ) -> tuple[builtins.list[NamespaceCount], bool]:
-        """A page of the namespaces that hold memories, with their counts; and has_more."""
+        """A page of the namespaces that hold memories, with their counts; and has_more. In
+        the store's own order, the same from call to call while no namespace is made or
+        erased (so that ``offset`` pages through them each once)."""
 
     def ping(self) -> None:
         """Raise ``StoreUnavailable`` unless the store answers."""

@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
 # Install memgate into ./.venv, once: again only when pyproject.toml, constraints.txt (the
 # pinned runtime dependencies, the same the Docker image gets) or this script changes
-# (a stamp in .venv records what was installed). PyTorch's CPU build first, from PyTorch's CPU
-# index (PyPI's Linux x86-64 torch is the CUDA build, with GBs of dependencies), from the
-# default index when that one cannot be reached; then the project. Pass "test" to add the
-# test tools: the Python test extras, Debian's chromium (the inspector page test; never a
-# browser download) and redis-server (the fleet rate-limit test starts its own on loopback),
-# each only if missing, and the Node SDK test's pinned packages.
+# (a stamp in .venv records what was installed). Modes:
+#   serve (default)  the gateway with its default embedder (int8 ONNX): no torch
+#   torch            also the torch extra (embedder.backend = "torch"): PyTorch's CPU build
+#                    first, from PyTorch's CPU index (PyPI's Linux x86-64 torch is the CUDA
+#                    build, with GBs of dependencies), from the default index when that one
+#                    cannot be reached; then sentence-transformers and the full model
+#   test             the torch extra (both backends are tested) and the test tools: the Python
+#                    test extras, Debian's chromium (the inspector page test; never a browser
+#                    download) and redis-server (the fleet rate-limit test starts its own on
+#                    loopback), each only if missing, and the Node SDK test's pinned packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 MODE="${1:-serve}"
+case "$MODE" in
+    serve | torch | test) ;;
+    *) echo "usage: scripts/install.sh [serve|torch|test]" >&2; exit 2 ;;
+esac
 TORCH="torch==2.13.0"
 STAMP=".venv/.memgate-installed-$MODE"
 WANT="$(cat pyproject.toml constraints.txt scripts/install.sh | sha256sum | cut -d' ' -f1)"
@@ -28,15 +36,17 @@ PIP=(.venv/bin/python -m pip -qq --disable-pip-version-check)
 "${PIP[@]}" install --upgrade pip
 # constraints.txt pins every runtime dependency (chromadb the Chroma server image's version)
 INSTALL=("${PIP[@]}" install -c constraints.txt)
-# torch alone (its own dependencies come with the project's, from the default index, pinned:
-# PyTorch's index need not hold those versions), as the Dockerfile does
-if ! "${INSTALL[@]}" --no-deps --index-url https://download.pytorch.org/whl/cpu \
-        --timeout 20 --retries 1 "$TORCH" 2>/dev/null; then
-    echo "memgate: PyTorch's CPU index cannot be reached: $TORCH from the default index" >&2
-    "${INSTALL[@]}" --no-deps "$TORCH"
+if [ "$MODE" != serve ]; then
+    # torch alone (its own dependencies come with the extra's, from the default index, pinned:
+    # PyTorch's index need not hold those versions)
+    if ! "${INSTALL[@]}" --no-deps --index-url https://download.pytorch.org/whl/cpu \
+            --timeout 20 --retries 1 "$TORCH" 2>/dev/null; then
+        echo "memgate: PyTorch's CPU index cannot be reached: $TORCH from the default index" >&2
+        "${INSTALL[@]}" --no-deps "$TORCH"
+    fi
 fi
 if [ "$MODE" = "test" ]; then
-    "${INSTALL[@]}" --config-settings editable_mode=compat -e ".[test]"
+    "${INSTALL[@]}" --config-settings editable_mode=compat -e ".[test,torch]"
     # Only what is missing, each on its own: Debian's nodejs already bundles npm, and asking
     # apt for both at once is refused ("nodejs : Conflicts: npm").
     missing=()
@@ -57,8 +67,11 @@ if [ "$MODE" = "test" ]; then
         done
     fi
     npm ci --prefix tests/node --no-audit --no-fund --silent
+elif [ "$MODE" = "torch" ]; then
+    "${INSTALL[@]}" --config-settings editable_mode=compat -e ".[torch]"
 else
     "${INSTALL[@]}" --config-settings editable_mode=compat -e .
 fi
 echo "$WANT" > "$STAMP"
-echo "memgate: installed" >&2
+echo "memgate: installed; its command line is .venv/bin/memgate" \
+    "(export PATH=\"\$PWD/.venv/bin:\$PATH\" puts memgate on PATH)" >&2

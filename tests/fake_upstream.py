@@ -10,7 +10,10 @@ Behaviour is chosen by the request's ``model``:
 - ``drip``: streams 5 chunks ``drip_interval`` seconds apart, and stops when its client (the
   gateway) closes the connection: ``left`` counts the drips cut short that way.
 
-``/embeddings`` answers ``[len(text), 1.0]`` for each input; any other path is a 404.
+``/embeddings`` answers ``[len(text), 1.0]`` for each input. The stored objects' paths answer
+as OpenAI's do (``stored``): a response retrieved, cancelled, deleted, its input items;
+stored chat completions listed, retrieved, updated, deleted, their messages; a model
+retrieved. Any other path is a 404.
 
 Serve it on loopback with ``serve_in_thread`` (uvicorn in a thread) or run this module.
 """
@@ -73,6 +76,9 @@ class FakeUpstream:
         path = scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
         self.requests.append(Received(scope["method"], path, headers, body, query))
+        if (answer := stored(scope["method"], path, body)) is not None:
+            await _json(send, 200, answer)
+            return
         if path.endswith("/models"):
             await _json(
                 send,
@@ -270,6 +276,58 @@ class FakeUpstream:
                 }
             )
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def _page(data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": False,
+    }
+
+
+def stored(method: str, path: str, body: Any) -> dict[str, Any] | None:
+    """The answer to a call on a stored object (by its id) of OpenAI's API, or None for any
+    other call."""
+    parts = path.removeprefix("/v1/").split("/")
+    match method, parts:
+        case "GET", ["models", model]:
+            return {"id": model, "object": "model", "created": 1, "owned_by": "tests"}
+        case "POST", ["responses", "input_tokens"]:
+            return {"object": "response.input_tokens", "input_tokens": 3}
+        case "GET", ["responses", rid]:
+            return {**_response("fake-model", "stored"), "id": rid}
+        case "DELETE", ["responses", rid]:
+            return {"id": rid, "object": "response", "deleted": True}
+        case "POST", ["responses", rid, "cancel"]:
+            return {**_response("fake-model", "", "cancelled"), "id": rid}
+        case "GET", ["responses", rid, "input_items"]:
+            item = {"type": "input_text", "text": f"input of {rid}"}
+            return _page(
+                [
+                    {
+                        "id": "msg_in",
+                        "type": "message",
+                        "role": "user",
+                        "status": "completed",
+                        "content": [item],
+                    }
+                ]
+            )
+        case "GET", ["chat", "completions"]:
+            return _page([_completion("fake-model", "stored")])
+        case "GET", ["chat", "completions", cid]:
+            return {**_completion("fake-model", "stored"), "id": cid}
+        case "POST", ["chat", "completions", cid]:
+            metadata = body.get("metadata") if isinstance(body, dict) else None
+            return {**_completion("fake-model", "stored"), "id": cid, "metadata": metadata}
+        case "DELETE", ["chat", "completions", cid]:
+            return {"id": cid, "object": "chat.completion.deleted", "deleted": True}
+        case "GET", ["chat", "completions", cid, "messages"]:
+            return _page([{"id": f"{cid}-0", "role": "user", "content": "hi"}])
+    return None
 
 
 def _last_user(messages: list[Any]) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
-from memory.records import Filter, Hit, Memory, Vectors, matches
+from memory.records import Filter, Hit, Memory, Vectors, created_in, matches
 from memory.store import Changes, NamespaceCount, StoreUnavailable, Version, page_of
 
 _WORD = re.compile(r"\w+")
@@ -164,6 +164,26 @@ class MemStore:
         self._check("delete")
         self.history.pop((namespace, memory_id), None)
         return self.rows.get(namespace, {}).pop(memory_id, None) is not None
+
+    def ids_where(
+        self,
+        namespace: str,
+        where: Filter | None,
+        *,
+        since: int | None = None,
+        until: int | None = None,
+    ) -> set[str]:
+        self._check("ids_where")
+        rows = list(self.rows.get(namespace, {}).values())
+        return {m.id for m, _ in rows if matches(m, where) and created_in(m, since, until)}
+
+    def delete_many(self, namespace: str, memory_ids: Collection[str]) -> int:
+        self._check("delete_many")
+        with self._lock:
+            rows = self.rows.get(namespace, {})
+            for memory_id in memory_ids:
+                self.history.pop((namespace, memory_id), None)
+            return sum(rows.pop(memory_id, None) is not None for memory_id in memory_ids)
 
     def delete_namespace(self, namespace: str) -> int:
         self._check("delete_namespace")

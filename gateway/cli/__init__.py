@@ -141,11 +141,43 @@ def add_client_commands(
     search.add_argument("--k", type=_page_limit, default=10, help="most hits (1-100, default 10)")
     search.set_defaults(handler="search")
 
-    for name, helptext in (("get", "show one memory"), ("delete", "delete one memory")):
-        one = actions.add_parser(name, parents=[common], help=helptext, description=helptext)
-        _namespace(one)
-        one.add_argument("id", help="the memory id (mem_...)")
-        one.set_defaults(handler=name)
+    one = actions.add_parser("get", parents=[common], help="show one memory")
+    _namespace(one)
+    one.add_argument("id", help="the memory id (mem_...)")
+    one.set_defaults(handler="get")
+
+    deleting = actions.add_parser(
+        "delete",
+        parents=[common],
+        help="delete one memory, or those of a conversation, a filter or a time range",
+        description="Delete one memory by its id, or every memory of the namespace that "
+        "matches all the conditions given (queued ones included): --conversation, --filter, "
+        "--created-after, --created-before.",
+    )
+    _namespace(deleting)
+    deleting.add_argument("id", nargs="?", default=None, help="the memory id (mem_...)")
+    deleting.add_argument(
+        "--conversation",
+        metavar="ID",
+        default=None,
+        help="the memories of this conversation (metadata conversation_id)",
+    )
+    deleting.add_argument(
+        "--filter",
+        metavar="JSON",
+        default=None,
+        help='a metadata filter as for listing, e.g. \'{"source": "chatgpt"}\'',
+    )
+    deleting.add_argument(
+        "--created-after", metavar="TIME", default=None, help="RFC 3339: created at or after it"
+    )
+    deleting.add_argument(
+        "--created-before",
+        metavar="TIME",
+        default=None,
+        help="RFC 3339: created strictly before it",
+    )
+    deleting.set_defaults(handler="delete")
 
     erase = actions.add_parser(
         "erase-namespace",

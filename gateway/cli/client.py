@@ -198,6 +198,15 @@ class GatewayClient:
         )
         return body
 
+    def delete_where(self, namespace: str, conditions: Mapping[str, str]) -> dict[str, Any]:
+        """Delete the memories matching ``conditions`` (``conversation_id``, ``filter``,
+        ``created_after``, ``created_before``: query parameters of ``DELETE
+        /v1/memory/memories``)."""
+        body: dict[str, Any] = self.request(
+            "DELETE", "/v1/memory/memories", params={"namespace": namespace, **conditions}
+        )
+        return body
+
     def search(self, namespace: str, query: str, k: int = 10) -> list[dict[str, Any]]:
         body = self.request(
             "POST",

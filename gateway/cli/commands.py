@@ -154,6 +154,34 @@ def cmd_get(client: GatewayClient, args: argparse.Namespace, err: Console) -> in
 
 
 def cmd_delete(client: GatewayClient, args: argparse.Namespace, err: Console) -> int:
+    conditions = {
+        param: value
+        for param, value in (
+            ("conversation_id", args.conversation),
+            ("filter", args.filter),
+            ("created_after", args.created_after),
+            ("created_before", args.created_before),
+        )
+        if value is not None
+    }
+    if (args.id is None) == (not conditions):
+        raise Abort(
+            "give a memory id, or conditions (--conversation, --filter, --created-after, "
+            "--created-before), not both; to erase a whole namespace: memgate memories "
+            "erase-namespace",
+            EXIT_INPUT,
+        )
+    if args.id is None:
+        result = client.delete_where(args.namespace, conditions)
+        if args.json:
+            _json(result)
+        else:
+            shown = ", ".join(f"{k} {v}" for k, v in conditions.items())
+            _out().print(
+                f"Deleted {int(result['deleted'])} memories of namespace "
+                f"{escape(args.namespace)} ({escape(shown)})."
+            )
+        return 0
     result = client.delete(args.namespace, args.id)
     if args.json:
         _json(result)

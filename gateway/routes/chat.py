@@ -16,7 +16,7 @@ from litestar.params import Parameter
 from litestar.response import Stream
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest
+from gateway.errors import CHAT_ERRORS, BadRequest
 from gateway.inject import inject
 from gateway.state import GatewayState
 from gateway.streaming import ErrorEvent, StreamAccumulator, relay, sse_error_event
@@ -408,7 +408,12 @@ def ask_for_usage(body: ChatBody, upstream: Upstream) -> bool:
     return not (options or {}).get("include_usage")
 
 
-@post("/v1/memory/chat/completions", status_code=200, summary="Chat with memory")
+@post(
+    "/v1/memory/chat/completions",
+    status_code=200,
+    summary="Chat with memory",
+    responses=CHAT_ERRORS,
+)
 async def memory_chat_query(
     gw: GatewayState,
     principal: Principal,
@@ -420,7 +425,12 @@ async def memory_chat_query(
     return await _memory_chat(gw, principal, request, query_namespace=namespace)
 
 
-@post("/v1/memory/ns/{namespace:str}/chat/completions", status_code=200, summary="Chat with memory")
+@post(
+    "/v1/memory/ns/{namespace:str}/chat/completions",
+    status_code=200,
+    summary="Chat with memory",
+    responses=CHAT_ERRORS,
+)
 async def memory_chat_path(
     gw: GatewayState,
     principal: Principal,

@@ -6,15 +6,17 @@ import logging
 from typing import Any
 
 from litestar import Request, Response, get
+from litestar.openapi.datastructures import ResponseSpec
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.auth import Principal
+from gateway.errors import ALIVE_ERRORS, OPERATION_ERRORS
 from gateway.state import GatewayState
 
 log = logging.getLogger("memgate")
 
 
-@get("/healthz", summary="Liveness")
+@get("/healthz", summary="Liveness", responses=ALIVE_ERRORS)
 async def healthz() -> dict[str, str]:
     """The process is alive and serving HTTP."""
     return {"status": "ok"}
@@ -43,7 +45,17 @@ async def readiness(gw: GatewayState) -> tuple[bool, dict[str, Any]]:
     return ready, body
 
 
-@get("/readyz", summary="Readiness")
+@get(
+    "/readyz",
+    summary="Readiness",
+    responses={
+        **OPERATION_ERRORS,
+        503: ResponseSpec(
+            data_container=dict[str, Any],
+            description="Not ready: the status and each check's state, as with 200",
+        ),
+    },
+)
 async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
     """200 when the store answers, the embedding model is loaded and the writer runs;
     503 otherwise, with each check's state. Upstreams are probed too (``GET /models``, cached
@@ -52,7 +64,12 @@ async def readyz(gw: GatewayState) -> Response[dict[str, Any]]:
     return Response(body, status_code=200 if ready else 503)
 
 
-@get("/metrics", summary="Prometheus metrics", media_type=CONTENT_TYPE_LATEST)
+@get(
+    "/metrics",
+    summary="Prometheus metrics",
+    media_type=CONTENT_TYPE_LATEST,
+    responses=OPERATION_ERRORS,
+)
 async def metrics(gw: GatewayState, request: Request[Any, Any, Any]) -> bytes:
     """Requests, latency, recalls, injected memories, queue depth, upstream errors; tokens by
     key only for admin keys when ``auth.protect_operations`` puts this behind keys."""

@@ -11,7 +11,7 @@ from litestar import Request, delete, get, patch, post
 from litestar.params import Parameter
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest, Conflict, NotFound
+from gateway.errors import ADMIN_ERRORS, MEMORY_ERRORS, BadRequest, Conflict, NotFound
 from gateway.inject import memory_message
 from gateway.namespaces import check_namespace
 from gateway.routes.chat import recall_for
@@ -169,6 +169,12 @@ class Deleted(msgspec.Struct):
     object: str = "memory.deleted"
 
 
+class MemoriesDeleted(msgspec.Struct):
+    namespace: str
+    deleted: int
+    object: str = "memories.deleted"
+
+
 class NamespaceErased(msgspec.Struct):
     namespace: str
     deleted: int
@@ -243,7 +249,7 @@ def _ns(
     return ns
 
 
-@post("/v1/memory/memories", status_code=200, summary="Add memories")
+@post("/v1/memory/memories", status_code=200, summary="Add memories", responses=MEMORY_ERRORS)
 async def add_memories(
     gw: GatewayState,
     principal: Principal,
@@ -259,7 +265,7 @@ async def add_memories(
     return AddMemoriesResponse(ids=[m.id for m in memories])
 
 
-@get("/v1/memory/memories", summary="List memories")
+@get("/v1/memory/memories", summary="List memories", responses=MEMORY_ERRORS)
 async def list_memories(
     gw: GatewayState,
     principal: Principal,
@@ -311,7 +317,75 @@ async def list_memories(
     return MemoryList(data=[memory_out(m) for m in memories], has_more=has_more)
 
 
-@get("/v1/memory/memories/{memory_id:str}", summary="Get a memory")
+@delete(
+    "/v1/memory/memories",
+    status_code=200,
+    summary="Delete memories by filter",
+    responses=MEMORY_ERRORS,
+)
+async def delete_memories(
+    gw: GatewayState,
+    principal: Principal,
+    request: Request[Any, Any, Any],
+    *,
+    namespace: NamespaceQuery = None,
+    conversation_id: Annotated[
+        str | None,
+        Parameter(
+            min_length=1,
+            max_length=128,
+            description="the memories of one conversation (metadata conversation_id)",
+        ),
+    ] = None,
+    filter_: Annotated[
+        str | None,
+        Parameter(
+            query="filter",
+            max_length=8000,
+            description='a JSON object, as for listing: {"key": value} or {"key": {"$in": [...]}}',
+        ),
+    ] = None,
+    created_after: Annotated[
+        str | None,
+        Parameter(max_length=64, description="RFC 3339: memories created at or after it"),
+    ] = None,
+    created_before: Annotated[
+        str | None,
+        Parameter(max_length=64, description="RFC 3339: memories created strictly before it"),
+    ] = None,
+) -> MemoriesDeleted:
+    """Delete every memory of the namespace that matches all the conditions given (the
+    listing's ``filter`` and time range, ``conversation_id`` short for
+    ``filter={"conversation_id": ...}``), queued ones included; how many. At least one
+    condition is required: erasing a whole namespace is ``DELETE
+    /v1/memory/namespaces/{namespace}`` (admin keys)."""
+    ns = _ns(gw, principal, namespace, request)
+    where = checked_filter(filter_, "filter") or {}
+    if conversation_id is not None:
+        if "conversation_id" in where:
+            raise BadRequest(
+                "conversation_id is given twice (as a parameter and in filter)",
+                param="conversation_id",
+                code="invalid_value",
+            )
+        where = {**where, "conversation_id": conversation_id}
+    since = checked_time(created_after, "created_after")
+    until = checked_time(created_before, "created_before")
+    if not where and since is None and until is None:
+        raise BadRequest(
+            "a delete by filter needs conversation_id, filter, created_after or "
+            "created_before; a whole namespace is erased with DELETE "
+            "/v1/memory/namespaces/{namespace}",
+            param="filter",
+            code="missing_required_parameter",
+        )
+    deleted = await gw.service.delete_where(
+        ns, where or None, created_after=since, created_before=until
+    )
+    return MemoriesDeleted(namespace=ns, deleted=deleted)
+
+
+@get("/v1/memory/memories/{memory_id:str}", summary="Get a memory", responses=MEMORY_ERRORS)
 async def get_memory(
     gw: GatewayState,
     principal: Principal,
@@ -325,7 +399,12 @@ async def get_memory(
     return memory_out(memory)
 
 
-@patch("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Change a memory")
+@patch(
+    "/v1/memory/memories/{memory_id:str}",
+    status_code=200,
+    summary="Change a memory",
+    responses=MEMORY_ERRORS,
+)
 async def update_memory(
     gw: GatewayState,
     principal: Principal,
@@ -366,7 +445,11 @@ async def update_memory(
     return memory_out(memory)
 
 
-@get("/v1/memory/memories/{memory_id:str}/history", summary="Earlier versions of a memory")
+@get(
+    "/v1/memory/memories/{memory_id:str}/history",
+    summary="Earlier versions of a memory",
+    responses=MEMORY_ERRORS,
+)
 async def memory_history(
     gw: GatewayState,
     principal: Principal,
@@ -393,7 +476,12 @@ async def memory_history(
     )
 
 
-@delete("/v1/memory/memories/{memory_id:str}", status_code=200, summary="Delete a memory")
+@delete(
+    "/v1/memory/memories/{memory_id:str}",
+    status_code=200,
+    summary="Delete a memory",
+    responses=MEMORY_ERRORS,
+)
 async def delete_memory(
     gw: GatewayState,
     principal: Principal,
@@ -406,7 +494,7 @@ async def delete_memory(
     return Deleted(id=memory_id, deleted=True)
 
 
-@post("/v1/memory/search", status_code=200, summary="Search memories")
+@post("/v1/memory/search", status_code=200, summary="Search memories", responses=MEMORY_ERRORS)
 async def search_memories(
     gw: GatewayState,
     principal: Principal,
@@ -437,7 +525,12 @@ def checked_messages(messages: list[Any]) -> list[dict[str, Any]]:
     return messages
 
 
-@post("/v1/memory/recall", status_code=200, summary="Preview a memory chat's injection")
+@post(
+    "/v1/memory/recall",
+    status_code=200,
+    summary="Preview a memory chat's injection",
+    responses=MEMORY_ERRORS,
+)
 async def recall_preview(
     gw: GatewayState,
     principal: Principal,
@@ -471,7 +564,12 @@ async def recall_preview(
     )
 
 
-@delete("/v1/memory/namespaces/{namespace:str}", status_code=200, summary="Erase a namespace")
+@delete(
+    "/v1/memory/namespaces/{namespace:str}",
+    status_code=200,
+    summary="Erase a namespace",
+    responses=ADMIN_ERRORS,
+)
 async def erase_namespace(
     gw: GatewayState, principal: Principal, namespace: str
 ) -> NamespaceErased:
@@ -494,7 +592,11 @@ class NamespaceOut(msgspec.Struct):
     object: str = "namespace"
 
 
-@get("/v1/memory/namespaces/{namespace:str}", summary="Count a namespace's memories")
+@get(
+    "/v1/memory/namespaces/{namespace:str}",
+    summary="Count a namespace's memories",
+    responses=MEMORY_ERRORS,
+)
 async def get_namespace(gw: GatewayState, principal: Principal, namespace: str) -> NamespaceOut:
     """How many memories the namespace holds (those still in the write queue not yet): any
     key that may use the namespace's memory API."""
@@ -510,15 +612,16 @@ class NamespaceList(msgspec.Struct):
     object: str = "list"
 
 
-@get("/v1/memory/namespaces", summary="List namespaces")
+@get("/v1/memory/namespaces", summary="List namespaces", responses=ADMIN_ERRORS)
 async def list_namespaces(
     gw: GatewayState,
     principal: Principal,
     limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
     offset: Annotated[int, Parameter(ge=0, le=2**31 - 1)] = 0,
 ) -> NamespaceList:
-    """A page of the namespaces, in the order they were first written, with their memory
-    counts; ``next_offset`` is the ``offset`` of the next page. Admin keys only."""
+    """A page of the namespaces with their memory counts, in no particular order (the
+    store's: neither by name nor by time) but the same from page to page while no namespace
+    is made or erased; ``next_offset`` is the ``offset`` of the next page. Admin keys only."""
     principal.require_admin()
     page, has_more = await gw.service.namespaces(limit=limit, offset=offset)
     return NamespaceList(

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from gateway.auth import Principal
-from gateway.errors import UpstreamError
+from gateway.errors import PASSTHROUGH_ERRORS, UpstreamError
 from gateway.routes.chat import upstream_client_headers
 from gateway.state import GatewayState
 from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
@@ -20,6 +20,7 @@ from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
 @get(
     ["/v1/models", "/v1/memory/models", "/v1/memory/ns/{namespace:str}/models"],
     summary="List models",
+    responses=PASSTHROUGH_ERRORS,
 )
 async def list_models(
     gw: GatewayState, principal: Principal, request: Request[Any, Any, Any]

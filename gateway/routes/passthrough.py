@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import quote, unquote, unquote_plus
 
 import httpx
 import msgspec
 from litestar import HttpMethod, Request, Response, route
+from litestar.handlers import HTTPRouteHandler
 from litestar.response import Stream
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest, GatewayError, NotFound
+from gateway.errors import PASSTHROUGH_ERRORS, BadRequest, GatewayError, NotFound
 from gateway.routes.chat import upstream_client_headers
 from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator
@@ -55,6 +56,7 @@ MEMORY_ENDPOINTS = frozenset({"memories", "search", "namespaces", "ns", "usage",
     http_method=METHODS,
     summary="Any other OpenAI endpoint (pass-through)",
     status_code=200,
+    responses=PASSTHROUGH_ERRORS,
 )
 async def passthrough(
     gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
@@ -72,6 +74,7 @@ async def passthrough(
     http_method=METHODS,
     summary="Any other OpenAI endpoint under the memory base URL (pass-through, no memory)",
     status_code=200,
+    responses=PASSTHROUGH_ERRORS,
 )
 async def passthrough_memory_base(
     gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
@@ -89,6 +92,7 @@ async def passthrough_memory_base(
     http_method=METHODS,
     summary="Any other OpenAI endpoint under a namespace's base URL (pass-through, no memory)",
     status_code=200,
+    responses=PASSTHROUGH_ERRORS,
 )
 async def passthrough_namespace_base(
     gw: GatewayState,
@@ -102,6 +106,69 @@ async def passthrough_namespace_base(
     if path.split("/", 1)[0] in MEMORY_ENDPOINTS:
         raise NotFound(f"no memory endpoint {path!r} under a namespace", param="path")
     return await relay_other(gw, principal, request, path)
+
+
+# OpenAI's paths where the gateway answers one method itself: the memory chat
+# (``chat/completions``) and the Responses API with memory (``responses``) under the memory base
+# URLs, and the model list (``models``, also under ``/v1``). Litestar's router never falls back
+# from a static path segment to a ``{path:path}`` route: under ``/v1/memory/ns/NS`` a path below
+# one of them (``responses/resp_1/cancel``) would meet our 404, and any other method on one
+# (``GET .../chat/completions``, stored completions) our 405. So each gets pass-through routes
+# of its own: the other methods on the path, and every path below each of its segments.
+OPENAI_PATHS_WITH_MEMORY = {
+    "chat/completions": HttpMethod.POST,
+    "responses": HttpMethod.POST,
+    "models": HttpMethod.GET,
+}
+MEMORY_BASES = ("/v1/memory", "/v1/memory/ns/{namespace:str}")
+
+Relay = Callable[..., Awaitable[Response[Any]]]
+
+
+def _relay_exact(rest: str) -> Relay:
+    async def relay(
+        gw: GatewayState, principal: Principal, request: Request[Any, Any, Any]
+    ) -> Response[Any]:
+        return await relay_other(gw, principal, request, rest)
+
+    return relay
+
+
+def _relay_below(prefix: str) -> Relay:
+    async def relay(
+        gw: GatewayState, principal: Principal, request: Request[Any, Any, Any], path: str
+    ) -> Response[Any]:
+        return await relay_other(gw, principal, request, f"{prefix}/{path.lstrip('/')}")
+
+    return relay
+
+
+def _hidden(path: str, methods: list[HttpMethod], relay: Relay) -> HTTPRouteHandler:
+    return route(path, http_method=methods, include_in_schema=False, status_code=200)(relay)
+
+
+def shared_path_routes() -> list[HTTPRouteHandler]:
+    """The pass-through routes of ``OPENAI_PATHS_WITH_MEMORY`` under every base URL (left out
+    of /docs: the three catch-all routes describe them)."""
+    handlers: list[HTTPRouteHandler] = []
+    for base in ("/v1", *MEMORY_BASES):
+        for rest, own in OPENAI_PATHS_WITH_MEMORY.items():
+            if base == "/v1" and rest != "models":
+                continue  # POST /v1/chat/completions is the plain chat; /v1/responses is free
+            handlers.append(
+                _hidden(f"{base}/{rest}", [m for m in METHODS if m != own], _relay_exact(rest))
+            )
+            if base == "/v1":
+                continue  # /v1/models is a plain route: the paths below it reach ``passthrough``
+            segments = rest.split("/")
+            for n in range(1, len(segments) + 1):
+                prefix = "/".join(segments[:n])
+                if n < len(segments):  # ``chat`` alone: a node of the router's tree too
+                    handlers.append(_hidden(f"{base}/{prefix}", METHODS, _relay_exact(prefix)))
+                handlers.append(
+                    _hidden(f"{base}/{prefix}/{{path:path}}", METHODS, _relay_below(prefix))
+                )
+    return handlers
 
 
 def forwarded_path(raw_path: bytes, path: str) -> str:

@@ -14,7 +14,7 @@ from litestar import Request, Response, post
 from litestar.params import Parameter
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest
+from gateway.errors import CHAT_ERRORS, BadRequest
 from gateway.inject import memory_message
 from gateway.routes.chat import (
     MemoryChat,
@@ -156,7 +156,9 @@ async def _memory_responses(
     )
 
 
-@post("/v1/memory/responses", status_code=200, summary="Responses with memory")
+@post(
+    "/v1/memory/responses", status_code=200, summary="Responses with memory", responses=CHAT_ERRORS
+)
 async def memory_responses_query(
     gw: GatewayState,
     principal: Principal,
@@ -168,7 +170,12 @@ async def memory_responses_query(
     return await _memory_responses(gw, principal, request, query_namespace=namespace)
 
 
-@post("/v1/memory/ns/{namespace:str}/responses", status_code=200, summary="Responses with memory")
+@post(
+    "/v1/memory/ns/{namespace:str}/responses",
+    status_code=200,
+    summary="Responses with memory",
+    responses=CHAT_ERRORS,
+)
 async def memory_responses_path(
     gw: GatewayState,
     principal: Principal,

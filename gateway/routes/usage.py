@@ -12,7 +12,7 @@ from litestar import get
 from litestar.params import Parameter
 
 from gateway.auth import Principal
-from gateway.errors import BadRequest
+from gateway.errors import ADMIN_ERRORS, BadRequest
 from gateway.state import GatewayState
 from gateway.usage import GROUPS, UsageRow
 
@@ -37,7 +37,7 @@ def _day(value: str | None, name: str, default: dt.date) -> str:
         ) from exc
 
 
-@get("/v1/memory/usage", summary="Token usage")
+@get("/v1/memory/usage", summary="Token usage", responses=ADMIN_ERRORS)
 async def usage_report(
     gw: GatewayState,
     principal: Principal,

@@ -168,15 +168,22 @@ function renderHits(hits, query) {
   list.append(...hits.map(hitItem));
 }
 
+function conversationOf(memory) {
+  const value = (memory.metadata || {}).conversation_id;
+  return typeof value === "string" && value ? value : null;
+}
+
 function hitItem(hit) {
   const score = el("span", {
     class: "score",
     title: "cosine similarity (with any recency bonus)",
     text: Number(hit.score).toFixed(3),
   });
+  const attrs = { class: "hit", "data-id": hit.id };
+  if (conversationOf(hit)) attrs["data-conversation"] = conversationOf(hit);
   return el(
     "li",
-    { class: "hit", "data-id": hit.id },
+    attrs,
     el("div", { class: "hit-head" }, score, roleEl(hit.role), timeEl(hit.created_at)),
     el("p", { class: "content", text: hit.content }),
     metadataEl(hit.metadata),
@@ -278,7 +285,7 @@ async function loadPage() {
 
 function memoryRow(memory) {
   const actions = el("td", { class: "actions" });
-  showDeleteButton(actions, memory.id);
+  showDeleteButton(actions, memory.id, conversationOf(memory));
   const content = el("td", { class: "content" }, el("p", { text: memory.content }));
   const meta = metadataEl(memory.metadata);
   if (meta) content.append(meta);
@@ -293,20 +300,32 @@ function memoryRow(memory) {
   );
 }
 
-function showDeleteButton(cell, id) {
+function showDeleteButton(cell, id, conversation) {
   const button = el("button", {
     type: "button",
     class: "ghost small",
     "aria-label": `Delete memory ${id}`,
     text: "Delete",
   });
-  button.addEventListener("click", () => askDelete(cell, id));
-  cell.replaceChildren(button);
+  button.addEventListener("click", () => askDelete(cell, id, conversation));
+  const buttons = [button];
+  if (conversation) {
+    const forget = el("button", {
+      type: "button",
+      class: "ghost small",
+      "aria-label": `Forget conversation ${conversation}`,
+      title: `Delete every memory of conversation ${conversation}`,
+      text: "Forget conversation",
+    });
+    forget.addEventListener("click", () => askForget(cell, id, conversation));
+    buttons.push(forget);
+  }
+  cell.replaceChildren(el("div", { class: "row-actions" }, ...buttons));
   return button;
 }
 
 // Deleting a memory takes a second click: the row's button turns into Delete / Keep.
-function askDelete(cell, id) {
+function askDelete(cell, id, conversation) {
   clearError();
   const yes = el("button", {
     type: "button",
@@ -320,7 +339,7 @@ function askDelete(cell, id) {
     "aria-label": `Keep memory ${id}`,
     text: "Keep",
   });
-  const keep = () => showDeleteButton(cell, id).focus();
+  const keep = () => showDeleteButton(cell, id, conversation).focus();
   yes.addEventListener("click", () => deleteMemory(id, yes, no));
   no.addEventListener("click", keep);
   cell.addEventListener("keydown", (event) => {
@@ -343,6 +362,58 @@ async function deleteMemory(id, ...buttons) {
     const again = inPreview && state.lastPreview ? refreshPreview() : null;
     await Promise.all([loadPage(), loadTotal(), again]);
     say(`Deleted memory ${id}.`);
+  } catch (err) {
+    for (const button of buttons) button.disabled = false;
+    showError(err);
+  }
+}
+
+// Forgetting a conversation: every memory with its conversation_id (a memory chat sent with
+// an x-memory-conversation header, or a ChatGPT import), queued ones included, in one
+// DELETE /v1/memory/memories?conversation_id=... It takes a second click too.
+function askForget(cell, id, conversation) {
+  clearError();
+  const yes = el("button", {
+    type: "button",
+    class: "danger-button small",
+    "aria-label": `Confirm forgetting conversation ${conversation}`,
+    text: "Forget",
+  });
+  const no = el("button", {
+    type: "button",
+    class: "small",
+    "aria-label": `Keep conversation ${conversation}`,
+    text: "Keep",
+  });
+  const keep = () => {
+    showDeleteButton(cell, id, conversation);
+    cell.querySelector("button:last-child").focus();
+  };
+  yes.addEventListener("click", () => forgetConversation(conversation, yes, no));
+  no.addEventListener("click", keep);
+  cell.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && cell.contains(no)) keep();
+  });
+  cell.replaceChildren(
+    el("div", { class: "confirm" }, el("span", { text: "Forget the whole conversation?" }), yes, no),
+  );
+  no.focus();
+}
+
+async function forgetConversation(conversation, ...buttons) {
+  clearError();
+  for (const button of buttons) button.disabled = true;
+  try {
+    const data = await api("DELETE", "/v1/memory/memories", {
+      params: { namespace: state.namespace, conversation_id: conversation },
+    });
+    const shown = document.querySelectorAll(`.hit[data-conversation="${CSS.escape(conversation)}"]`);
+    const inPreview = [...shown].some((node) => $("preview-memories").contains(node));
+    for (const node of shown) node.remove();
+    const again = inPreview && state.lastPreview ? refreshPreview() : null;
+    await Promise.all([loadPage(), loadTotal(), again]);
+    const n = data.deleted;
+    say(`Forgot conversation ${conversation}: ${n} ${n === 1 ? "memory" : "memories"} deleted.`);
   } catch (err) {
     for (const button of buttons) button.disabled = false;
     showError(err);

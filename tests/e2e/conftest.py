@@ -42,8 +42,14 @@ class GatewayProcess:
 
 
 def start_gateway(
-    data_dir: Path, upstream_url: str, *extra: str, env: dict[str, str] | None = None
+    data_dir: Path,
+    upstream_url: str,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    ready_headers: dict[str, str] | None = None,
 ) -> GatewayProcess:
+    """``memgate serve`` on a free port, once its ``/readyz`` answers 200 (asked with
+    ``ready_headers``: a key, under ``auth.protect_operations``)."""
     port = free_port()
     log_path = data_dir.parent / f"gateway-{port}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +75,7 @@ def start_gateway(
         if process.poll() is not None:
             raise RuntimeError(f"gateway exited early:\n{gw.log()}")
         try:
-            if httpx.get(gw.url + "/readyz", timeout=2).status_code == 200:
+            if httpx.get(gw.url + "/readyz", headers=ready_headers, timeout=2).status_code == 200:
                 return gw
         except httpx.HTTPError:
             pass

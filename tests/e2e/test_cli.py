@@ -101,6 +101,45 @@ def test_list_search_get_delete(gateway: GatewayProcess) -> None:
     assert "invalid namespace" in bad.stderr
 
 
+def test_delete_a_conversation_a_filter_or_a_time_range(gateway: GatewayProcess) -> None:
+    name = ns()
+    url = ("--url", gateway.url)
+    trip = {"conversation_id": "trip"}
+    add(
+        gateway,
+        name,
+        {"content": "trip one", "created_at": "2024-01-01T09:00:00Z", "metadata": trip},
+        {"content": "trip two", "created_at": "2024-01-02T09:00:00Z", "metadata": trip},
+        {"content": "imported", "created_at": "2024-01-03T09:00:00Z",
+         "metadata": {"source": "chatgpt"}},
+        {"content": "kept", "created_at": "2024-01-04T09:00:00Z"},
+    )  # fmt: skip
+    one = memgate("memories", "delete", "-n", name, "--conversation", "trip",
+                  "--created-after", "2024-01-02", *url)  # fmt: skip
+    assert one.returncode == 0, one.stderr
+    assert "Deleted 1 memories" in one.stdout
+    assert "conversation_id trip" in one.stdout
+    rest = ok_json(
+        memgate("memories", "delete", "-n", name, "--conversation", "trip", "--json", *url)
+    )
+    assert rest == {"object": "memories.deleted", "namespace": name, "deleted": 1}
+    by_filter = ok_json(
+        memgate(
+            "memories", "delete", "-n", name, "--filter", '{"source": "chatgpt"}', "--json", *url
+        )
+    )
+    assert by_filter["deleted"] == 1
+    assert [m["content"] for m in listed(gateway, name)] == ["kept"]
+    for refused in ((), ("mem_x", "--conversation", "c")):
+        bad = memgate("memories", "delete", "-n", name, *refused, *url)
+        assert bad.returncode == 2
+        assert "give a memory id, or conditions" in bad.stderr
+    bad_time = memgate("memories", "delete", "-n", name, "--created-before", "soon", *url)
+    assert bad_time.returncode == 1
+    assert "created_before" in bad_time.stderr
+    assert [m["content"] for m in listed(gateway, name)] == ["kept"]
+
+
 def test_erase_namespace_asks_first(gateway: GatewayProcess) -> None:
     name = ns()
     url = ("--url", gateway.url)

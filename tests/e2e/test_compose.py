@@ -1,15 +1,20 @@
 """The compose stack without Docker: compose.yaml is valid against the Compose spec, describes
-what the gateway and Chroma accept, and the same processes started with the same settings on
-loopback serve memory chat with Chroma in server mode."""
+what the gateway and Chroma accept, README's compose commands need only the variables they set
+(Compose interpolates the whole file for every command), and the same processes started with
+the same settings on loopback serve memory chat with Chroma in server mode, their healthcheck
+passing with ``auth.protect_operations``."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import subprocess
+import sys
 import time
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,8 @@ import jsonschema
 import pytest
 import yaml
 
-from gateway.config import load_settings
+from gateway.config import ConfigError, load_settings
+from gateway.server import check_bind
 from memory.chroma import ChromaStore
 from tests.e2e.conftest import start_gateway
 from tests.fake_upstream import FakeUpstream, free_port
@@ -46,6 +52,25 @@ def interpolate(value: str, env: dict[str, str]) -> str:
         return ""
 
     return _VAR.sub(sub, value)
+
+
+def strings(node: Any) -> Iterator[str]:
+    """Every string value of a loaded compose file (what Compose interpolates)."""
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from strings(value)
+
+
+def interpolate_all(compose: dict[str, Any], env: dict[str, str]) -> None:
+    """What Compose does first, whatever the command (``ps``, ``down``, ``logs`` too): every
+    value of the file interpolated; a ``${VAR:?...}`` without its variable is an error."""
+    for value in strings(compose):
+        interpolate(value, env)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +110,14 @@ def test_compose_describes_what_the_gateway_expects(compose: dict[str, Any]) -> 
     assert lb["configs"][0]["source"] == "lb-conf"
 
     env = {k: str(v) for k, v in gateway["environment"].items()}
-    with pytest.raises(ValueError, match="MEMGATE_ADMIN_KEY"):
-        {k: interpolate(v, {}) for k, v in env.items()}
+    # Compose itself requires no variable; every "$" of the file is a form this test reads
+    interpolate_all(compose, {})
+    for value in strings(compose):
+        assert "$" not in _VAR.sub("", value), value
+    # the gateway does: without a key it refuses to listen on 0.0.0.0 (one line, exit 2)
+    keyless = load_settings(None, {k: interpolate(v, {}) for k, v in env.items()})
+    with pytest.raises(ConfigError, match="no API keys are configured"):
+        check_bind(keyless)
     resolved = {k: interpolate(v, {"MEMGATE_ADMIN_KEY": "k"}) for k, v in env.items()}
     unknown = [
         k for k in resolved if k.startswith("MEMGATE_")
@@ -111,8 +142,9 @@ def test_compose_describes_what_the_gateway_expects(compose: dict[str, Any]) -> 
     assert chroma["command"][0] == "run"
     assert "/readyz" in " ".join(gateway["healthcheck"]["test"])
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert dockerfile.index("torch==2.13.0") < dockerfile.index("pip install --no-deps --no-b")
     assert 'CMD ["memgate", "serve"]' in dockerfile
+    # the image's own healthcheck is the stack's (run in test_the_stack_runs_on_loopback)
+    assert json.dumps(gateway["healthcheck"]["test"][1:]) in dockerfile
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -225,6 +257,81 @@ def test_the_ollama_profile_pulls_the_model_before_the_gateway_starts(
     assert run_pull({}, 1, 1) != 0
 
 
+def compose_commands(
+    text: str, *, comments: bool = False
+) -> list[tuple[dict[str, str], list[str]]]:
+    """The ``docker compose`` commands of a text: README's code blocks (or, ``comments``,
+    compose.yaml's comment lines), continuation lines joined; each as (the variables set
+    before it, the arguments after ``compose``)."""
+    if comments:
+        lines = [line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")]
+    else:
+        blocks = re.findall(r"^```(?:bash|sh)\n(.*?)^```", text, flags=re.M | re.S)
+        lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    found = []
+    for line in lines:
+        words = shlex.split(line, comments=True)
+        if "docker" not in words or words[
+            words.index("docker") + 1 : words.index("docker") + 2
+        ] != ["compose"]:
+            continue
+        at = words.index("docker")
+        env = dict(w.split("=", 1) for w in words[:at])
+        assert all(re.fullmatch(r"[A-Z_][A-Z0-9_]*", name) for name in env), line
+        found.append((env, words[at + 2 :]))
+    return found
+
+
+def parse_compose_args(args: list[str]) -> tuple[set[str], str, list[str]]:
+    """(profiles, subcommand, its arguments) of ``docker compose ARGS``."""
+    profiles: set[str] = set()
+    while args[0].startswith("-"):
+        assert args[0] == "--profile", args
+        profiles.add(args[1])
+        args = args[2:]
+    return profiles, args[0], args[1:]
+
+
+@pytest.mark.parametrize("source", ["README.md", "compose.yaml"])
+def test_the_documented_compose_commands_run_as_written(
+    compose: dict[str, Any], source: str
+) -> None:
+    """Each ``docker compose`` command of README (and of compose.yaml's header) as Compose
+    would take it, without Docker: the file interpolates with only the variables the command
+    sets (every command, ps and down too); ``up`` starts a gateway that has a key (else it
+    refuses to start), with its upstream and rate-limit store among the services started;
+    ``logs``/``exec`` name a service of the profiles given; ``down`` and ``ps`` are given every
+    profile that some ``up`` starts (Compose leaves the services of other profiles out)."""
+    commands = compose_commands((ROOT / source).read_text(), comments=source == "compose.yaml")
+    assert len(commands) >= (8 if source == "README.md" else 5)
+    ups = [parse_compose_args(args)[0] for _, args in commands if "up" in args]
+    started_profiles = set().union(*ups)
+    for env, args in commands:
+        interpolate_all(compose, env)  # would raise for a variable the file requires
+        profiles, command, rest = parse_compose_args(args)
+        enabled = enabled_services(compose, profiles)
+        if command == "up":
+            gateway_env = {
+                k: interpolate(str(v), env)
+                for k, v in compose["services"]["gateway"]["environment"].items()
+            }
+            settings = load_settings(None, gateway_env)
+            check_bind(settings)  # raises when the gateway would refuse to start
+            host = settings.upstream.url.split("//", 1)[1].split(":")[0].split("/")[0]
+            assert host not in compose["services"] or host in enabled, (args, host)
+            if "redis://redis" in settings.auth.rate_limit_storage:
+                assert "redis" in enabled, args
+            for option in rest:
+                if option.startswith("gateway="):
+                    assert "--scale" in rest
+        elif command in ("logs", "exec"):
+            service = next(word for word in rest if not word.startswith("-"))
+            assert service in enabled, (args, service)
+        else:
+            assert command in ("ps", "down"), args
+            assert started_profiles <= profiles, (args, started_profiles)
+
+
 def _is_setting(name: str) -> bool:
     import msgspec
 
@@ -249,11 +356,9 @@ def test_the_stack_runs_on_loopback(
     command[command.index("--path") + 1] = str(tmp_path / "chroma")
     port = int(command[command.index("--port") + 1])
     chroma = ChromaServer(tmp_path / "chroma", port=port).start()
-    # gateway: the compose environment, hosts mapped to loopback
-    env = {
-        k: interpolate(str(v), {"MEMGATE_ADMIN_KEY": "admin-key"})
-        for k, v in services["gateway"]["environment"].items()
-    }
+    # gateway: the compose environment, hosts mapped to loopback; /readyz behind the key
+    host_env = {"MEMGATE_ADMIN_KEY": "admin-key", "MEMGATE_AUTH_PROTECT_OPERATIONS": "true"}
+    env = {k: interpolate(str(v), host_env) for k, v in services["gateway"]["environment"].items()}
     env["MEMGATE_STORE_CHROMA_URL"] = (
         env["MEMGATE_STORE_CHROMA_URL"]
         .replace("chroma:", "127.0.0.1:")
@@ -263,9 +368,37 @@ def test_the_stack_runs_on_loopback(
     env["MEMGATE_SERVER_HOST"] = "127.0.0.1"
     env.pop("MEMGATE_SERVER_PORT")  # a free port instead
     env.pop("MEMGATE_STORE_DATA_DIR")
-    gw = start_gateway(tmp_path / "data", upstream[1], env=env)
+    # without a key the gateway does not start on 0.0.0.0: one line, exit code 2
+    keyless = {**os.environ, **env, "MEMGATE_SERVER_HOST": "0.0.0.0", "MEMGATE_ADMIN_KEY": ""}
+    refused = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "serve", "--data-dir", str(tmp_path / "no-key")],
+        env=keyless, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith("memgate: no API keys are configured, so memgate will not")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    key = {"authorization": "Bearer admin-key"}
+    gw = start_gateway(tmp_path / "data", upstream[1], env=env, ready_headers=key)
     try:
-        key = {"authorization": "Bearer admin-key"}
+        # the stack's healthcheck, run as the container runs it: ready, with the key it sends
+        assert httpx.get(gw.url + "/readyz").status_code == 401  # protect_operations
+        check = services["gateway"]["healthcheck"]["test"]
+        assert check[:2] == ["CMD", "python"]
+        argv = [
+            sys.executable,
+            *(a.replace(":11435/", f":{gw.url.rsplit(':', 1)[1]}/") for a in check[2:]),
+        ]
+        healthy = subprocess.run(
+            argv, env={**os.environ, **env}, capture_output=True, timeout=30, check=False
+        )
+        assert healthy.returncode == 0, healthy.stderr
+        without = {**os.environ, **env, "MEMGATE_ADMIN_KEY": ""}
+        assert (
+            subprocess.run(
+                argv, env=without, capture_output=True, timeout=30, check=False
+            ).returncode
+            != 0
+        )
         body = {"model": "fake-model", "messages": [{"role": "user", "content": "Stack test fact"}]}
         assert (
             httpx.post(gw.url + "/v1/memory/ns/stack/chat/completions", json=body).status_code
@@ -273,7 +406,7 @@ def test_the_stack_runs_on_loopback(
         )
         r = httpx.post(gw.url + "/v1/memory/ns/stack/chat/completions", json=body, headers=key)
         assert r.status_code == 200
-        ready = httpx.get(gw.url + "/readyz").json()
+        ready = httpx.get(gw.url + "/readyz", headers=key).json()
         assert ready["checks"]["store"] == "ok"
         line = next(x for x in gw.log().splitlines() if "memgate ready" in x)
         assert json.loads(line)["logger"] == "memgate"  # JSON logs, as compose asks

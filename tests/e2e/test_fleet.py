@@ -164,6 +164,73 @@ def test_an_erasure_through_one_gateway_is_honoured_by_all(
     assert not texts & queued_before
 
 
+def listed(gw: GatewayProcess, ns: str) -> set[str]:
+    page = httpx.get(f"{gw.url}/v1/memory/memories", params={"namespace": ns, "limit": 100})
+    assert page.status_code == 200, page.text
+    return {m["content"] for m in page.json()["data"]}
+
+
+def test_a_delete_by_filter_through_one_gateway_is_honoured_by_the_others(
+    fleet: list[GatewayProcess], upstream: tuple[FakeUpstream, str]
+) -> None:
+    """A conversation forgotten through A (what A's memory API added, and what C's memory
+    chat remembered of it) is searched, listed and recalled by no gateway; nothing outside
+    the namespace or the filter goes; a time range through C is honoured by A."""
+    a, b, c = fleet
+    ns, other = ("tenant-" + uuid.uuid4().hex[:8] for _ in range(2))
+    trip = {"conversation_id": "trip"}
+    memories = [
+        {"content": "Trip: flights to Lisbon booked for May", "metadata": trip},
+        {"content": "Trip: the hotel is near the Alfama walrus mural", "metadata": trip},
+        {"content": "Work: the quarterly report is due Friday",
+         "metadata": {"conversation_id": "work"}},
+        {"content": "I am allergic to peanuts", "created_at": "2020-01-01T00:00:00Z"},
+    ]  # fmt: skip
+    for namespace in (ns, other):
+        r = httpx.post(f"{a.url}/v1/memory/memories", params={"namespace": namespace},
+                       json={"memories": memories}, timeout=30)  # fmt: skip
+        assert r.status_code == 200, r.text
+    said = "Trip: remember the ferry to Cacilhas leaves at nine"
+    r = httpx.post(
+        f"{c.url}/v1/memory/chat/completions",
+        params={"namespace": ns},
+        json={"model": "fake-model", "messages": [{"role": "user", "content": said}]},
+        headers={"x-memory-conversation": "trip"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    wait_until(lambda: said in listed(a, ns), timeout=10)  # C's writer has stored it
+    for gw in (b, c):
+        wait_until(lambda gw=gw: "walrus mural" in " ".join(contents(gw, ns, "walrus mural")),
+                   timeout=BOUND)  # fmt: skip
+
+    r = httpx.delete(
+        f"{a.url}/v1/memory/memories", params={"namespace": ns, "conversation_id": "trip"}
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["deleted"] == 4  # two added, and the exchange's user turn and reply
+
+    kept = {"Work: the quarterly report is due Friday", "I am allergic to peanuts"}
+    for gw in (a, b, c):
+        assert {t for t in listed(gw, ns) if "walrus mural?" not in t} == kept  # (the chats)
+        found = contents(gw, ns, "Trip Lisbon walrus mural ferry Cacilhas hotel flights")
+        assert not any(text.startswith(("Trip", "echo: Trip")) for text in found), found
+        question = f"where is the trip hotel, the walrus mural? {uuid.uuid4().hex[:6]}"
+        chat(gw, ns, question)
+        assert "Alfama" not in injected(upstream[0], question)
+        assert "Cacilhas" not in injected(upstream[0], question)
+        assert listed(gw, other) == {m["content"] for m in memories}  # another namespace
+
+    # a time range alone, through C: honoured by A at once
+    r = httpx.delete(
+        f"{c.url}/v1/memory/memories", params={"namespace": ns, "created_before": "2021-01-01"}
+    )
+    assert r.json()["deleted"] == 1
+    assert "I am allergic to peanuts" not in listed(a, ns)
+    assert "peanuts" not in " ".join(contents(a, ns, "allergic to peanuts"))
+    assert "Work: the quarterly report is due Friday" in listed(a, ns)
+
+
 def test_paging_through_one_gateway_while_another_deletes_is_exact(
     fleet: list[GatewayProcess],
 ) -> None:

@@ -291,3 +291,89 @@ def test_the_rest_of_v1_goes_through_with_the_sdk(
         assert upstream[0].requests[-1].path == "/v1/embeddings"
         with pytest.raises(openai.NotFoundError):  # the upstream's own answer
             client.moderations.create(model="omni-moderation-latest", input="x")
+
+
+URL_FORMS = {
+    "query": {"base": "/v1/memory", "query": True},
+    "path": {"base": "/v1/memory/ns/{ns}"},
+    "header": {"base": "/v1/memory", "header": True},
+    "plain": {"base": "/v1"},
+}
+
+
+@pytest.mark.parametrize("form", list(URL_FORMS))
+def test_the_sdks_stored_object_calls_pass_through_in_every_url_form(
+    gateway: GatewayProcess, upstream: tuple[FakeUpstream, str], form: str
+) -> None:
+    """The Responses API's and stored chat completions' calls on an id (retrieve, cancel,
+    input items, update, list, delete, messages) reach the upstream at its own path in each
+    base URL form, and the upstream never sees the namespace parameter."""
+    fake, namespace = upstream[0], ns()
+    shape = URL_FORMS[form]
+    client = openai.OpenAI(
+        base_url=gateway.url + str(shape["base"]).format(ns=namespace),
+        api_key="sk-client",
+        max_retries=0,
+        default_query={"namespace": namespace, "keep": "1"}
+        if shape.get("query")
+        else {"keep": "1"},
+        default_headers={"x-memory-namespace": namespace} if shape.get("header") else None,
+    )
+    before = len(fake.requests)
+    calls = [
+        ("GET", "/v1/responses/resp_123", lambda: client.responses.retrieve("resp_123").id),
+        (
+            "POST",
+            "/v1/responses/resp_123/cancel",
+            lambda: client.responses.cancel("resp_123").status,
+        ),
+        (
+            "GET",
+            "/v1/responses/resp_1/input_items",
+            lambda: client.responses.input_items.list("resp_1").data[0].content[0].text,  # type: ignore[union-attr]
+        ),
+        ("DELETE", "/v1/responses/resp_123", lambda: client.responses.delete("resp_123")),
+        (
+            "POST",
+            "/v1/responses/input_tokens",
+            lambda: (
+                client.responses.input_tokens.count(model="fake-model", input="hi").input_tokens
+            ),
+        ),
+        ("GET", "/v1/chat/completions/abc", lambda: client.chat.completions.retrieve("abc").id),
+        (
+            "POST",
+            "/v1/chat/completions/abc",
+            lambda: client.chat.completions.update("abc", metadata={"k": "v"}).metadata,
+        ),
+        ("GET", "/v1/chat/completions", lambda: client.chat.completions.list().data[0].id),
+        (
+            "DELETE",
+            "/v1/chat/completions/abc",
+            lambda: client.chat.completions.delete("abc").deleted,
+        ),
+        (
+            "GET",
+            "/v1/chat/completions/abc/messages",
+            lambda: client.chat.completions.messages.list("abc").data[0].id,
+        ),
+        ("GET", "/v1/models/fake-model", lambda: client.models.retrieve("fake-model").id),
+    ]
+    answers = [call() for _, _, call in calls]
+    assert answers == [
+        "resp_123",
+        "cancelled",
+        "input of resp_1",
+        None,
+        3,
+        "abc",
+        {"k": "v"},
+        "chatcmpl-fake",
+        True,
+        "abc-0",
+        "fake-model",
+    ]
+    seen = [(r.method, r.path, r.query) for r in fake.requests[before:]]
+    assert [(method, path) for method, path, _ in seen] == [(m, p) for m, p, _ in calls]
+    assert all("namespace" not in query for _, _, query in seen), seen
+    assert all("keep=1" in query for _, _, query in seen), seen  # other parameters go on

@@ -216,6 +216,58 @@ def test_inspector_search_page_delete_erase(gateway: GatewayProcess, page: Page)
     assert all(u.startswith(gateway.url + "/") for u in urls), urls  # nothing from elsewhere
 
 
+def test_inspector_forgets_a_conversation(gateway: GatewayProcess, page: Page) -> None:
+    name = "ui-" + uuid.uuid4().hex[:8]
+    memories = [
+        {"content": f"Trip plan {i}: Lisbon in May", "metadata": {"conversation_id": "trip"},
+         "created_at": f"2024-04-0{i + 1}T10:00:00Z"}
+        for i in range(3)
+    ] + [
+        {"content": "Standup notes", "metadata": {"conversation_id": "work"},
+         "created_at": "2024-04-05T10:00:00Z"},
+        {"content": "Allergic to peanuts", "created_at": "2024-04-06T10:00:00Z"},
+    ]  # fmt: skip
+    for namespace in (name, name + "-other"):
+        added = api(gateway, "POST", "/v1/memory/memories", params={"namespace": namespace},
+                    json={"memories": memories})  # fmt: skip
+        assert added.status_code == 200, added.text
+    ids = added.json()["ids"]
+    urls, errors = watch(page, gateway.url)
+    page.goto(f"{gateway.url}/ui?namespace={name}")
+    rows = page.locator("#memories tbody tr")
+    expect(rows).to_have_count(5)
+    # only a memory of a conversation offers to forget it
+    expect(page.get_by_role("button", name="Forget conversation trip")).to_have_count(3)
+    expect(page.get_by_role("button", name="Forget conversation work")).to_have_count(1)
+    expect(page.locator("#memories tbody tr", has_text="peanuts").locator("button")).to_have_count(
+        1
+    )
+    page.get_by_label("Search text").fill("Lisbon trip in May")
+    page.get_by_role("button", name="Search", exact=True).click()
+    expect(page.locator('#hits li[data-conversation="trip"]')).to_have_count(3)
+
+    forget = page.get_by_role("button", name="Forget conversation trip").first
+    forget.click()
+    expect(page.get_by_text("Forget the whole conversation?")).to_be_visible()
+    page.get_by_role("button", name="Keep conversation trip").click()
+    expect(page.get_by_role("button", name="Forget conversation trip")).to_have_count(3)
+    assert api(gateway, "GET", "/v1/memory/namespaces/" + name).json()["count"] == 5
+
+    page.get_by_role("button", name="Forget conversation trip").first.click()
+    page.get_by_role("button", name="Confirm forgetting conversation trip").click()
+    expect(page.get_by_role("status")).to_have_text("Forgot conversation trip: 3 memories deleted.")
+    expect(rows).to_have_count(2)
+    expect(page.locator("#ns-total")).to_have_text("2 memories")
+    expect(page.locator('#hits li[data-conversation="trip"]')).to_have_count(0)
+    left = api(gateway, "GET", "/v1/memory/memories", params={"namespace": name}).json()["data"]
+    assert sorted(m["content"] for m in left) == ["Allergic to peanuts", "Standup notes"]
+    other = api(gateway, "GET", "/v1/memory/namespaces/" + name + "-other").json()
+    assert other["count"] == 5  # another namespace's conversation of the same id stays
+    assert ids
+    assert errors == []
+    assert all(u.startswith(gateway.url + "/") for u in urls), urls
+
+
 def test_inspector_sends_the_key_and_explains_refusals(
     keyed_gateway: GatewayProcess, page: Page
 ) -> None:

@@ -182,6 +182,67 @@ def test_store_contract(store: MemoryStore, minilm: Embedder) -> None:
     store.ping()
 
 
+def test_delete_by_filter_contract(store: MemoryStore, minilm: Embedder) -> None:
+    """``ids_where`` chooses exactly what a listing with the same filter and time bounds
+    shows (typed metadata, the microsecond edges of the bounds); ``delete_many`` deletes
+    those, their earlier versions too, and nothing of another namespace."""
+    base = 1_700_000_000.0
+    made = [
+        Memory(id=f"m{i}", namespace="del", content=f"turn {i}", created_at=base + i,
+               metadata={"conversation_id": "c1" if i < 4 else "c2", "n": i % 2})
+        for i in range(6)
+    ]  # fmt: skip
+    made.append(
+        Memory(
+            id="flag", namespace="del", content="flag", created_at=base + 10, metadata={"n": True}
+        )
+    )
+    other = [msgspec.structs.replace(m, namespace="del-b") for m in made]
+    store.add(made + other, minilm.embed([m.content for m in made + other]))
+    store.keep_version(made[1], base + 100)
+
+    def chosen(**kw: object) -> list[str]:
+        return sorted(store.ids_where("del", **kw))  # type: ignore[arg-type]
+
+    assert chosen(where={"conversation_id": "c1"}) == ["m0", "m1", "m2", "m3"]
+    assert chosen(where={"n": 1}) == ["m1", "m3", "m5"]  # 1 is not true
+    assert chosen(where={"n": True}) == ["flag"]
+    assert chosen(where={"conversation_id": {"$in": ["c2"]}, "role": "user"}) == ["m4", "m5"]
+    us = 1_000_000  # a second in micros: at or after since, strictly before until
+    t = int(base * us)
+    assert chosen(where=None, since=t + 2 * us, until=t + 4 * us) == ["m2", "m3"]
+    assert chosen(where={"conversation_id": "c1"}, since=t + 3 * us) == ["m3"]
+    assert chosen(where=None, until=t + 1) == ["m0"]
+    assert chosen(where={"conversation_id": "nobody"}) == []
+    assert store.ids_where("nobody", {"n": 1}) == set()
+
+    assert store.delete_many("del", ["m0", "m1", "m2", "m3", "gone"]) == 4
+    assert store.versions("del", "m1") == []
+    assert sorted(m.id for m in store.list("del", limit=10)[0]) == ["flag", "m4", "m5"]
+    assert store.count("del-b") == 7
+    assert store.delete_many("del", []) == 0
+    assert store.delete_many("nobody", ["m4"]) == 0
+
+
+def test_namespace_pages_keep_one_order(store: MemoryStore, minilm: Embedder) -> None:
+    """README: no particular order, but the same from page to page: paging by ``offset``
+    lists each namespace once, as one big page does."""
+    names = ["zeta", "alpha", "mike", "bravo", "yankee", "charlie", "x:1@b.c"]
+    for i, name in enumerate(names):
+        store.add([make(name, i, TEXTS[i % 5])], minilm.embed([TEXTS[i % 5]]))
+    whole, more = store.namespaces(limit=1000)  # (the server holds other tests' too)
+    assert not more
+    assert sorted(n.namespace for n in whole) == sorted(names)
+    paged: list[str] = []
+    offset, more = 0, True
+    while more:
+        page, more = store.namespaces(limit=2, offset=offset)
+        paged += [n.namespace for n in page]
+        offset += 2
+    assert paged == [n.namespace for n in whole]
+    assert store.namespaces(limit=1000)[0] == whole
+
+
 def test_a_bounded_vector_cache_loses_nothing(tmp_path: Path, minilm: Embedder) -> None:
     """Chroma 1.5.9 drops vectors of an evicted HNSW index that were not saved yet: with every
     write saved, 40 namespaces through a cache of 4 still find all their memories; so do

