@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import msgspec
 
-from memory.records import Memory
+from memory.records import Filter, Memory, matches
 
 _DECODE_KEYS = msgspec.json.Decoder(list[tuple[str, str]]).decode
 log = logging.getLogger("memgate.outbox")
@@ -207,6 +207,24 @@ class Outbox:
             )
             self._forget([(namespace, memory_id)])
         return cur.rowcount > 0
+
+    def remove_matching(self, namespace: str, where: Filter) -> list[str]:
+        """Drop the namespace's queued memories that pass ``where``; their ids. Reads every
+        queued memory of the namespace (the queue is shallow: the writer drains it)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, payload FROM outbox WHERE namespace = ?", (namespace,)
+            ).fetchall()
+            gone = [mid for mid, payload in rows if matches(self._decoder.decode(payload), where)]
+            if gone:
+                self._write(
+                    lambda: self._db.executemany(
+                        "DELETE FROM outbox WHERE namespace = ? AND id = ?",
+                        [(namespace, mid) for mid in gone],
+                    )
+                )
+                self._forget([(namespace, mid) for mid in gone])
+        return gone
 
     def purge_namespace(self, namespace: str, before: float | None = None) -> int:
         """Drop the namespace's queued memories (those queued at or before ``before``)."""

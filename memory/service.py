@@ -589,6 +589,33 @@ class MemoryService:
             stored = await asyncio.to_thread(self.store.delete, namespace, memory_id)
         return queued or stored
 
+    async def forget(self, namespace: str, where: Filter) -> int:
+        """Delete every memory of the namespace that passes ``where`` (a conversation's:
+        ``{"conversation_id": ...}``), queued or stored; how many there were. Like ``delete``,
+        under the writer's lock: no batch of this gateway lands in between, and an update
+        through any gateway that raced it finds its memory gone (``update``). A memory written
+        through another gateway is found within the store's propagation bound."""
+        async with self.writer.lock:
+            queued = await asyncio.to_thread(self.outbox.remove_matching, namespace, where)
+            stored = await asyncio.to_thread(self._delete_matching, namespace, where)
+        return len(set(queued) | set(stored))
+
+    def _delete_matching(self, namespace: str, where: Filter) -> builtins.list[str]:
+        """Delete the stored memories of ``namespace`` passing ``where`` (in a worker thread);
+        the ids deleted."""
+        if isinstance(self.store, HybridStore) and self.store.shared:
+            # what other gateways wrote since this one last looked, before the listing
+            self.store.catch_up(namespace, force=True)
+        found: builtins.list[str] = []
+        after: str | None = None
+        while True:
+            page, more = self.store.list(namespace, limit=500, after=after, where=where)
+            found += [m.id for m in page]
+            if not more or not page:
+                break
+            after = page[-1].id
+        return [mid for mid in found if self.store.delete(namespace, mid)]
+
     async def delete_namespace(self, namespace: str) -> int:
         async with self.writer.lock:
             queued = await asyncio.to_thread(self.outbox.purge_namespace, namespace)

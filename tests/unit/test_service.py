@@ -200,3 +200,29 @@ def test_alone_on_its_store_a_recall_searches_in_the_models_thread(
     for shared in (False, True):
         nearby.clear()
         asyncio.run(run(shared))
+
+
+def test_forget_deletes_a_conversations_memories_queued_and_stored(tmp_path: Path) -> None:
+    store = MemStore()
+
+    def said(mid: str, conversation: str | None, ns: str = "a") -> Memory:
+        meta: dict[str, str | int | float | bool] = (
+            {} if conversation is None else {"conversation_id": conversation}
+        )
+        return Memory(id=mid, namespace=ns, content=f"text {mid}", metadata=meta)
+
+    async def run() -> None:
+        service = _service(tmp_path, store)
+        # stored: more than a page of the listing, and memories of other conversations
+        await service.add([said(f"s{i:04d}", "c1") for i in range(600)])
+        await service.add([said("keep1", "c2"), said("keep2", None), said("other", "c1", "b")])
+        # queued, not written yet (the writer is not started)
+        await asyncio.to_thread(service.outbox.put, [said("q1", "c1"), said("q2", "c2")])
+        assert await service.forget("a", {"conversation_id": "c1"}) == 601
+        assert sorted(m.id for m in (await service.list("a", limit=100))[0]) == ["keep1", "keep2"]
+        assert [m.id for m in service.outbox.pending("a")] == ["q2"]
+        assert service.outbox.depth() == 1
+        assert store.contents("b") == ["text other"]  # another namespace is not touched
+        assert await service.forget("a", {"conversation_id": "c1"}) == 0
+
+    asyncio.run(run())
