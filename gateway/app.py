@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ from gateway import __version__
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, Settings
 from gateway.errors import error_response
+from gateway.mcp import McpEndpoint
 from gateway.namespaces import NamespaceResolver
 from gateway.plain_chat import is_plain_chat, plain_chat_app
 from gateway.routes.chat import memory_chat_path, memory_chat_query
@@ -205,6 +207,7 @@ def create_app(
     client) replace the real ones, for tests and embedding in other programs."""
 
     metrics = Metrics()
+    mcp = McpEndpoint(settings) if settings.mcp.enabled else None
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -302,7 +305,8 @@ def create_app(
             f", of them adopted from replaced gateways: {adopted}" if adopted else "",
         )
         try:
-            yield
+            async with mcp.running() if mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             gw.ready = False
             if adopting is not None:
@@ -343,6 +347,7 @@ def create_app(
             readyz,
             ui,
             docs_asset,
+            *([mcp.route()] if mcp is not None else []),
         ],
         dependencies={
             "gw": Provide(get_gateway, sync_to_thread=False),
