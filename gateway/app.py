@@ -10,6 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from litestar import Litestar
@@ -30,7 +31,6 @@ from gateway import __version__
 from gateway.auth import Authenticator
 from gateway.config import ConfigError, Settings
 from gateway.errors import error_response
-from gateway.mcp import McpEndpoint
 from gateway.namespaces import NamespaceResolver
 from gateway.plain_chat import is_plain_chat, plain_chat_app
 from gateway.routes.chat import memory_chat_path, memory_chat_query
@@ -67,6 +67,9 @@ from memory.embedder import Embedder
 from memory.outbox import Outbox
 from memory.service import MemoryService
 from memory.store import MemoryStore
+
+if TYPE_CHECKING:
+    from gateway.mcp import McpEndpoint
 
 log = logging.getLogger("memgate")
 
@@ -207,7 +210,11 @@ def create_app(
     client) replace the real ones, for tests and embedding in other programs."""
 
     metrics = Metrics()
-    mcp = McpEndpoint(settings) if settings.mcp.enabled else None
+    mcp: McpEndpoint | None = None
+    if settings.mcp.enabled:  # the SDK takes half a second to import
+        from gateway.mcp import McpEndpoint
+
+        mcp = McpEndpoint(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
