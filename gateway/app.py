@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 from litestar import Litestar
@@ -67,6 +69,9 @@ from memory.embedder import Embedder
 from memory.outbox import Outbox
 from memory.service import MemoryService
 from memory.store import MemoryStore
+
+if TYPE_CHECKING:
+    from gateway.mcp import McpEndpoint
 
 log = logging.getLogger("memgate")
 
@@ -207,6 +212,11 @@ def create_app(
     client) replace the real ones, for tests and embedding in other programs."""
 
     metrics = Metrics()
+    mcp: McpEndpoint | None = None
+    if settings.mcp.enabled:  # the SDK takes half a second to import
+        from gateway.mcp import McpEndpoint
+
+        mcp = McpEndpoint(settings)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -304,7 +314,8 @@ def create_app(
             f", of them adopted from replaced gateways: {adopted}" if adopted else "",
         )
         try:
-            yield
+            async with mcp.running() if mcp is not None else contextlib.nullcontext():
+                yield
         finally:
             gw.ready = False
             if adopting is not None:
@@ -347,6 +358,7 @@ def create_app(
             readyz,
             ui,
             docs_asset,
+            *([mcp.route()] if mcp is not None else []),
         ],
         dependencies={
             "gw": Provide(get_gateway, sync_to_thread=False),

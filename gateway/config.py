@@ -122,6 +122,15 @@ class AuthSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     protect_operations: bool = False
 
 
+class McpSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # The MCP endpoint (/mcp, /mcp/ns/{namespace}): the memory API as tools for agents, with
+    # the same keys, scopes and rate limits.
+    enabled: bool = True
+    # Origins (scheme://host:port) of browser pages allowed to call it; a request that carries
+    # another Origin header is refused (DNS rebinding). MCP clients that are programs send none.
+    allowed_origins: tuple[str, ...] = ()
+
+
 class KeySettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
     # The key itself never goes in a file: its SHA-256 (hex), or the variable holding it.
@@ -150,6 +159,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     recall: RecallSettings = msgspec.field(default_factory=RecallSettings)
     queue: QueueSettings = msgspec.field(default_factory=QueueSettings)
     auth: AuthSettings = msgspec.field(default_factory=AuthSettings)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)
     keys: tuple[KeySettings, ...] = ()
     upstreams: tuple[UpstreamSettings, ...] = ()
 

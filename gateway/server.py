@@ -34,6 +34,8 @@ def setup_logging(settings: Settings) -> None:
         )
     logging.basicConfig(level=settings.server.log_level.upper(), handlers=[handler], force=True)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # the MCP SDK logs every stateless request at info ("Terminating session: None")
+    logging.getLogger("mcp").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers = [handler]
         logging.getLogger(name).propagate = False

@@ -101,10 +101,12 @@ def gateway(
     assert gw.stop() == 0, gw.log()
 
 
-# Gateway API keys of ``keyed_gateway``: an admin, and a key for the ``team-*`` namespaces
-# that may use the memory API but not erase.
+# Gateway API keys of ``keyed_gateway``: an admin, a key for the ``team-*`` namespaces that
+# may use the memory API but not erase, and one for the same namespaces without the memory API
+# (memory chat only).
 ADMIN_KEY = "mg-e2e-admin-key"
 TEAM_KEY = "mg-e2e-team-key"
+CHAT_KEY = "mg-e2e-chat-key"
 
 
 @pytest.fixture(scope="session")
@@ -116,11 +118,14 @@ def keyed_gateway(
 
     root = tmp_path_factory.mktemp("e2e-keys")
     config = root / "memgate.toml"
-    admin, team = (hashlib.sha256(k.encode()).hexdigest() for k in (ADMIN_KEY, TEAM_KEY))
+    admin, team, chat = (
+        hashlib.sha256(k.encode()).hexdigest() for k in (ADMIN_KEY, TEAM_KEY, CHAT_KEY)
+    )
     config.write_text(
         f'[[keys]]\nname = "admin"\nkey_sha256 = "{admin}"\nadmin = true\n\n'
         f'[[keys]]\nname = "team"\nkey_sha256 = "{team}"\nnamespaces = ["team-*"]\n'
-        "memory_api = true\n"
+        "memory_api = true\n\n"
+        f'[[keys]]\nname = "chat"\nkey_sha256 = "{chat}"\nnamespaces = ["team-*"]\n'
     )
     gw = start_gateway(root / "data", upstream[1], "--config", str(config))
     yield gw

@@ -217,7 +217,7 @@ def test_deep_json_is_a_400(client: TestClient[Any], path: str) -> None:
     assert "nested too deeply" in error["message"] or error["type"] == "invalid_request_error"
 
 
-@pytest.mark.parametrize("path", ["/v1/memory/memories", "/v1/chat/completions"])
+@pytest.mark.parametrize("path", ["/v1/memory/memories", "/v1/chat/completions", "/mcp"])
 def test_the_key_is_checked_before_the_body_is_read(tmp_path: Path, path: str) -> None:
     keys = (KeySettings(name="k", key_sha256=key_hash("good"), admin=True),)
     with AppHarness(tmp_path, keys=keys, server={"max_body_bytes": 100}).client() as c:
@@ -317,3 +317,121 @@ def test_the_readiness_metric_is_what_readyz_answers(
     client.app.state["gateway"].service.outbox.failing = "the disk is full"
     assert client.get("/readyz").status_code == 503
     assert "memgate_ready 0.0" in client.get("/metrics").text
+
+
+# The MCP endpoint (gateway.mcp): raw HTTP as a client might send it, the JSON-RPC messages
+# of the official client (tests/e2e/test_mcp.py uses the client itself).
+MCP_HEADERS = {
+    "accept": "application/json, text/event-stream",
+    "content-type": "application/json",
+    "mcp-protocol-version": "2025-06-18",
+}
+
+
+def mcp_message(method: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+
+
+INITIALIZE = mcp_message(
+    "initialize",
+    {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "hostile", "version": "0"},
+    },
+)
+
+
+def mcp_tool(name: str, arguments: Any) -> dict[str, Any]:
+    return mcp_message("tools/call", {"name": name, "arguments": arguments})
+
+
+def test_the_mcp_endpoint_takes_the_same_keys_and_namespace_scopes(tmp_path: Path) -> None:
+    keys = (
+        KeySettings(name="boss", key_sha256=key_hash("admin-key"), admin=True),
+        KeySettings(
+            name="team", key_sha256=key_hash("team-key"), namespaces=("team-*",), memory_api=True
+        ),
+        KeySettings(name="chat", key_sha256=key_hash("chat-key"), namespaces=("team-*",)),
+    )
+    h = AppHarness(tmp_path, keys=keys)
+
+    def post(path: str, key: str | None, body: Any = INITIALIZE, **headers: str) -> Any:
+        sent = {**MCP_HEADERS, **headers}
+        if key is not None:
+            sent["authorization"] = f"Bearer {key}"
+        return c.post(path, json=body, headers=sent)
+
+    with h.client() as c:
+        for path in ("/mcp", "/mcp/ns/team-a"):
+            assert_openai_error(post(path, None), 401)  # no key
+            assert_openai_error(post(path, "team-kez"), 401)  # a wrong key
+        # the team key, outside its namespaces by each source of the namespace
+        for path, headers in (
+            ("/mcp/ns/other", {}),
+            ("/mcp?namespace=other", {}),
+            ("/mcp", {"x-memory-namespace": "other"}),
+            ("/mcp", {}),  # the default namespace
+            ("/mcp/ns/team-a?namespace=other", {}),  # the path wins, as for the chat
+        ):
+            r = post(path, "team-key", **headers)
+            if path.startswith("/mcp/ns/team-a"):
+                assert r.status_code == 200, r.text
+                continue
+            assert assert_openai_error(r, 403)["type"] == "permission_error"
+        # a key without the memory API gets no tool, not even to read
+        assert_openai_error(post("/mcp/ns/team-a", "chat-key"), 403)
+        # a tool argument cannot name another namespace: it is refused, nothing is written
+        r = post(
+            "/mcp/ns/team-a",
+            "team-key",
+            mcp_tool("add_memory", {"text": "planted", "namespace": "other"}),
+        )
+        assert r.status_code == 200
+        assert r.json()["result"]["isError"] is True
+        assert h.store.contents("other") == []
+        assert h.store.contents("team-a") == []
+        r = post("/mcp/ns/team-a", "team-key", mcp_tool("add_memory", {"text": "kept"}))
+        assert r.json()["result"]["isError"] is False, r.text
+        assert h.store.contents("team-a") == ["kept"]
+        assert post("/mcp/ns/other", "admin-key").status_code == 200  # admin: any namespace
+        # a browser page (DNS rebinding): refused whatever the key
+        r = post("/mcp/ns/team-a", "admin-key", origin="http://evil.example")
+        assert assert_openai_error(r, 403)["code"] == "origin_not_allowed"
+
+
+def test_bad_mcp_requests_are_never_a_500(client: TestClient[Any]) -> None:
+    def post(body: Any, path: str = "/mcp/ns/x", **headers: str) -> Any:
+        return client.post(path, content=json.dumps(body), headers={**MCP_HEADERS, **headers})
+
+    for arguments in (
+        {},  # a required argument missing
+        {"query": 5},
+        {"query": "x", "limit": 0},
+        {"query": "x", "limit": "many"},
+        {"query": "   "},
+        {"query": "x", "unknown": 1},
+        "not an object",
+        [1, 2],
+        {"query": "x" * (MAX_CONTENT + 1)},
+        {"query": json.loads("[" * 50 + "]" * 50)},
+    ):
+        r = post(mcp_tool("search_memory", arguments))
+        assert r.status_code < 500, r.text
+        body = r.json()
+        # a tool error the model can read, or (arguments not an object) a JSON-RPC error
+        assert body.get("result", {}).get("isError") is True or "error" in body, body
+    for body in (
+        mcp_tool("no_such_tool", {}),
+        mcp_message("tools/call", {}),
+        mcp_message("no/such/method", {}),
+        {"jsonrpc": "2.0"},
+        [INITIALIZE, INITIALIZE],
+    ):
+        assert post(body).status_code < 500, body
+    for raw in (b"{not json", b"", DEEP.encode()):
+        r = client.post("/mcp/ns/x", content=raw, headers=MCP_HEADERS)
+        assert r.status_code < 500, r.text
+    assert_openai_error(client.get("/mcp/ns/x", headers=MCP_HEADERS), 405)
+    assert_openai_error(post(INITIALIZE, "/mcp/ns/bad%20name"), 400)
+    assert_openai_error(post(INITIALIZE, "/mcp/other"), 404)
