@@ -100,8 +100,15 @@ class MemoryResponse(MemoryChat):
         self, gw: GatewayState, namespace: str, body: ResponsesBody, started: float, **kw: Any
     ) -> None:
         self.messages = input_messages(body["input"])
+        # recall reads the instructions too: a memory they already hold is not injected again
+        own = body.get("instructions")
+        context = [{"role": "system", "content": own}] if own else []
         super().__init__(
-            gw, namespace, {"model": body["model"], "messages": self.messages}, started, **kw
+            gw,
+            namespace,
+            {"model": body["model"], "messages": [*context, *self.messages]},
+            started,
+            **kw,
         )
         self.error_event = responses_error_event
 

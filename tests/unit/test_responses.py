@@ -72,14 +72,21 @@ def test_memories_go_into_instructions_and_the_exchange_is_remembered(
     assert instructions.startswith("Be brief.\n\nMemories from earlier conversations")
     assert "I live in Lisbon." in instructions
     assert sent[1]["input"] == follow["input"]
+    # what the instructions already hold is not injected again
+    r = client.post(
+        "/v1/memory/ns/r/responses", json={**follow, "instructions": "I live in Lisbon."}
+    )
+    assert "Memories from earlier" not in sent[2]["instructions"] or (
+        'I live in Lisbon."' not in sent[2]["instructions"].split("\n\n", 1)[1]
+    )
     usage = client.get("/v1/memory/usage?group_by=namespace").json()
     assert usage["data"] == [
         {
             "namespace": "r",
-            "requests": 2,
-            "prompt_tokens": 18,
-            "completion_tokens": 4,
-            "total_tokens": 22,
+            "requests": 3,
+            "prompt_tokens": 27,
+            "completion_tokens": 6,
+            "total_tokens": 33,
         }
     ]
 
