@@ -3,7 +3,7 @@ Litestar's routing.
 
 It is the gateway's most frequent and cheapest request, and Litestar's layers (routing, the
 guard, dependency injection, reading the body through its request, its exception middleware)
-were a third of its Python time (README "Performance", "The plain chat before routing").
+were a third of its Python time (docs/performance.md, "The plain chat before routing").
 Here the same steps run in a line: the same telemetry (``telemetry_middleware``: request id,
 metrics, access log), the same key check and rate limits (``Authenticator``), the body limit
 (``server.max_body_bytes``), then ``routes.chat.plain_chat`` (upstream routing, retries and

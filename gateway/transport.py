@@ -2,7 +2,7 @@
 
 The gateway speaks httpx everywhere (requests, responses, errors, and the transports the tests
 inject); only the bytes on the wire to a real upstream go through aiohttp's connection pool
-and C parser. Measured on the pass-through (README "Performance"): httpx's own transport
+and C parser. Measured on the pass-through (docs/performance.md): httpx's own transport
 (httpcore on anyio) cost about 1.3 ms of CPU a request at c=1 and 2.2-2.5 ms at c=32 (its pool
 looks at every connection, for every connection, on every request), aiohttp 0.15 ms.
 

@@ -85,7 +85,7 @@ class Upstream:
         # Requests go straight to the transport (httpx's requests and responses, without the
         # client's redirects, auth, cookies and hooks: none is used, and an upstream's cookies
         # are not sent back for other callers). A real upstream is reached with aiohttp
-        # (``AiohttpTransport``: a tenth of the CPU of httpx's own pool, README "Performance").
+        # (``AiohttpTransport``: a tenth of the CPU of httpx's own pool, docs/performance.md).
         self.transport = transport or AiohttpTransport(max_connections=settings.max_connections)
         self._urls: dict[str, httpx.URL] = {}
 

@@ -12,7 +12,7 @@ def freeze_heap() -> None:
     libraries, the model, the app; the store process likewise with Chroma's). Each of the
     collector's full passes walked them all, every ~10 s under load: 50-120 ms at a
     time with the GIL held, so every request in flight stalled (``bench/ab.py`` with a
-    collector hook, README "Performance"). Frozen, they are left out of its walks; they are
+    collector hook, docs/performance.md). Frozen, they are left out of its walks; they are
     still freed as soon as nothing refers to them, and only a reference cycle among them
     would stay (``gc.freeze``). For a process that serves, not for one a library is used in.
     """

@@ -11,7 +11,7 @@ as it is).
 They cost no model call of their own: ``OnnxEmbedder`` pools each sentence's vector from the
 token embeddings of the pass that embeds the whole text (each token seen in the context of
 the whole message), which measured better on both recall checks than embedding the
-sentences alone, at a fraction of the cost (README "Recall quality").
+sentences alone, at a fraction of the cost (docs/recall.md).
 
 Segment vectors are derived data, kept in the gateway's local copy beside the lexical index
 (``LexicalIndex``): they go when their memory goes, and a memory that has none yet (written

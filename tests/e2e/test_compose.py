@@ -1,8 +1,8 @@
 """The compose stack without Docker: compose.yaml is valid against the Compose spec, describes
-what the gateway and Chroma accept, README's compose commands need only the variables they set
-(Compose interpolates the whole file for every command), and the same processes started with
-the same settings on loopback serve memory chat with Chroma in server mode, their healthcheck
-passing with ``auth.protect_operations``."""
+what the gateway and Chroma accept, README's (and docs/deployment.md's) compose commands need
+only the variables they set (Compose interpolates the whole file for every command), and the
+same processes started with the same settings on loopback serve memory chat with Chroma in
+server mode, their healthcheck passing with ``auth.protect_operations``."""
 
 from __future__ import annotations
 
@@ -292,18 +292,19 @@ def parse_compose_args(args: list[str]) -> tuple[set[str], str, list[str]]:
     return profiles, args[0], args[1:]
 
 
-@pytest.mark.parametrize("source", ["README.md", "compose.yaml"])
+@pytest.mark.parametrize("source", ["README.md", "docs/deployment.md", "compose.yaml"])
 def test_the_documented_compose_commands_run_as_written(
     compose: dict[str, Any], source: str
 ) -> None:
-    """Each ``docker compose`` command of README (and of compose.yaml's header) as Compose
-    would take it, without Docker: the file interpolates with only the variables the command
-    sets (every command, ps and down too); ``up`` starts a gateway that has a key (else it
-    refuses to start), with its upstream and rate-limit store among the services started;
-    ``logs``/``exec`` name a service of the profiles given; ``down`` and ``ps`` are given every
-    profile that some ``up`` starts (Compose leaves the services of other profiles out)."""
+    """Each ``docker compose`` command of README, docs/deployment.md (and of compose.yaml's
+    header) as Compose would take it, without Docker: the file interpolates with only the
+    variables the command sets (every command, ps and down too); ``up`` starts a gateway that
+    has a key (else it refuses to start), with its upstream and rate-limit store among the
+    services started; ``logs``/``exec`` name a service of the profiles given; ``down`` and
+    ``ps`` are given every profile that some ``up`` starts (Compose leaves the services of
+    other profiles out)."""
     commands = compose_commands((ROOT / source).read_text(), comments=source == "compose.yaml")
-    assert len(commands) >= (8 if source == "README.md" else 5)
+    assert len(commands) >= (5 if source == "compose.yaml" else 8)
     ups = [parse_compose_args(args)[0] for _, args in commands if "up" in args]
     started_profiles = set().union(*ups)
     for env, args in commands:

@@ -225,7 +225,7 @@ def test_delete_by_filter_contract(store: MemoryStore, minilm: Embedder) -> None
 
 
 def test_namespace_pages_keep_one_order(store: MemoryStore, minilm: Embedder) -> None:
-    """README: no particular order, but the same from page to page: paging by ``offset``
+    """docs/api.md: no particular order, but the same from page to page: paging by ``offset``
     lists each namespace once, as one big page does."""
     names = ["zeta", "alpha", "mike", "bravo", "yankee", "charlie", "x:1@b.c"]
     for i, name in enumerate(names):

@@ -1,6 +1,6 @@
 """Hostile input and exhausted resources, on fakes (respx upstream, in-memory store): what a
 client sees and what is kept. Each test failed on the code before issue "Never acknowledge
-what is lost"; README "Failure modes" points here."""
+what is lost"; docs/failure-modes.md points here."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ def test_wrong_keys_are_throttled_by_address_and_key_prefix(tmp_path: Path) -> N
             for i in range(8)
         ]
         assert [r.status_code for r in codes] == [401] * 5 + [429] * 3
-        # refused until a minute after the first wrong key (README "Keys")
+        # refused until a minute after the first wrong key (docs/failure-modes.md)
         assert 55 <= int(codes[-1].headers["retry-after"]) <= 60
         # the right key with that prefix from that address waits too (a guesser cannot tell
         # it found one)
