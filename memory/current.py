@@ -37,9 +37,12 @@ def subject_vectors(
     query: Vectors,
 ) -> dict[str, Vectors]:
     """For each hit with a vector: of its whole vector (``vectors``) and its segment vectors
-    (``segments``, encoded), the one closest to ``query``, normalised."""
-    out: dict[str, Vectors] = {}
+    (``segments``, encoded), the one closest to ``query``, normalised. One matrix product
+    for all of them."""
     dimension = int(query.shape[0])
+    blocks: list[Vectors] = []
+    owners: list[str] = []
+    sizes: list[int] = []
     for hit in hits:
         mid = hit.memory.id
         rows = []
@@ -49,13 +52,22 @@ def subject_vectors(
         blob = segments.get(mid)
         if blob:
             rows.append(decode(blob, dimension))
-        if not rows:
-            continue
-        matrix = np.concatenate(rows)
-        norms = np.linalg.norm(matrix, axis=1)
-        unit = (matrix / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
-        out[mid] = unit[int(np.argmax(unit @ query))]
-    return out
+        if rows:
+            blocks.extend(rows)
+            owners.append(mid)
+            sizes.append(sum(len(r) for r in rows))
+    if not owners:
+        return {}
+    matrix = np.concatenate(blocks)
+    norms = np.linalg.norm(matrix, axis=1)
+    unit = (matrix / np.where(norms > 0, norms, 1.0)[:, None]).astype(np.float32)
+    scores = unit @ query
+    starts = np.cumsum([0, *sizes[:-1]])
+    best = [
+        int(start + np.argmax(scores[start : start + size]))
+        for start, size in zip(starts, sizes, strict=True)
+    ]
+    return {mid: unit[row] for mid, row in zip(owners, best, strict=True)}
 
 
 def statement(hit: Hit) -> bool:

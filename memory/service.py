@@ -73,6 +73,10 @@ from memory.store import MemoryStore, NamespaceCount, Version
 log = logging.getLogger("memgate.service")
 
 
+# What is current comes first among a recall's first CURRENT_WINDOW * k candidates.
+CURRENT_WINDOW = 3
+
+
 class EmbeddingTimeout(Exception):
     """The embedding model did not answer in time (a recall fails; the chat goes on)."""
 
@@ -531,7 +535,10 @@ class MemoryService:
             question_weight=self.settings.question_weight,
         )
         if self.settings.same_subject <= 1.0 and len(ranked) > 1:
-            ranked = await self._current_first(namespace, ranked, query_vec)
+            # a newer statement is looked for among the first candidates only: those that
+            # could come within the cut (the work follows k, not the candidates)
+            window = CURRENT_WINDOW * k
+            ranked = await self._current_first(namespace, ranked[:window], query_vec)
         return ranked[:k]
 
     async def _current_first(
