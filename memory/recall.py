@@ -71,7 +71,8 @@ _PHATIC_TEXT = """
     wow right fine alright all any other just really much very so oh ah well also here
     there's theres it's thats that's i'm im i'll ill i've let's anytime np need needs
     can't don't dont go ahead ready things thing something want one sounds idea ideas
-    comes come up make
+    comes come up make lovely wonderful fantastic amazing exciting interesting fun tell bit
+    suggest mind sorry hear noted sounds sound
 """
 PHATIC = frozenset(_PHATIC_TEXT.split())
 
