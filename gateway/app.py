@@ -36,20 +36,7 @@ from gateway.plain_chat import is_plain_chat, plain_chat_app
 from gateway.routes.chat import memory_chat_path, memory_chat_query
 from gateway.routes.health import healthz, readyz
 from gateway.routes.health import metrics as metrics_route
-from gateway.routes.memories import (
-    add_memories,
-    delete_memories,
-    delete_memory,
-    erase_namespace,
-    get_memory,
-    get_namespace,
-    list_memories,
-    list_namespaces,
-    memory_history,
-    recall_preview,
-    search_memories,
-    update_memory,
-)
+from gateway.routes.memories import MEMORY_API
 from gateway.routes.models import list_models
 from gateway.routes.passthrough import (
     passthrough,
@@ -181,10 +168,13 @@ def open_embedder(settings: Settings) -> Embedder:
 
 
 class Gateway(Litestar):
-    """Litestar, with the plain chat pass-through answered before its routing
-    (``gateway.plain_chat``)."""
+    """Litestar, behind the one way into the app every request takes (``entry``: telemetry
+    around the dispatch), with the plain chat pass-through answered before Litestar's
+    routing (``gateway.plain_chat``); authentication is the app's guard for both
+    (``gateway.state.authenticate``)."""
 
     plain_chat: ASGIApp
+    entry: ASGIApp
 
     async def __call__(
         self,
@@ -192,10 +182,16 @@ class Gateway(Litestar):
         receive: Receive | LifeSpanReceive,
         send: Send | LifeSpanSend,
     ) -> None:
+        if scope["type"] == "lifespan":
+            await super().__call__(scope, receive, send)
+            return
+        await self.entry(scope, receive, send)  # type: ignore[arg-type]
+
+    async def dispatch(self, scope: Scope, receive: Receive, send: Send) -> None:
         if is_plain_chat(scope):
             scope["app"] = scope["litestar_app"] = self
             scope.setdefault("state", {})
-            await self.plain_chat(scope, receive, send)  # type: ignore[arg-type]
+            await self.plain_chat(scope, receive, send)
             return
         await super().__call__(scope, receive, send)
 
@@ -340,18 +336,7 @@ def create_app(
             passthrough_memory_base,
             passthrough_namespace_base,
             *shared_path_routes(),
-            add_memories,
-            list_memories,
-            list_namespaces,
-            get_memory,
-            update_memory,
-            memory_history,
-            delete_memory,
-            delete_memories,
-            search_memories,
-            recall_preview,
-            erase_namespace,
-            get_namespace,
+            MEMORY_API,
             usage_report,
             healthz,
             metrics_route,
@@ -366,7 +351,6 @@ def create_app(
         },
         guards=[authenticate],
         exception_handlers={Exception: error_response},
-        middleware=[telemetry_middleware(metrics)],
         lifespan=[lifespan],
         request_max_body_size=settings.server.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -390,5 +374,6 @@ def create_app(
         logging_config=None,
         debug=False,
     )
-    app.plain_chat = plain_chat_app(metrics, settings.server.max_body_bytes)
+    app.plain_chat = plain_chat_app(settings.server.max_body_bytes)
+    app.entry = telemetry_middleware(metrics)(app.dispatch)
     return app

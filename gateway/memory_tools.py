@@ -18,7 +18,7 @@ import msgspec
 
 from gateway.auth import Principal
 from gateway.errors import BadRequest, Conflict, NotFound
-from gateway.routes.chat import recall_for
+from gateway.pipeline import recall_for
 from gateway.state import GatewayState
 from memory.records import (
     MAX_CONTENT,

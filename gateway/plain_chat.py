@@ -4,9 +4,10 @@ Litestar's routing.
 It is the gateway's most frequent and cheapest request, and Litestar's layers (routing, the
 guard, dependency injection, reading the body through its request, its exception middleware)
 were a third of its Python time (docs/performance.md, "The plain chat before routing").
-Here the same steps run in a line: the same telemetry (``telemetry_middleware``: request id,
-metrics, access log), the same key check and rate limits (``Authenticator``), the body limit
-(``server.max_body_bytes``), then ``routes.chat.plain_chat`` (upstream routing, retries and
+Here the same steps run in a line: the app's one telemetry wraps it as it wraps Litestar
+(``Gateway.entry``: request id, metrics, access log), the app's guard checks the key and the
+rate limits (``state.authenticate``, as on every route), the body limit
+(``server.max_body_bytes``), then ``pipeline.plain_chat`` (upstream routing, retries and
 fallbacks, usage, a stream relayed chunk by chunk by Litestar's streaming response, which
 stops reading the upstream when the client leaves) and every error OpenAI-shaped by
 ``error_response``. Every other request, other methods on this path included, goes through
@@ -21,9 +22,8 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, LifeSpanScope, Receive, Scope, Send
 
 from gateway.errors import BadRequest, PayloadTooLarge, error_response
-from gateway.routes.chat import plain_chat
-from gateway.state import get_gateway
-from gateway.telemetry import Metrics, telemetry_middleware
+from gateway.pipeline import plain_chat
+from gateway.state import authenticate, get_gateway
 
 PATH = "/v1/chat/completions"
 
@@ -57,26 +57,19 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def plain_chat_app(metrics: Metrics, max_body: int) -> ASGIApp:
+def plain_chat_app(max_body: int) -> ASGIApp:
     """The ASGI app that answers a plain chat (``is_plain_chat``); the caller sets the scope's
-    ``app`` and ``state`` as Litestar does."""
-
-    async def answer(scope: Scope, receive: Receive, send: Send) -> None:
-        request: Request[Any, Any, Any] = Request(scope, receive, send)
-        try:
-            gw = get_gateway(request)
-            client = request.client.host if request.client else ""
-            principal = await gw.auth.authenticate(request.headers, client)
-            raw = await read_body(scope, receive, max_body)
-            response = await plain_chat(gw, principal, request, raw)
-        except Exception as exc:  # every failure is answered as the API's error
-            response = error_response(request, exc)
-        await response.to_asgi_response(None, request)(scope, receive, send)
-
-    handle = telemetry_middleware(metrics)(answer)
+    ``app`` and ``state`` as Litestar does, and wraps it in the app's telemetry."""
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         scope["path_template"] = PATH  # the metrics' route label, as Litestar sets it
-        await handle(scope, receive, send)
+        request: Request[Any, Any, Any] = Request(scope, receive, send)
+        try:
+            await authenticate(request)  # the app's guard, as on every other route
+            raw = await read_body(scope, receive, max_body)
+            response = await plain_chat(get_gateway(request), request.state.principal, request, raw)
+        except Exception as exc:  # every failure is answered as the API's error
+            response = error_response(request, exc)
+        await response.to_asgi_response(None, request)(scope, receive, send)
 
     return app

@@ -66,7 +66,7 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
     return any(path == p or path.startswith(p + "/") for p in prefixes)
 
 
-async def authenticate(connection: ASGIConnection, _: BaseRouteHandler) -> None:  # type: ignore[type-arg]
+async def authenticate(connection: ASGIConnection, _: BaseRouteHandler | None = None) -> None:  # type: ignore[type-arg]
     """The app's guard: authenticate the caller before anything of the request is read (401
     without a valid key, 429 over its rate limit or after too many wrong keys)."""
     path = connection.url.path

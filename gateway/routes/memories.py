@@ -7,14 +7,16 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Request, delete, get, patch, post
+from litestar import Request, Router, delete, get, patch, post
+from litestar.di import Provide
 from litestar.params import Parameter
 
 from gateway.auth import Principal
+from gateway.bodies import check_messages
 from gateway.errors import ADMIN_ERRORS, MEMORY_ERRORS, BadRequest, Conflict, NotFound
 from gateway.inject import memory_message
 from gateway.namespaces import check_namespace
-from gateway.routes.chat import recall_for
+from gateway.pipeline import recall_for
 from gateway.state import GatewayState
 from memory.records import (
     MAX_CONTENT,
@@ -234,7 +236,7 @@ NamespaceQuery = Annotated[
 ]
 
 
-def _ns(
+def _namespace(
     gw: GatewayState,
     principal: Principal,
     namespace: str | None,
@@ -249,27 +251,34 @@ def _ns(
     return ns
 
 
-@post("/v1/memory/memories", status_code=200, summary="Add memories", responses=MEMORY_ERRORS)
-async def add_memories(
+def memory_api_namespace(
     gw: GatewayState,
     principal: Principal,
     request: Request[Any, Any, Any],
+    namespace: NamespaceQuery = None,
+) -> str:
+    """The ``ns`` of every memory API handler (a dependency of ``MEMORY_API``)."""
+    return _namespace(gw, principal, namespace, request)
+
+
+@post("/memories", status_code=200, summary="Add memories", responses=MEMORY_ERRORS)
+async def add_memories(
+    gw: GatewayState,
+    ns: str,
     data: AddMemoriesRequest,
     namespace: NamespaceQuery = None,
 ) -> AddMemoriesResponse:
     """Store up to 1,000 memories in the namespace; they are searchable when this returns."""
-    ns = _ns(gw, principal, namespace, request)
     stamp = now()
     memories = [_new_memory(ns, i, item, stamp) for i, item in enumerate(data.memories)]
     await gw.service.add(memories)
     return AddMemoriesResponse(ids=[m.id for m in memories])
 
 
-@get("/v1/memory/memories", summary="List memories", responses=MEMORY_ERRORS)
+@get("/memories", summary="List memories", responses=MEMORY_ERRORS)
 async def list_memories(
     gw: GatewayState,
-    principal: Principal,
-    request: Request[Any, Any, Any],
+    ns: str,
     *,
     namespace: NamespaceQuery = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
@@ -300,7 +309,7 @@ async def list_memories(
     until = checked_time(created_before, "created_before")
     try:
         memories, has_more = await gw.service.list(
-            _ns(gw, principal, namespace, request),
+            ns,
             limit=limit,
             after=after,
             where=where,
@@ -318,15 +327,14 @@ async def list_memories(
 
 
 @delete(
-    "/v1/memory/memories",
+    "/memories",
     status_code=200,
     summary="Delete memories by filter",
     responses=MEMORY_ERRORS,
 )
 async def delete_memories(
     gw: GatewayState,
-    principal: Principal,
-    request: Request[Any, Any, Any],
+    ns: str,
     *,
     namespace: NamespaceQuery = None,
     conversation_id: Annotated[
@@ -359,7 +367,6 @@ async def delete_memories(
     ``filter={"conversation_id": ...}``), queued ones included; how many. At least one
     condition is required: erasing a whole namespace is ``DELETE
     /v1/memory/namespaces/{namespace}`` (admin keys)."""
-    ns = _ns(gw, principal, namespace, request)
     where = checked_filter(filter_, "filter") or {}
     if conversation_id is not None:
         if "conversation_id" in where:
@@ -385,30 +392,28 @@ async def delete_memories(
     return MemoriesDeleted(namespace=ns, deleted=deleted)
 
 
-@get("/v1/memory/memories/{memory_id:str}", summary="Get a memory", responses=MEMORY_ERRORS)
+@get("/memories/{memory_id:str}", summary="Get a memory", responses=MEMORY_ERRORS)
 async def get_memory(
     gw: GatewayState,
-    principal: Principal,
-    request: Request[Any, Any, Any],
+    ns: str,
     memory_id: str,
     namespace: NamespaceQuery = None,
 ) -> MemoryOut:
-    memory = await gw.service.get(_ns(gw, principal, namespace, request), memory_id)
+    memory = await gw.service.get(ns, memory_id)
     if memory is None:
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     return memory_out(memory)
 
 
 @patch(
-    "/v1/memory/memories/{memory_id:str}",
+    "/memories/{memory_id:str}",
     status_code=200,
     summary="Change a memory",
     responses=MEMORY_ERRORS,
 )
 async def update_memory(
     gw: GatewayState,
-    principal: Principal,
-    request: Request[Any, Any, Any],
+    ns: str,
     memory_id: str,
     *,
     data: MemoryPatch,
@@ -432,7 +437,6 @@ async def update_memory(
         changes["metadata"] = dict(data.metadata)
     if not changes:
         raise BadRequest("give content, role or metadata to change", code="invalid_value")
-    ns = _ns(gw, principal, namespace, request)
     try:
         memory = await gw.service.update(ns, memory_id, **changes)
     except StillQueued as exc:
@@ -446,19 +450,17 @@ async def update_memory(
 
 
 @get(
-    "/v1/memory/memories/{memory_id:str}/history",
+    "/memories/{memory_id:str}/history",
     summary="Earlier versions of a memory",
     responses=MEMORY_ERRORS,
 )
 async def memory_history(
     gw: GatewayState,
-    principal: Principal,
-    request: Request[Any, Any, Any],
+    ns: str,
     memory_id: str,
     namespace: NamespaceQuery = None,
 ) -> VersionList:
     """The versions a memory had before its changes, oldest first (empty if never changed)."""
-    ns = _ns(gw, principal, namespace, request)
     if await gw.service.get(ns, memory_id) is None:
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     versions = await gw.service.versions(ns, memory_id)
@@ -477,56 +479,39 @@ async def memory_history(
 
 
 @delete(
-    "/v1/memory/memories/{memory_id:str}",
+    "/memories/{memory_id:str}",
     status_code=200,
     summary="Delete a memory",
     responses=MEMORY_ERRORS,
 )
 async def delete_memory(
     gw: GatewayState,
-    principal: Principal,
-    request: Request[Any, Any, Any],
+    ns: str,
     memory_id: str,
     namespace: NamespaceQuery = None,
 ) -> Deleted:
-    if not await gw.service.delete(_ns(gw, principal, namespace, request), memory_id):
+    if not await gw.service.delete(ns, memory_id):
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
     return Deleted(id=memory_id, deleted=True)
 
 
-@post("/v1/memory/search", status_code=200, summary="Search memories", responses=MEMORY_ERRORS)
+@post("/search", status_code=200, summary="Search memories", responses=MEMORY_ERRORS)
 async def search_memories(
     gw: GatewayState,
-    principal: Principal,
-    request: Request[Any, Any, Any],
+    ns: str,
     data: SearchRequest,
-    namespace: NamespaceQuery = None,
 ) -> SearchResult:
     """Exactly the recall the memory chat uses (before its token budget), best first: up to
     ``k`` memories, fewer when fewer pass the similarity floor."""
     if not data.query.strip():
         raise BadRequest("query must not be blank", param="query", code="invalid_value")
     where = checked_filter(data.filter, "filter")
-    hits = await gw.service.recall(
-        _ns(gw, principal, namespace, request), data.query, k=data.k, where=where
-    )
+    hits = await gw.service.recall(ns, data.query, k=data.k, where=where)
     return SearchResult(data=[search_hit(h) for h in hits])
 
 
-def checked_messages(messages: list[Any]) -> list[dict[str, Any]]:
-    """A chat's messages, checked as the memory chat checks them."""
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise BadRequest(
-                f"messages[{i}] must be an object with a string role",
-                param=f"messages[{i}]",
-                code="invalid_type",
-            )
-    return messages
-
-
 @post(
-    "/v1/memory/recall",
+    "/recall",
     status_code=200,
     summary="Preview a memory chat's injection",
     responses=MEMORY_ERRORS,
@@ -548,14 +533,14 @@ async def recall_preview(
             raise BadRequest("query must not be blank", param="query", code="invalid_value")
         messages: list[dict[str, Any]] = [{"role": "user", "content": data.query}]
     elif data.messages is not None:
-        messages = checked_messages(data.messages)
+        messages = check_messages(data.messages)
     else:
         raise BadRequest(
             "you must provide messages (or query)",
             param="messages",
             code="missing_required_parameter",
         )
-    ns = _ns(gw, principal, namespace, request, body={"user": data.user})
+    ns = _namespace(gw, principal, namespace, request, body={"user": data.user})
     hits = await recall_for(gw, ns, messages) if gw.settings.recall.enabled else []
     return RecallResult(
         namespace=ns,
@@ -565,7 +550,7 @@ async def recall_preview(
 
 
 @delete(
-    "/v1/memory/namespaces/{namespace:str}",
+    "/namespaces/{namespace:str}",
     status_code=200,
     summary="Erase a namespace",
     responses=ADMIN_ERRORS,
@@ -593,7 +578,7 @@ class NamespaceOut(msgspec.Struct):
 
 
 @get(
-    "/v1/memory/namespaces/{namespace:str}",
+    "/namespaces/{namespace:str}",
     summary="Count a namespace's memories",
     responses=MEMORY_ERRORS,
 )
@@ -612,7 +597,7 @@ class NamespaceList(msgspec.Struct):
     object: str = "list"
 
 
-@get("/v1/memory/namespaces", summary="List namespaces", responses=ADMIN_ERRORS)
+@get("/namespaces", summary="List namespaces", responses=ADMIN_ERRORS)
 async def list_namespaces(
     gw: GatewayState,
     principal: Principal,
@@ -629,3 +614,24 @@ async def list_namespaces(
         has_more=has_more,
         next_offset=offset + limit if has_more else None,
     )
+
+
+# The memory API: one prefix, and the namespace of each call (``ns``) resolved and checked once.
+MEMORY_API = Router(
+    path="/v1/memory",
+    route_handlers=[
+        add_memories,
+        list_memories,
+        delete_memories,
+        get_memory,
+        update_memory,
+        memory_history,
+        delete_memory,
+        search_memories,
+        recall_preview,
+        erase_namespace,
+        get_namespace,
+        list_namespaces,
+    ],
+    dependencies={"ns": Provide(memory_api_namespace, sync_to_thread=False)},
+)

@@ -12,7 +12,7 @@ from litestar import Request, Response, get
 
 from gateway.auth import Principal
 from gateway.errors import PASSTHROUGH_ERRORS, UpstreamError
-from gateway.routes.chat import upstream_client_headers
+from gateway.pipeline import upstream_client_headers
 from gateway.state import GatewayState
 from gateway.upstream import Router, Upstream, relayed_headers, upstream_errors
 

@@ -19,7 +19,7 @@ from litestar.response import Stream
 
 from gateway.auth import Principal
 from gateway.errors import PASSTHROUGH_ERRORS, BadRequest, GatewayError, NotFound
-from gateway.routes.chat import upstream_client_headers
+from gateway.pipeline import upstream_client_headers
 from gateway.state import GatewayState
 from gateway.streaming import StreamAccumulator
 from gateway.upstream import Upstream, relayed_headers, upstream_errors
