@@ -71,7 +71,7 @@ from history_check import (
     TRIVIAL_USER,
     fill,
 )
-from locomo import ApiError, check, erase, local_gateway, log
+from locomo import ApiError, add_recall_settings, check, erase, local_gateway, log, recall_env
 from procs import free_port
 
 # -- the people in a persona's life ----------------------------------------------------------
@@ -595,18 +595,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, metavar="OUT")
     parser.add_argument("--misses", action="store_true")
     parser.add_argument("--quick", action="store_true", help="two personas: a smoke run")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a [recall] setting for the gateway started here (MEMGATE_RECALL_KEY)",
-    )
+    add_recall_settings(parser)
     args = parser.parse_args(argv)
-    env = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        env[f"MEMGATE_RECALL_{key.strip().upper()}"] = value.strip()
+    env = recall_env(args.set)
     personas = generate(args.seed, 2 if args.quick else args.personas)
     log(
         f"{len(personas)} personas, {sum(len(p.messages) for p in personas)} messages, "

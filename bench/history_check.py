@@ -48,11 +48,13 @@ from locomo import (
     READY_TIMEOUT,
     ApiError,
     RunStats,
+    add_recall_settings,
     check,
     erase,
     local_gateway,
     log,
     recall_at,
+    recall_env,
     search,
     wait_ready,
 )
@@ -590,18 +592,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write-export", type=Path, default=None, metavar="DIR")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT")
     parser.add_argument("--misses", action="store_true", help="print the misses")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a [recall] setting for the gateway started here (MEMGATE_RECALL_KEY)",
-    )
+    add_recall_settings(parser)
     args = parser.parse_args(argv)
-    env = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        env[f"MEMGATE_RECALL_{key.strip().upper()}"] = value.strip()
+    env = recall_env(args.set)
     histories = generate(args.seed, args.personas, args.conversations)
     if args.write_export is not None:
         for history in histories:

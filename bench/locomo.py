@@ -417,6 +417,26 @@ def local_gateway(
             shutil.rmtree(root, ignore_errors=True)
 
 
+def add_recall_settings(parser: argparse.ArgumentParser) -> None:
+    """``--set KEY=VALUE``: a ``[recall]`` setting for the gateway a check starts."""
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [recall] setting for the gateway started here (MEMGATE_RECALL_KEY)",
+    )
+
+
+def recall_env(items: Sequence[str]) -> dict[str, str]:
+    """The gateway's environment for ``--set`` items."""
+    env = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        env[f"MEMGATE_RECALL_{key.strip().upper()}"] = value.strip()
+    return env
+
+
 # -- the run ---------------------------------------------------------------------------------
 
 

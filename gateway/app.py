@@ -33,10 +33,10 @@ from gateway.config import ConfigError, Settings
 from gateway.errors import error_response
 from gateway.namespaces import NamespaceResolver
 from gateway.plain_chat import is_plain_chat, plain_chat_app
-from gateway.routes.chat import memory_chat_path, memory_chat_query
 from gateway.routes.health import healthz, readyz
 from gateway.routes.health import metrics as metrics_route
 from gateway.routes.memories import MEMORY_API
+from gateway.routes.memory_calls import MEMORY_CALLS
 from gateway.routes.models import list_models
 from gateway.routes.passthrough import (
     passthrough,
@@ -44,7 +44,6 @@ from gateway.routes.passthrough import (
     passthrough_namespace_base,
     shared_path_routes,
 )
-from gateway.routes.responses import memory_responses_path, memory_responses_query
 from gateway.routes.ui import docs_asset, ui
 from gateway.routes.usage import usage_report
 from gateway.state import GatewayState, authenticate, get_gateway, get_principal
@@ -327,10 +326,7 @@ def create_app(
 
     app = Gateway(
         route_handlers=[
-            memory_chat_query,
-            memory_chat_path,
-            memory_responses_query,
-            memory_responses_path,
+            *MEMORY_CALLS,
             list_models,
             passthrough,
             passthrough_memory_base,

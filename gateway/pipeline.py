@@ -12,8 +12,8 @@ Responses call (``/v1/memory/responses``), and forward -> relay alone for the pl
 - remember: once the answer is whole, ``MemoryChat.remember_stream`` / ``remember_json``
   queue the exchange durably (``MemoryService.remember``), which the writer stores.
 
-The route modules only say which call a path is (``routes.chat``, ``routes.responses``); the
-bodies are decoded and checked in ``gateway.bodies``.
+The route module only says which call a path is (``routes.memory_calls``); the bodies are
+decoded and checked in ``gateway.bodies``.
 """
 
 from __future__ import annotations

@@ -231,6 +231,22 @@ def _new_memory(namespace: str, index: int, item: NewMemory, stamp: float) -> Me
     )
 
 
+# Query parameters of more than one handler.
+FilterQuery = Annotated[
+    str | None,
+    Parameter(
+        query="filter",
+        max_length=8000,
+        description='a JSON object: {"key": value} or {"key": {"$in": [values]}}',
+    ),
+]
+CreatedAfter = Annotated[
+    str | None, Parameter(max_length=64, description="RFC 3339: memories created at or after it")
+]
+CreatedBefore = Annotated[
+    str | None,
+    Parameter(max_length=64, description="RFC 3339: memories created strictly before it"),
+]
 NamespaceQuery = Annotated[
     str | None, Parameter(query="namespace", required=False, description="default: the global one")
 ]
@@ -283,22 +299,9 @@ async def list_memories(
     namespace: NamespaceQuery = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
     after: Annotated[str | None, Parameter(max_length=200)] = None,
-    filter_: Annotated[
-        str | None,
-        Parameter(
-            query="filter",
-            max_length=8000,
-            description='a JSON object: {"key": value} or {"key": {"$in": [values]}}',
-        ),
-    ] = None,
-    created_after: Annotated[
-        str | None,
-        Parameter(max_length=64, description="RFC 3339: memories created at or after it"),
-    ] = None,
-    created_before: Annotated[
-        str | None,
-        Parameter(max_length=64, description="RFC 3339: memories created strictly before it"),
-    ] = None,
+    filter_: FilterQuery = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
 ) -> MemoryList:
     """Memories of the namespace, newest first; ``after`` is the last id of the previous page
     (still valid when that memory was deleted since); ``filter`` keeps those whose metadata
@@ -345,22 +348,9 @@ async def delete_memories(
             description="the memories of one conversation (metadata conversation_id)",
         ),
     ] = None,
-    filter_: Annotated[
-        str | None,
-        Parameter(
-            query="filter",
-            max_length=8000,
-            description='a JSON object, as for listing: {"key": value} or {"key": {"$in": [...]}}',
-        ),
-    ] = None,
-    created_after: Annotated[
-        str | None,
-        Parameter(max_length=64, description="RFC 3339: memories created at or after it"),
-    ] = None,
-    created_before: Annotated[
-        str | None,
-        Parameter(max_length=64, description="RFC 3339: memories created strictly before it"),
-    ] = None,
+    filter_: FilterQuery = None,
+    created_after: CreatedAfter = None,
+    created_before: CreatedBefore = None,
 ) -> MemoriesDeleted:
     """Delete every memory of the namespace that matches all the conditions given (the
     listing's ``filter`` and time range, ``conversation_id`` short for
