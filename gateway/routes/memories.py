@@ -282,7 +282,6 @@ async def add_memories(
     gw: GatewayState,
     ns: str,
     data: AddMemoriesRequest,
-    namespace: NamespaceQuery = None,
 ) -> AddMemoriesResponse:
     """Store up to 1,000 memories in the namespace; they are searchable when this returns."""
     stamp = now()
@@ -296,7 +295,6 @@ async def list_memories(
     gw: GatewayState,
     ns: str,
     *,
-    namespace: NamespaceQuery = None,
     limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
     after: Annotated[str | None, Parameter(max_length=200)] = None,
     filter_: FilterQuery = None,
@@ -339,7 +337,6 @@ async def delete_memories(
     gw: GatewayState,
     ns: str,
     *,
-    namespace: NamespaceQuery = None,
     conversation_id: Annotated[
         str | None,
         Parameter(
@@ -387,7 +384,6 @@ async def get_memory(
     gw: GatewayState,
     ns: str,
     memory_id: str,
-    namespace: NamespaceQuery = None,
 ) -> MemoryOut:
     memory = await gw.service.get(ns, memory_id)
     if memory is None:
@@ -407,7 +403,6 @@ async def update_memory(
     memory_id: str,
     *,
     data: MemoryPatch,
-    namespace: NamespaceQuery = None,
 ) -> MemoryOut:
     """Change a memory's content, role or metadata (each given replaces the old one; content
     is embedded again); the version it replaces is kept (``.../history``). Its id and time
@@ -448,7 +443,6 @@ async def memory_history(
     gw: GatewayState,
     ns: str,
     memory_id: str,
-    namespace: NamespaceQuery = None,
 ) -> VersionList:
     """The versions a memory had before its changes, oldest first (empty if never changed)."""
     if await gw.service.get(ns, memory_id) is None:
@@ -478,7 +472,6 @@ async def delete_memory(
     gw: GatewayState,
     ns: str,
     memory_id: str,
-    namespace: NamespaceQuery = None,
 ) -> Deleted:
     if not await gw.service.delete(ns, memory_id):
         raise NotFound(f"no memory {memory_id!r} in this namespace", param="memory_id")
