@@ -29,8 +29,8 @@ import msgspec
 import numpy as np
 
 from memory.embedder import OnnxEmbedder
-from memory.lexical import NamespaceIndex
-from memory.recall import RecallSettings, hybrid, rank
+from memory.local_copy import NamespaceCopy
+from memory.recall import RecallSettings, fused, rank
 from memory.records import Hit, Memory, Vectors
 from memory.segments import encoded_parts, rescore
 
@@ -53,7 +53,7 @@ class Namespace:
     vectors: Vectors = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     queries: Vectors = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
     segments: dict[str, bytes] = field(default_factory=dict)
-    index: NamespaceIndex | None = None
+    index: NamespaceCopy | None = None
 
 
 def locomo_namespaces(path: Path) -> list[Namespace]:
@@ -142,7 +142,7 @@ def prepare(
         by_text = dict(encoded_parts(texts, rows))
         ns.segments = {m.id: by_text[m.content] for m in ns.memories if m.content in by_text}
         ns.queries = (queries or vectorizer).rows("plain", [q.text for q in ns.questions])
-        ns.index = NamespaceIndex(
+        ns.index = NamespaceCopy(
             folder / f"{ns.name}.sqlite3", pair_gap=settings.pair_gap_seconds, pair_weight=0.8
         )
         ns.index.put(ns.memories)
@@ -160,7 +160,7 @@ def recall(ns: Namespace, number: int, settings: RecallSettings, candidates: int
         dense = rescore(dense, found, query, settings.segment_weight)[: settings.candidates]
     ns.index.pair_weight = settings.pair_weight
     lexical = ns.index.search(question.text, settings.candidates) if settings.lexical else []
-    hits = hybrid(dense, lexical, k=settings.candidates, fusion_k=settings.fusion_k)
+    hits = fused(dense, lexical, k=settings.candidates, fusion_k=settings.fusion_k)
     ranked = rank(
         hits,
         floor=settings.similarity_floor,

@@ -79,7 +79,7 @@ def open_store(settings: Settings) -> MemoryStore:
             lock_path=settings.data_dir / "chroma.lock",
         )
     from memory.hybrid import HybridStore
-    from memory.lexical import LexicalIndex
+    from memory.local_copy import LocalCopy
 
     recall = settings.recall
     try:
@@ -87,7 +87,7 @@ def open_store(settings: Settings) -> MemoryStore:
         # data, rebuilt a namespace at a time from the store.
         for old in ("lexical.sqlite3", "lexical.sqlite3-wal", "lexical.sqlite3-shm"):
             (settings.data_dir / old).unlink(missing_ok=True)
-        lexical = LexicalIndex(
+        lexical = LocalCopy(
             settings.data_dir / "index",
             pair_gap=recall.pair_gap_seconds,
             pair_weight=recall.pair_weight,

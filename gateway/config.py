@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.namespaces import SOURCES as NAMESPACE_SOURCES
 from memory.recall import RecallSettings
 
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -33,11 +34,11 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     namespace_sources: tuple[str, ...] = ("path", "query", "header")
 
     def __post_init__(self) -> None:
-        known = ("path", "query", "header", "user")
-        unknown = [s for s in self.namespace_sources if s not in known]
+        unknown = [s for s in self.namespace_sources if s not in NAMESPACE_SOURCES]
         if unknown or not self.namespace_sources:
             raise ValueError(
-                f"server.namespace_sources: {unknown or 'none'}; choose from {', '.join(known)}"
+                f"server.namespace_sources: {unknown or 'none'}; "
+                f"choose from {', '.join(NAMESPACE_SOURCES)}"
             )
 
     log_level: str = "info"

@@ -37,7 +37,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.openapi.spec import Example
 
-from memory.service import EmbeddingTimeout
+from memory.errors import EmbeddingTimeout
 from memory.store import StoreUnavailable
 
 log = logging.getLogger("memgate")

@@ -53,7 +53,7 @@ from gateway.errors import Forbidden, GatewayError, NotFound, PayloadTooLarge
 from gateway.memory_tools import TOOLS, Caller, MemoryTool, input_schema
 from gateway.namespaces import check_namespace
 from gateway.state import get_gateway
-from memory.service import EmbeddingTimeout
+from memory.errors import EmbeddingTimeout
 from memory.store import StoreUnavailable
 
 log = logging.getLogger("memgate.mcp")

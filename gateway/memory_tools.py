@@ -20,6 +20,7 @@ from gateway.auth import Principal
 from gateway.errors import BadRequest, Conflict, NotFound
 from gateway.pipeline import recall_for
 from gateway.state import GatewayState
+from memory.errors import StillQueued
 from memory.records import (
     MAX_CONTENT,
     Filter,
@@ -30,7 +31,6 @@ from memory.records import (
     role_problem,
     to_rfc3339,
 )
-from memory.service import StillQueued
 from memory.store import CursorNotFound
 
 # Characters of a memory's text shown in a list of memories (search, recall, list).

@@ -36,6 +36,7 @@ from gateway.errors import BadRequest
 from gateway.inject import inject, memory_message
 from gateway.state import GatewayState
 from gateway.streaming import (
+    NOT_REMEMBERED,
     ErrorEvent,
     StreamAccumulator,
     relay,
@@ -80,12 +81,6 @@ def reply_text(message: Mapping[str, Any]) -> str:
         described = describe_tool_calls([c for c in calls if isinstance(c, Mapping)])
         text = f"{text}\n{described}".strip()
     return text
-
-
-NOT_REMEMBERED = (
-    "this exchange was not remembered: the gateway could not queue it (see its log for this "
-    "request id)"
-)
 
 
 RECALL_FAILED = (

@@ -19,9 +19,11 @@ from gateway.usage import usage_in
 
 log = logging.getLogger("memgate.streaming")
 
+# Said in the x-memory-error header, or a stream's error event, of an answer whose exchange
+# could not be queued.
 NOT_REMEMBERED = (
-    "the answer is complete, but this exchange was not remembered: the gateway could not "
-    "queue it (see its log for this request id)"
+    "this exchange was not remembered: the gateway could not queue it (see its log for this "
+    "request id)"
 )
 
 

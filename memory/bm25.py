@@ -1,5 +1,5 @@
 """A namespace's BM25 search in memory, scored exactly as SQLite FTS5's ``bm25()`` scores the
-local copy's two FTS5 tables (``memory.lexical``: each memory alone, and each memory paired
+local copy's two FTS5 tables (``memory.local_copy``: each memory alone, and each memory paired
 with the one before it).
 
 FTS5 scores every row that matches any query term, one row at a time (~1,100 of 10,000
@@ -16,7 +16,7 @@ diacritics are FTS5's. The formula is FTS5's (``fts5_aux.c``): for each query ph
 (n + 0.5))`` (1e-6 when not positive), k1 = 1.2, b = 0.75, with N, n and avgdl over the
 table's rows; a pair's counts are the sums of its two memories'.
 
-Not thread-safe: its ``NamespaceIndex`` calls it under the namespace's lock.
+Not thread-safe: its ``NamespaceCopy`` calls it under the namespace's lock.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``DenseRows``: one namespace's memory vectors in memory, searched exactly (brute force).
 
-The gateway's local copy of a namespace (``memory.lexical``) keeps each memory's vector beside
+The gateway's local copy of a namespace (``memory.local_copy``) keeps each memory's vector beside
 it; alone on its store, a gateway answers the dense side of recall from these rows instead of
 asking the store (the round trip to Chroma's process, and Chroma's own query, cost more than
 the product below: 0.4 ms for 10,000 memories of 384 dimensions here, 1 ms for 30,000).

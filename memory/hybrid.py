@@ -1,6 +1,6 @@
 """``HybridStore``: a ``MemoryStore`` with a local copy of each namespace beside it.
 
-Wraps any store (Chroma, in this process or in its own): the local copy (``LexicalIndex``:
+Wraps any store (Chroma, in this process or in its own): the local copy (``LocalCopy``:
 the namespace's memories in listing order, and their BM25 index) answers the lexical side of
 recall, the memories of dense hits, and pages of a listing. The wrapped store is the one
 truth; the copy is derived from it and never answers with what the store no longer holds:
@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from memory import dense
-from memory.lexical import LexicalIndex, NamespaceIndex
+from memory.local_copy import LocalCopy, NamespaceCopy
 from memory.records import Filter, Hit, Memory, Vectors, id_micros, matches, sort_key
 from memory.store import Changes, CursorNotFound, MemoryStore, NamespaceCount, Version
 
@@ -84,7 +84,7 @@ class HybridStore:
     def __init__(
         self,
         store: MemoryStore,
-        lexical: LexicalIndex,
+        lexical: LocalCopy,
         *,
         lexical_recall: bool = True,
         shared: bool = False,
@@ -580,7 +580,7 @@ class HybridStore:
             self.lexical.close()
 
 
-def _apply(index: NamespaceIndex, changes: Changes, started: float, *, replace: bool) -> None:
+def _apply(index: NamespaceCopy, changes: Changes, started: float, *, replace: bool) -> None:
     """Apply a catch-up's changes to the namespace's copy."""
     with index.transaction():
         if replace:

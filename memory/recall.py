@@ -16,8 +16,8 @@ from typing import Any
 
 import msgspec
 
-from memory.lexical import STOPWORDS
 from memory.records import Hit, Memory
+from memory.words import STOPWORDS
 
 
 class RecallSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -268,7 +268,7 @@ def fuse(*rankings: Sequence[str], k: float = 5.0) -> dict[str, float]:
     return scores
 
 
-def hybrid(
+def fused(
     dense: Sequence[Hit], lexical: Sequence[tuple[Memory, float]], *, k: int, fusion_k: float
 ) -> list[Hit]:
     """The ``k`` best of a dense ranking (hits with their cosine, best first) and a lexical

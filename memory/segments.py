@@ -14,7 +14,7 @@ the whole message), which measured better on both recall checks than embedding t
 sentences alone, at a fraction of the cost (docs/recall.md).
 
 Segment vectors are derived data, kept in the gateway's local copy beside the lexical index
-(``LexicalIndex``): they go when their memory goes, and a memory that has none yet (written
+(``LocalCopy``): they go when their memory goes, and a memory that has none yet (written
 through another gateway, or before segment vectors existed) is scored by its whole vector
 until the service fills them in.
 """

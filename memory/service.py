@@ -27,7 +27,7 @@ Concurrency (the rules a change must keep):
   removes versions after the memories: whichever wins, no version of a deleted memory stays.
 - Lock order, outermost first: ``Writer.lock`` (an asyncio lock: writes, deletes, updates
   and erasures of the store are serialized with the writer's batches) -> the store's own
-  locks (``HybridStore``'s per-namespace stripes, then ``LexicalIndex``'s writer lock; its
+  locks (``HybridStore``'s per-namespace stripes, then ``LocalCopy``'s writer lock; its
   readers are per thread and take none) -> the ``Outbox``'s lock (SQLite, one connection).
   No code takes an outer lock while holding an inner one; the outbox and the store never
   call back into the service.
@@ -52,9 +52,10 @@ import numpy as np
 
 from memory.current import current_first, subject_vectors
 from memory.embedder import BatchingEmbedder, Embedder, Then
+from memory.errors import EmbeddingTimeout, StillQueued
 from memory.hybrid import HybridStore
 from memory.outbox import Outbox, Queued, Writer
-from memory.recall import RecallSettings, hybrid, rank
+from memory.recall import RecallSettings, fused, rank
 from memory.records import (
     Exchange,
     Filter,
@@ -75,14 +76,6 @@ log = logging.getLogger("memgate.service")
 
 # What is current comes first among a recall's first CURRENT_WINDOW * k candidates.
 CURRENT_WINDOW = 3
-
-
-class EmbeddingTimeout(Exception):
-    """The embedding model did not answer in time (a recall fails; the chat goes on)."""
-
-
-class StillQueued(Exception):
-    """The memory is in the write queue, not in the store yet."""
 
 
 class SearchTracker:
@@ -510,7 +503,7 @@ class MemoryService:
             if unsegmented:
                 self._fill_segments(unsegmented)
             matched = await lexical if dense else []
-            hits = hybrid(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
+            hits = fused(dense, matched, k=candidates, fusion_k=self.settings.fusion_k)
             if queued is not None:
                 cosines = (await queued) @ query_vec
                 if self._segments is not None:  # as they will be once stored

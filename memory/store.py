@@ -78,7 +78,7 @@ class MemoryStore(Protocol):
     ) -> builtins.list[tuple[Memory, float]]:
         """The ``k`` best lexical matches of ``text`` with their scores, best first; empty
         where the store has no lexical index. ``MemoryService.recall`` runs it beside
-        ``search`` and fuses the two with ``recall.hybrid`` (the one place they are fused)."""
+        ``search`` and fuses the two with ``recall.fused`` (the one place they are fused)."""
 
     def list(
         self,

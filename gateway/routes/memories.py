@@ -18,6 +18,7 @@ from gateway.inject import memory_message
 from gateway.namespaces import check_namespace
 from gateway.pipeline import recall_for
 from gateway.state import GatewayState
+from memory.errors import StillQueued
 from memory.records import (
     MAX_CONTENT,
     Filter,
@@ -33,7 +34,6 @@ from memory.records import (
     role_problem,
     to_rfc3339,
 )
-from memory.service import StillQueued
 from memory.store import CursorNotFound
 
 

@@ -17,9 +17,8 @@ import pytest
 from memory.chroma import ChromaStore
 from memory.embedder import Embedder
 from memory.hybrid import HybridStore
-from memory.lexical import LexicalIndex
+from memory.local_copy import LocalCopy
 from memory.process_store import ProcessStore
-from memory.recall import hybrid
 from memory.records import Hit, Memory
 from memory.store import Changes, MemoryStore
 from tests.fakes import MemStore
@@ -67,7 +66,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryStor
     elif request.param == "hybrid":
         made = HybridStore(
             ChromaStore(path=tmp_path / "chroma", prefix=prefix),
-            LexicalIndex(tmp_path / "index"),
+            LocalCopy(tmp_path / "index"),
         )
     else:
         made = ChromaStore(path=tmp_path / "chroma", prefix=prefix)
@@ -330,10 +329,10 @@ def test_hybrid_search_and_lexical_resync(
 ) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}-"
     one = HybridStore(
-        ChromaStore(url=chroma_server.url, prefix=prefix), LexicalIndex(tmp_path / "1"), shared=True
+        ChromaStore(url=chroma_server.url, prefix=prefix), LocalCopy(tmp_path / "1"), shared=True
     )
     two = HybridStore(
-        ChromaStore(url=chroma_server.url, prefix=prefix), LexicalIndex(tmp_path / "2"), shared=True
+        ChromaStore(url=chroma_server.url, prefix=prefix), LocalCopy(tmp_path / "2"), shared=True
     )
     texts = [*TEXTS, "Order number XK-4471 ships on Tuesday", "The parcel will be late"]
     memories = [make("h", i, t) for i, t in enumerate(texts)]
@@ -342,7 +341,7 @@ def test_hybrid_search_and_lexical_resync(
 
     def fused(store: HybridStore) -> list[Hit]:  # as MemoryService.recall fuses the two
         vector = minilm.embed([query])[0]
-        return hybrid(
+        return fused(
             store.search("h", vector, 3), store.search_text("h", query, 3), k=3, fusion_k=5.0
         )
 

@@ -11,7 +11,7 @@ import numpy as np
 from memory.chroma import ChromaStore
 from memory.embedder import Embedder, OnnxEmbedder
 from memory.hybrid import HybridStore
-from memory.lexical import LexicalIndex
+from memory.local_copy import LocalCopy
 from memory.outbox import Outbox
 from memory.recall import RecallSettings
 from memory.records import Memory
@@ -56,7 +56,7 @@ def test_where_do_i_live_finds_the_move_said_in_passing(tmp_path: Path, minilm: 
     async def ranks(weight: float) -> list[str]:
         folder = tmp_path / str(weight)
         store = HybridStore(
-            ChromaStore(path=folder / "chroma"), LexicalIndex(folder / "index", pair_gap=0)
+            ChromaStore(path=folder / "chroma"), LocalCopy(folder / "index", pair_gap=0)
         )
         service = MemoryService(
             store,

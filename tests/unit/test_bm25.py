@@ -12,9 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from memory import lexical
-from memory.lexical import NamespaceIndex, query_terms
+from memory import local_copy
+from memory.local_copy import NamespaceCopy
 from memory.records import Memory
+from memory.words import query_terms
 
 WORDS = [
     *("cat", "cats", "running", "run", "ran", "dog", "Lisbon", "Porto", "moved", "move"),
@@ -24,13 +25,13 @@ WORDS = [
 ]
 
 
-def fts5(index: NamespaceIndex, text: str, limit: int) -> list[tuple[str, float]]:
+def fts5(index: NamespaceCopy, text: str, limit: int) -> list[tuple[str, float]]:
     """What FTS5's own statement answers."""
     terms = query_terms(text)
     return [(m.id, round(s, 6)) for m, s in index._fts5(terms, limit)] if terms else []
 
 
-def in_memory(index: NamespaceIndex, text: str, limit: int) -> list[tuple[str, float]]:
+def in_memory(index: NamespaceCopy, text: str, limit: int) -> list[tuple[str, float]]:
     return [(m.id, round(s, 6)) for m, s in index.search(text, limit)]
 
 
@@ -53,7 +54,7 @@ def same_ranking(got: list[tuple[str, float]], want: list[tuple[str, float]], li
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_scores_and_order_are_fts5s(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
     memories: list[Memory] = []
     clock = 1_700_000_000.0
     compared = 0
@@ -94,7 +95,7 @@ def test_scores_and_order_are_fts5s(tmp_path: Path, seed: int) -> None:
 
 def test_a_copy_without_token_counts_gets_them_at_its_first_search(tmp_path: Path) -> None:
     path = tmp_path / "ns.sqlite3"
-    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    index = NamespaceCopy(path, pair_gap=3600, pair_weight=0.8)
     index.put(
         [
             Memory(
@@ -108,7 +109,7 @@ def test_a_copy_without_token_counts_gets_them_at_its_first_search(tmp_path: Pat
     # as a file made before the counts were kept: no such column
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE docs DROP COLUMN toks")
-    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    index = NamespaceCopy(path, pair_gap=3600, pair_weight=0.8)
     assert index.db.execute("SELECT COUNT(*) FROM docs WHERE toks IS NULL").fetchone() == (20,)
     assert in_memory(index, "sister guitar", 10) == before
     assert index.db.execute("SELECT COUNT(*) FROM docs WHERE toks IS NULL").fetchone() == (0,)
@@ -116,7 +117,7 @@ def test_a_copy_without_token_counts_gets_them_at_its_first_search(tmp_path: Pat
 
 
 def test_a_word_fts5_splits_is_searched_as_a_phrase_by_fts5(tmp_path: Path) -> None:
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=0, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=0, pair_weight=0.8)
     index.put(
         [
             Memory(id="1", namespace="n", content="call snake_case here", created_at=1),
@@ -129,7 +130,7 @@ def test_a_word_fts5_splits_is_searched_as_a_phrase_by_fts5(tmp_path: Path) -> N
 
 
 def test_a_failed_write_leaves_no_trace_in_the_posting_lists(tmp_path: Path) -> None:
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=0, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=0, pair_weight=0.8)
     index.put([Memory(id="1", namespace="n", content="guitar lessons", created_at=1)])
     assert [m.id for m, _ in index.search("guitar", 5)] == ["1"]
 
@@ -150,10 +151,10 @@ def test_a_failed_write_leaves_no_trace_in_the_posting_lists(tmp_path: Path) -> 
 def test_a_big_namespace_is_searched_by_fts5_until_it_has_been_searched_a_few_times(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lexical, "_SMALL", 10)
-    monkeypatch.setattr(lexical, "_FTS_SEARCHES", 3)
+    monkeypatch.setattr(local_copy, "_SMALL", 10)
+    monkeypatch.setattr(local_copy, "_FTS_SEARCHES", 3)
     path = tmp_path / "ns.sqlite3"
-    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    index = NamespaceCopy(path, pair_gap=3600, pair_weight=0.8)
     index.put(
         [
             Memory(id=str(i), namespace="n", content=f"guitar {i % 5} lesson {i}", created_at=i)
@@ -170,8 +171,8 @@ def test_a_big_namespace_is_searched_by_fts5_until_it_has_been_searched_a_few_ti
         same_ranking(got, answers[0], 10)
     index.close()
     # a small namespace reads them at its first search
-    monkeypatch.setattr(lexical, "_SMALL", 40)
-    index = NamespaceIndex(path, pair_gap=3600, pair_weight=0.8)
+    monkeypatch.setattr(local_copy, "_SMALL", 40)
+    index = NamespaceCopy(path, pair_gap=3600, pair_weight=0.8)
     same_ranking(in_memory(index, "guitar lesson 3", 10), answers[0], 10)
     assert index.postings is not None
     index.close()
@@ -180,8 +181,8 @@ def test_a_big_namespace_is_searched_by_fts5_until_it_has_been_searched_a_few_ti
 def test_lists_mostly_of_removed_memories_are_read_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lexical, "_SMALL", 10_000)
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
+    monkeypatch.setattr(local_copy, "_SMALL", 10_000)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
     index.put(
         [
             Memory(id=str(i), namespace="n", content=f"word{i % 7} common {i}", created_at=i)
@@ -214,9 +215,9 @@ def test_the_size_estimate_follows_what_the_lists_hold(
 ) -> None:
     """``Postings.nbytes`` within 25% of what building the lists and a search allocate, for a
     small and a large vocabulary (the cost of a term dominates the second)."""
-    monkeypatch.setattr(lexical, "_SMALL", 10_000)
+    monkeypatch.setattr(local_copy, "_SMALL", 10_000)
     rng = random.Random(vocabulary)
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=3600, pair_weight=0.8)
     index.put(
         [
             Memory(id=str(i), namespace="n", content=text, created_at=i)
@@ -241,13 +242,13 @@ def test_the_lists_of_all_namespaces_stay_within_their_budget(
     """Each namespace searched reads its lists; those of the least recently searched ones are
     let go when together they would hold more than ``postings_bytes``, and a namespace whose
     lists alone would not fit keeps none. Every search answers as FTS5 does, held or not."""
-    monkeypatch.setattr(lexical, "_SMALL", 10_000)
+    monkeypatch.setattr(local_copy, "_SMALL", 10_000)
     rng = random.Random(5)
     texts = {name: _words(rng, n, 2000) for name, n in [("a", 400), ("b", 400), ("c", 400)]}
     texts["big"] = _words(rng, 3000, 20_000)
     sizes = {}
     for name, items in texts.items():  # what each one's lists cost
-        alone = NamespaceIndex(tmp_path / f"{name}.sqlite3", pair_gap=3600, pair_weight=0.8)
+        alone = NamespaceCopy(tmp_path / f"{name}.sqlite3", pair_gap=3600, pair_weight=0.8)
         alone.put([Memory(id=str(i), namespace=name, content=t) for i, t in enumerate(items)])
         alone.search("w1", 1)
         assert alone.postings is not None
@@ -255,7 +256,7 @@ def test_the_lists_of_all_namespaces_stay_within_their_budget(
         alone.close()
     budget = sizes["a"] + sizes["b"] + sizes["c"] // 2  # two small ones fit, not three
     assert sizes["big"] > budget
-    pool = lexical.LexicalIndex(tmp_path / "pool", postings_bytes=budget)
+    pool = local_copy.LocalCopy(tmp_path / "pool", postings_bytes=budget)
     for name, items in texts.items():
         pool.add([Memory(id=str(i), namespace=name, content=t) for i, t in enumerate(items)])
 

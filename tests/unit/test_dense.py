@@ -7,7 +7,7 @@ import pytest
 
 from memory import dense
 from memory.dense import DenseRows
-from memory.lexical import LexicalIndex
+from memory.local_copy import LocalCopy
 from memory.records import Memory
 
 
@@ -66,7 +66,7 @@ def _memories(n: int) -> list[Memory]:
 
 def test_the_copy_answers_only_when_every_memory_has_its_vector(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
-    index = LexicalIndex(tmp_path)
+    index = LocalCopy(tmp_path)
     items = _memories(20)
     vectors = _unit(rng, 20)
     encoded = {m.id: dense.encode(v) for m, v in zip(items, vectors, strict=True)}
@@ -93,7 +93,7 @@ def test_the_copy_answers_only_when_every_memory_has_its_vector(tmp_path: Path) 
     assert found[0][0][0] == items[15]
     index.close()
     # and the file keeps them: a new process reads them back
-    again = LexicalIndex(tmp_path)
+    again = LocalCopy(tmp_path)
     found = again.nearest("a", vectors[7], 3)
     assert found is not None
     assert next(m.id for m, _ in found[0]) == "m7"
@@ -107,7 +107,7 @@ def test_the_copy_answers_only_when_every_memory_has_its_vector(tmp_path: Path) 
 def test_vectors_of_open_namespaces_fit_their_budget(tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     one = DenseRows.build(list(range(200)), _unit(rng, 200).tobytes(), 16).nbytes
-    index = LexicalIndex(tmp_path, vectors_bytes=int(one * 1.5))
+    index = LocalCopy(tmp_path, vectors_bytes=int(one * 1.5))
     for namespace in ("a", "b"):
         items = [Memory(id=m.id, namespace=namespace, content=m.content) for m in _memories(200)]
         index.add(
@@ -127,7 +127,7 @@ def test_a_namespace_past_the_scan_limit_is_left_to_the_store(
 ) -> None:
     monkeypatch.setattr(dense, "MAX_ROWS", 5)
     rng = np.random.default_rng(1)
-    index = LexicalIndex(tmp_path)
+    index = LocalCopy(tmp_path)
     items = _memories(6)
     vectors = {m.id: dense.encode(v) for m, v in zip(items, _unit(rng, 6), strict=True)}
     index.add(items[:5], vectors)

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 from memory.embedder import BatchingEmbedder
+from memory.errors import EmbeddingTimeout
 from memory.outbox import Outbox
 from memory.records import Vectors
-from memory.service import EmbeddingTimeout, MemoryService
+from memory.service import MemoryService
 from tests.fakes import FakeEmbedder, MemStore
 
 BOUND = 5.0  # seconds: far beyond what any of these takes when it works

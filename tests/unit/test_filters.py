@@ -12,7 +12,7 @@ import pytest
 from litestar.testing import TestClient
 
 from memory.hybrid import HybridStore
-from memory.lexical import LexicalIndex
+from memory.local_copy import LocalCopy
 from memory.records import Memory, filter_problem, matches, new_id
 from tests.conftest import AppHarness, completion, wait_until
 from tests.fakes import FakeEmbedder, MemStore
@@ -49,7 +49,7 @@ def test_bad_filters_are_named(where: Any) -> None:
 
 def test_the_local_copy_filters_pages_and_lexical_matches(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
-    store = HybridStore(MemStore(), LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(MemStore(), LocalCopy(tmp_path / "index", pair_gap=0))
     items = [
         Memory(
             id=new_id(float(i)),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from memory.hybrid import HybridStore
-from memory.lexical import LexicalIndex
-from memory.recall import hybrid
+from memory.local_copy import LocalCopy
+from memory.recall import fused
 from memory.records import Hit, Memory, Vectors, new_id
 from memory.store import Changes, CursorNotFound, StoreUnavailable
 from tests.conftest import wait_until
@@ -31,7 +31,7 @@ def memories(ns: str = "a") -> list[Memory]:
 
 def test_search_fuses_dense_and_lexical(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
-    store = HybridStore(MemStore(), LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(MemStore(), LocalCopy(tmp_path / "index", pair_gap=0))
     items = memories()
     store.add(items, embedder.embed(TEXTS))
     query = "when does XK-4471 arrive"
@@ -39,7 +39,7 @@ def test_search_fuses_dense_and_lexical(tmp_path: Path) -> None:
     assert all(h.lexical is False for h in dense)  # the dense ranking alone
     lexical = store.search_text("a", query, 3)
     assert lexical[0][0].id == "m0"
-    hits = hybrid(dense, lexical, k=3, fusion_k=5.0)  # as MemoryService.recall fuses them
+    hits = fused(dense, lexical, k=3, fusion_k=5.0)  # as MemoryService.recall fuses them
     assert hits[0].memory.id == "m0"
     assert hits[0].lexical is True
 
@@ -48,7 +48,7 @@ def test_a_new_lexical_index_is_rebuilt_from_the_store(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
     inner.add(memories(), embedder.embed(TEXTS))  # written before the index existed
-    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     assert [m.id for m, _ in store.search_text("a", "Porto", 5)] == ["m2"]
 
 
@@ -58,7 +58,7 @@ def gateway(
     """A gateway's store over a shared store: its own local copies in ``folder``."""
     return HybridStore(
         inner,
-        LexicalIndex(folder, pair_gap=0),
+        LocalCopy(folder, pair_gap=0),
         shared=True,
         sync_interval=interval,
         sync_margin=margin,
@@ -215,7 +215,7 @@ def test_an_export_during_deletions_sees_every_memory_that_survives(tmp_path: Pa
 def test_deletes_reach_both_indexes(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     store.add(memories() + memories("b"), embedder.embed(TEXTS + TEXTS))
     assert store.delete("a", "m2") is True
     assert store.delete("a", "m2") is False
@@ -236,7 +236,7 @@ def test_dense_hits_come_from_the_store_until_the_copy_has_the_vectors(tmp_path:
     embedder = FakeEmbedder()
     inner = MemStore()
     inner.add(memories(), embedder.embed(TEXTS))  # written before the copy existed
-    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     vector = embedder.embed(["green tea in the morning"])[0]
     from_store = store.search("a", vector, 2)  # the copy is read from the store: no vectors
     assert from_store[0].memory.id == "m3"
@@ -253,7 +253,7 @@ def test_dense_hits_come_from_the_store_until_the_copy_has_the_vectors(tmp_path:
 def test_alone_on_the_store_dense_hits_come_from_the_copy(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     items = memories() + memories("b")
     store.add(items, embedder.embed(TEXTS + TEXTS))
     for query in ["green tea in the morning", "when is the parcel late", "Porto sister"]:
@@ -275,7 +275,7 @@ def test_alone_on_the_store_dense_hits_come_from_the_copy(tmp_path: Path) -> Non
 def test_the_copy_never_finds_what_was_deleted_or_changed(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     store.add(memories(), embedder.embed(TEXTS))
     tea = embedder.embed(["green tea"])[0]
     assert store.search("a", tea, 1)[0].memory.id == "m3"
@@ -309,7 +309,7 @@ def test_a_shared_store_answers_dense_hits_itself(tmp_path: Path) -> None:
 def test_vectors_in_memory_are_bounded(tmp_path: Path) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0, vectors_bytes=0))
+    store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0, vectors_bytes=0))
     store.add(memories(), embedder.embed(TEXTS))
     assert store.search("a", embedder.embed(["tea"])[0], 1)[0].memory.id == "m3"
     assert inner.calls.count("search") == 1  # none may be held: the store answers
@@ -328,7 +328,7 @@ def test_a_search_during_an_erase_never_brings_erased_memories_back(tmp_path: Pa
             return super().delete_namespace(namespace)
 
     embedder = FakeEmbedder()
-    store = HybridStore(SlowErase(), LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(SlowErase(), LocalCopy(tmp_path / "index", pair_gap=0))
     store.add(memories(), embedder.embed(TEXTS))
     assert store.search_text("a", "Porto", 5)
     eraser = threading.Thread(target=store.delete_namespace, args=("a",))
@@ -353,7 +353,7 @@ def test_alone_on_its_store_a_gateway_checks_counts_once_and_repairs_a_gap(
 ) -> None:
     embedder = FakeEmbedder()
     inner = MemStore()
-    first = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    first = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     first.add(memories(), embedder.embed(TEXTS))
     assert first.search_text("a", "Porto", 5)
     first.close()
@@ -361,7 +361,7 @@ def test_alone_on_its_store_a_gateway_checks_counts_once_and_repairs_a_gap(
     lost = Memory(id="gap", namespace="a", content="A walrus in the gap", created_at=9.0)
     inner.add([lost], embedder.embed([lost.content]))
     inner.calls.clear()
-    again = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    again = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     again.search_text("a", "walrus", 5)  # the first look counts, and repairs in the background
     wait_until(lambda: "gap" in again.lexical.ids("a"))
     assert "changes" not in inner.calls  # alone on the store: counting is enough
@@ -424,7 +424,7 @@ def test_alone_on_its_store_the_copy_never_holds_what_the_store_does_not(tmp_pat
     inner = Flaky()
     store = HybridStore(
         inner,
-        LexicalIndex(tmp_path / "index", pair_gap=0),
+        LocalCopy(tmp_path / "index", pair_gap=0),
         repair_interval=0.0,
         recount_delay=0.01,
     )
@@ -482,7 +482,7 @@ def test_a_namespace_written_first_is_caught_up_before_its_first_recall(tmp_path
         id="old", namespace="a", content="an older note about walruses", created_at=-99.0
     )
     inner.add([older], embedder.embed([older.content]))  # before this gateway's copy existed
-    store = HybridStore(inner, LexicalIndex(tmp_path / "index", pair_gap=0))
+    store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     store.add(memories(), embedder.embed(TEXTS))
     wait_until(lambda: inner.calls.count("changes") == 1)
     wait_until(lambda: "old" in store.lexical.ids("a"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from memory.hybrid import HybridStore
-from memory.lexical import LexicalIndex, NamespaceIndex
+from memory.local_copy import LocalCopy, NamespaceCopy
 from memory.outbox import Outbox
 from memory.recall import RecallSettings
 from memory.records import Exchange, Hit, Memory
@@ -69,7 +69,7 @@ def test_a_sentence_lifts_the_memory_it_stands_in() -> None:
 
 
 def test_segment_vectors_live_and_go_with_their_memory(tmp_path: Path) -> None:
-    index = NamespaceIndex(tmp_path / "a.sqlite3", pair_gap=0, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "a.sqlite3", pair_gap=0, pair_weight=0.8)
     one = Memory(id="1", namespace="a", content=FACT, created_at=1.0)
     two = Memory(id="2", namespace="a", content="One. Two three four.", created_at=2.0)
     index.put([one, two])
@@ -105,7 +105,7 @@ def _service(tmp_path: Path, store: HybridStore, weight: float = 0.5) -> MemoryS
 
 def _store(tmp_path: Path, inner: MemStore | None = None) -> HybridStore:
     return HybridStore(
-        inner or MemStore(), LexicalIndex(tmp_path / "index", pair_gap=0), lexical_recall=False
+        inner or MemStore(), LocalCopy(tmp_path / "index", pair_gap=0), lexical_recall=False
     )
 
 

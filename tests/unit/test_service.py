@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from memory.hybrid import HybridStore
-from memory.lexical import LexicalIndex
+from memory.local_copy import LocalCopy
 from memory.outbox import Outbox
 from memory.recall import RecallSettings
 from memory.records import Exchange, Hit, Memory, Vectors
@@ -167,7 +167,7 @@ def test_alone_on_its_store_a_recall_searches_in_the_models_thread(
         return [(h.memory.id, round(h.score, 5)) for h in found]
 
     async def run(shared: bool) -> None:
-        store = Watched(MemStore(), LexicalIndex(tmp_path / f"index-{shared}"), shared=shared)
+        store = Watched(MemStore(), LocalCopy(tmp_path / f"index-{shared}"), shared=shared)
         settings = RecallSettings(segment_weight=segment_weight, similarity_floor=0.0)
         service = MemoryService(
             store, Recording(), Outbox(tmp_path / f"q-{shared}.sqlite3"), recall=settings

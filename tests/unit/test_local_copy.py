@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from memory import lexical
-from memory.lexical import LexicalIndex, NamespaceIndex, query_terms
+from memory import local_copy
+from memory.local_copy import LocalCopy, NamespaceCopy
 from memory.recall import fuse
 from memory.records import Memory
+from memory.words import query_terms
 
 
 def mem(mid: str, text: str, t: float, ns: str = "a") -> Memory:
@@ -25,7 +26,7 @@ def test_query_terms_drop_stopwords_and_repeats() -> None:
 
 
 def test_bm25_ranking_and_stemming(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "index", pair_gap=0)
+    index = LocalCopy(tmp_path / "index", pair_gap=0)
     index.add(
         [
             mem("1", "I adopted two cats last year", 1),
@@ -41,7 +42,7 @@ def test_bm25_ranking_and_stemming(tmp_path: Path) -> None:
 
 
 def test_pairs_credit_the_neighbour_within_the_gap(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "index", pair_gap=60)
+    index = LocalCopy(tmp_path / "index", pair_gap=60)
     index.add(
         [
             mem("q", "Where did you go on holiday?", 100),
@@ -56,7 +57,7 @@ def test_pairs_credit_the_neighbour_within_the_gap(tmp_path: Path) -> None:
 
 
 def test_out_of_order_inserts_and_deletes_relink(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "index", pair_gap=60)
+    index = LocalCopy(tmp_path / "index", pair_gap=60)
     index.add([mem("1", "alpha", 100), mem("3", "gamma", 120)])
     index.add([mem("2", "beta", 110)])  # lands between 1 and 3
     assert set(ids(index.search("a", "gamma", 10))) == {"3", "2"}  # (2, 3) paired now
@@ -72,7 +73,7 @@ def test_out_of_order_inserts_and_deletes_relink(tmp_path: Path) -> None:
 
 
 def test_namespaces_are_separate(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "index")
+    index = LocalCopy(tmp_path / "index")
     index.add([mem("x", "secret walrus", 1, ns="a"), mem("y", "open walrus", 1, ns="b")])
     assert ids(index.search("a", "walrus", 10)) == ["x"]
     assert ids(index.search("b", "walrus", 10)) == ["y"]
@@ -86,7 +87,7 @@ def test_reciprocal_rank_fusion() -> None:
 
 
 def test_at_most_max_open_files_are_open_and_closed_ones_reopen(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "index", max_open=2)
+    index = LocalCopy(tmp_path / "index", max_open=2)
     for n in range(6):
         index.add([mem(f"{n}", f"walrus number {n}", 1, ns=f"ns{n}")])
     assert len(index._open) == 2
@@ -103,7 +104,7 @@ def test_at_most_max_open_files_are_open_and_closed_ones_reopen(tmp_path: Path) 
 def test_a_file_in_use_is_not_closed_and_a_dropped_one_is_reopened(tmp_path: Path) -> None:
     import threading
 
-    index = LexicalIndex(tmp_path / "index", max_open=1)
+    index = LocalCopy(tmp_path / "index", max_open=1)
     index.add([mem("1", "walrus", 1)])
     started, release = threading.Event(), threading.Event()
 
@@ -129,7 +130,7 @@ def test_a_file_in_use_is_not_closed_and_a_dropped_one_is_reopened(tmp_path: Pat
 
 
 def test_pages_newest_first_and_the_place_of_removed_memories(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "index")
+    index = LocalCopy(tmp_path / "index")
     index.add([mem(f"m{i}", f"text {i}", float(i)) for i in range(5)])
     index.add([mem("tie", "same time as m4", 4.0)])
     first = index.page("a", None, 3)
@@ -144,7 +145,7 @@ def test_pages_newest_first_and_the_place_of_removed_memories(tmp_path: Path) ->
 
 
 def test_a_changed_memory_replaces_its_old_version(tmp_path: Path) -> None:
-    index = LexicalIndex(tmp_path / "index")
+    index = LocalCopy(tmp_path / "index")
     index.add([mem("1", "walrus", 1)])
     index.add([mem("1", "narwhal", 1)])
     assert index.count("a") == 1
@@ -153,7 +154,7 @@ def test_a_changed_memory_replaces_its_old_version(tmp_path: Path) -> None:
     index.close()
 
 
-def _expected_links(index: NamespaceIndex) -> tuple[dict[int, int | None], dict[int, str]]:
+def _expected_links(index: NamespaceCopy) -> tuple[dict[int, int | None], dict[int, str]]:
     """Each memory's partner (the memory just before it by time, then rid, when close enough)
     and the pair rows that follow, computed here from the docs table."""
     rows = index.db.execute(
@@ -175,7 +176,7 @@ def test_batched_writes_keep_every_pair_and_row_right(tmp_path: Path, seed: int)
     twice in one batch, changed memories and removals: after each, the file holds exactly the
     memories, each pointing at the one just before it and its pair row made of both."""
     rng = random.Random(seed)
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
     index.search("w1", 5)  # posting lists held from the start: kept in step by every write
     want: dict[str, Memory] = {}
     clock = 1_700_000_000.0
@@ -220,10 +221,10 @@ def test_a_batch_is_written_in_a_few_statements(tmp_path: Path) -> None:
     """Under load every statement's step gives the GIL up and waits to take it back: a batch of
     200 memories and their segment vectors runs a few statements, not a dozen a memory (it was
     ~3,600 with the tokens)."""
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
     index.put([mem(f"old{i}", f"an older memory {i}", i * 10.0) for i in range(50)])
     ran: list[str] = []
-    tokenizer_db = lexical._TOKENIZER._db
+    tokenizer_db = local_copy._TOKENIZER._db
     assert tokenizer_db is not None
     index.db.set_trace_callback(ran.append)
     tokenizer_db.set_trace_callback(ran.append)
@@ -246,7 +247,7 @@ def test_a_batch_is_written_in_a_few_statements(tmp_path: Path) -> None:
 
 def test_segment_vectors_come_back_byte_for_byte(tmp_path: Path) -> None:
     """Read in one row, end to end: zero bytes, bytes that are not UTF-8, empty and long."""
-    index = NamespaceIndex(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
+    index = NamespaceCopy(tmp_path / "ns.sqlite3", pair_gap=60, pair_weight=0.8)
     rng = random.Random(5)
     memories = [mem(f"m{i}", f"memory number {i}. It has two sentences.", i) for i in range(40)]
     index.put(memories)
@@ -262,16 +263,16 @@ def test_segment_vectors_come_back_byte_for_byte(tmp_path: Path) -> None:
 def test_a_query_is_tokenized_before_the_namespace_lock_is_taken(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    index = LexicalIndex(tmp_path / "index", pair_gap=0)
+    index = LocalCopy(tmp_path / "index", pair_gap=0)
     index.add([mem("1", "I adopted two cats last year", 1)])
     held: list[bool] = []
-    words = lexical._TOKENIZER.words
+    words = local_copy._TOKENIZER.words
 
     def spy(terms: list[str]) -> list[tuple[str, ...]]:
         held.append(index._open["a"].lock.locked())
         return words(terms)
 
-    monkeypatch.setattr(lexical._TOKENIZER, "words", spy)
+    monkeypatch.setattr(local_copy._TOKENIZER, "words", spy)
     assert ids(index.search("a", "zebras and cats", 5)) == ["1"]
     assert held == [False]
     index.close()

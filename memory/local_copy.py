@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import re
 import sqlite3
 import threading
 import time
@@ -51,8 +50,8 @@ from memory import dense
 from memory.bm25 import Postings, Tokenizer, decode_counts, encode_counts
 from memory.dense import DenseRows
 from memory.records import Memory, micros
+from memory.words import query_terms
 
-_TOKEN = re.compile(r"\w+")
 _ENCODE = msgspec.json.Encoder().encode
 _DECODE_ROWS = msgspec.json.Decoder(list[tuple[float, int, Memory]]).decode
 _DECODE_LIST = msgspec.json.Decoder(list[Memory]).decode
@@ -77,80 +76,6 @@ _SMALL = 2000
 _FTS_SEARCHES = 3
 _FIT_EVERY = 256  # searches between two checks of all lists' size (~1 us an open namespace)
 T = TypeVar("T")
-STOPWORDS = frozenset(
-    [
-        "a",
-        "about",
-        "an",
-        "and",
-        "are",
-        "as",
-        "at",
-        "be",
-        "been",
-        "but",
-        "by",
-        "can",
-        "could",
-        "did",
-        "do",
-        "does",
-        "for",
-        "from",
-        "had",
-        "has",
-        "have",
-        "he",
-        "her",
-        "hers",
-        "him",
-        "his",
-        "how",
-        "i",
-        "if",
-        "in",
-        "into",
-        "is",
-        "it",
-        "its",
-        "me",
-        "my",
-        "of",
-        "on",
-        "or",
-        "our",
-        "she",
-        "so",
-        "than",
-        "that",
-        "the",
-        "their",
-        "them",
-        "then",
-        "there",
-        "these",
-        "they",
-        "this",
-        "those",
-        "to",
-        "too",
-        "was",
-        "we",
-        "were",
-        "what",
-        "when",
-        "where",
-        "which",
-        "who",
-        "whom",
-        "why",
-        "will",
-        "with",
-        "would",
-        "you",
-        "your",
-    ]
-)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -215,13 +140,7 @@ def query_parts(text: str) -> tuple[list[str], list[tuple[str, ...]]]:
     return terms, _TOKENIZER.words(terms) if terms else []
 
 
-def query_terms(text: str) -> list[str]:
-    """The distinct non-stopword words of a query, lower-cased, in order."""
-    words = (w for w in _TOKEN.findall(text.lower()) if w not in STOPWORDS)
-    return list(dict.fromkeys(words))
-
-
-class NamespaceIndex:
+class NamespaceCopy:
     """One namespace's file. Every method expects the caller to hold ``lock``."""
 
     def __init__(
@@ -756,7 +675,7 @@ class NamespaceIndex:
         self.db.close()
 
 
-class LexicalIndex:
+class LocalCopy:
     """The folder of namespace files, at most ``max_open`` of them open at once, their posting
     lists holding at most about ``postings_bytes`` together, their vectors in memory
     ``vectors_bytes`` (``_fit``)."""
@@ -780,7 +699,7 @@ class LexicalIndex:
         self.vectors_bytes = vectors_bytes
         self._searches = 0  # since start (not exactly, under threads: it only paces ``_fit``)
         self._nearests = 0  # the same, for ``nearest``
-        self._open: OrderedDict[str, NamespaceIndex] = OrderedDict()
+        self._open: OrderedDict[str, NamespaceCopy] = OrderedDict()
         self._lock = threading.Lock()
 
     def path(self, namespace: str) -> Path:
@@ -789,14 +708,14 @@ class LexicalIndex:
 
     # -- the pool ----------------------------------------------------------------------------
 
-    def _acquire(self, namespace: str, *, create: bool) -> NamespaceIndex | None:
+    def _acquire(self, namespace: str, *, create: bool) -> NamespaceCopy | None:
         with self._lock:
             index = self._open.get(namespace)
             if index is None:
                 path = self.path(namespace)
                 if not create and not path.exists():
                     return None
-                index = NamespaceIndex(
+                index = NamespaceCopy(
                     path,
                     pair_gap=self.pair_gap,
                     pair_weight=self.pair_weight,
@@ -810,7 +729,7 @@ class LexicalIndex:
             self._evict()
             return index
 
-    def _release(self, index: NamespaceIndex) -> None:
+    def _release(self, index: NamespaceCopy) -> None:
         with self._lock:
             index.users -= 1
 
@@ -850,18 +769,16 @@ class LexicalIndex:
                 finally:
                     index.lock.release()
 
-    def run(self, namespace: str, work: Callable[[NamespaceIndex], T]) -> T | None:
+    def run(self, namespace: str, work: Callable[[NamespaceCopy], T]) -> T | None:
         """``work`` on the namespace's file, under its lock; None when the namespace has no
         file (nothing indexed), which a read need not create."""
         return self._run(namespace, work, create=False)
 
-    def write(self, namespace: str, work: Callable[[NamespaceIndex], T]) -> T:
+    def write(self, namespace: str, work: Callable[[NamespaceCopy], T]) -> T:
         """``work`` on the namespace's file (created if missing), under its lock."""
         return cast("T", self._run(namespace, work, create=True))  # never None: created
 
-    def _run(
-        self, namespace: str, work: Callable[[NamespaceIndex], T], *, create: bool
-    ) -> T | None:
+    def _run(self, namespace: str, work: Callable[[NamespaceCopy], T], *, create: bool) -> T | None:
         while True:
             index = self._acquire(namespace, create=create)
             if index is None:
@@ -896,7 +813,7 @@ class LexicalIndex:
             by_ns.setdefault(memory.namespace, []).append(memory)
         for namespace, items in by_ns.items():
             self.write(
-                namespace, functools.partial(NamespaceIndex.put, memories=items, vectors=vectors)
+                namespace, functools.partial(NamespaceCopy.put, memories=items, vectors=vectors)
             )
 
     def delete(self, namespace: str, memory_ids: Iterable[str]) -> None:
@@ -909,13 +826,13 @@ class LexicalIndex:
         self.write(namespace, lambda index: index.replace(mine))
 
     def count(self, namespace: str) -> int:
-        return self.run(namespace, NamespaceIndex.count) or 0
+        return self.run(namespace, NamespaceCopy.count) or 0
 
     def state(self, namespace: str) -> dict[str, Any]:
-        return self.run(namespace, NamespaceIndex.state) or {}
+        return self.run(namespace, NamespaceCopy.state) or {}
 
     def ids(self, namespace: str) -> set[str]:
-        return self.run(namespace, NamespaceIndex.ids) or set()
+        return self.run(namespace, NamespaceCopy.ids) or set()
 
     def search(self, namespace: str, text: str, limit: int) -> list[tuple[Memory, float]]:
         """The namespace's BM25 matches; the lists of all are fitted to ``postings_bytes``
@@ -926,7 +843,7 @@ class LexicalIndex:
         if not parsed[0]:
             return []
 
-        def work(index: NamespaceIndex) -> tuple[list[tuple[Memory, float]], bool]:
+        def work(index: NamespaceCopy) -> tuple[list[tuple[Memory, float]], bool]:
             before = index.postings
             found = index.search(text, limit, parsed=parsed)
             return found, index.postings is not None and index.postings is not before
@@ -941,12 +858,12 @@ class LexicalIndex:
         self, namespace: str, query: Any, k: int, *, segmented: bool = False
     ) -> tuple[list[tuple[Memory, float]], dict[str, bytes]] | None:
         """The namespace's ``k`` memories closest to ``query`` by the vectors kept here (see
-        ``NamespaceIndex.nearest``); None when they cannot answer. The vectors of all open
+        ``NamespaceCopy.nearest``); None when they cannot answer. The vectors of all open
         namespaces are fitted to ``vectors_bytes`` when this search read the namespace's, and
         every ``_FIT_EVERY`` searches."""
 
         def work(
-            index: NamespaceIndex,
+            index: NamespaceCopy,
         ) -> tuple[tuple[list[tuple[Memory, float]], dict[str, bytes]] | None, bool]:
             before = index.rows
             found = index.nearest(query, k, segmented=segmented)
@@ -959,7 +876,7 @@ class LexicalIndex:
         return found
 
     def unvectored(self, namespace: str) -> list[str]:
-        return self.run(namespace, NamespaceIndex.unvectored) or []
+        return self.run(namespace, NamespaceCopy.unvectored) or []
 
     def fill_vectors(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
         if items:
