@@ -84,7 +84,7 @@ class HybridStore:
     def __init__(
         self,
         store: MemoryStore,
-        lexical: LocalCopy,
+        copy: LocalCopy,
         *,
         lexical_recall: bool = True,
         shared: bool = False,
@@ -97,7 +97,7 @@ class HybridStore:
         """``shared``: other processes may write to ``store`` (a Chroma server);
         ``lexical_recall``: ``search_text`` answers (else the copy serves listings only)."""
         self.store = store
-        self.lexical = lexical
+        self.copy = copy
         self.lexical_recall = lexical_recall
         self.shared = shared
         self.sync_interval = sync_interval
@@ -147,7 +147,7 @@ class HybridStore:
 
     def _catch_up_locked(self, namespace: str, state: _Sync) -> None:
         state.checked = time.monotonic()
-        local = self.lexical.state(namespace)
+        local = self.copy.state(namespace)
         generation = local.get("generation")
         checked_from = local.get("checked_from")
         if generation is not None and checked_from is not None and not self.shared:
@@ -163,12 +163,10 @@ class HybridStore:
             # erased through another gateway (and maybe written again since): start over
             changes = self.store.changes(namespace, None)
         if changes.generation is None:
-            self.lexical.drop(namespace)
+            self.copy.drop(namespace)
         else:
             fresh = changes.generation != generation or since is None
-            self.lexical.write(
-                namespace, lambda index: _apply(index, changes, started, replace=fresh)
-            )
+            self.copy.write(namespace, lambda index: _apply(index, changes, started, replace=fresh))
 
     def _verify_soon(self, namespace: str, state: _Sync) -> None:
         """Compare the copy's count with the store's, in the background: once a namespace
@@ -206,7 +204,7 @@ class HybridStore:
                 with self._lock(namespace):
                     if self.shared:
                         self._catch_up_locked(namespace, state)
-                    local = self.lexical.count(namespace)
+                    local = self.copy.count(namespace)
                     truth = self.store.count(namespace)
                 if local == truth:
                     return
@@ -223,16 +221,16 @@ class HybridStore:
         """Make the copy hold exactly the store's ids (costs the namespace's ids)."""
         with self._lock(namespace):
             truth = self.store.ids(namespace)
-            local = self.lexical.ids(namespace)
+            local = self.copy.ids(namespace)
             missing = builtins.list(truth - local)
             fetched: builtins.list[Memory] = []
             for start in range(0, len(missing), _GET):
                 fetched += self.store.get_many(namespace, missing[start : start + _GET])
             gone = local - truth
             if gone:
-                self.lexical.delete(namespace, gone)
+                self.copy.delete(namespace, gone)
             if fetched:
-                self.lexical.add(fetched)
+                self.copy.add(fetched)
         if gone or fetched:
             log.info(
                 "local copy of %s repaired: %d removed, %d added",
@@ -255,12 +253,12 @@ class HybridStore:
 
     def _fill(self, namespace: str) -> None:
         try:
-            if self.lexical.count(namespace) > dense.MAX_ROWS:
+            if self.copy.count(namespace) > dense.MAX_ROWS:
                 return  # the store answers anyway
-            missing = self.lexical.unvectored(namespace)
+            missing = self.copy.unvectored(namespace)
             for start in range(0, len(missing), _GET):
                 found = self.store.vectors(namespace, missing[start : start + _GET])
-                self.lexical.fill_vectors(
+                self.copy.fill_vectors(
                     namespace, [(mid, content, dense.encode(v)) for mid, content, v in found]
                 )
             if missing:
@@ -280,7 +278,7 @@ class HybridStore:
         present = self.store.existing(namespace, [m.id for m in memories])
         gone = [m.id for m in memories if m.id not in present]
         if gone:
-            self.lexical.delete(namespace, gone)
+            self.copy.delete(namespace, gone)
         return present
 
     # -- MemoryStore -------------------------------------------------------------------------
@@ -293,7 +291,7 @@ class HybridStore:
             self.store.add(memories, vectors)
             for namespace, items in by_ns.items():
                 with self._lock(namespace):
-                    self.lexical.add(items)
+                    self.copy.add(items)
         else:
             encoded = {m.id: dense.encode(v) for m, v in zip(memories, vectors, strict=True)}
             # Alone on the store: the store's write and the copy's under the namespaces' locks
@@ -303,7 +301,7 @@ class HybridStore:
                     held.enter_context(self._stripes[stripe])
                 self.store.add(memories, vectors)
                 for items in by_ns.values():
-                    self.lexical.add(items, encoded)
+                    self.copy.add(items, encoded)
         self._catch_up_soon(by_ns)
 
     def replace(self, memory: Memory, vectors: Vectors) -> bool:
@@ -318,11 +316,11 @@ class HybridStore:
             if self.shared:
                 held.enter_context(self._lock(namespace))
             if not replaced:
-                self.lexical.delete(namespace, [memory.id])
+                self.copy.delete(namespace, [memory.id])
             elif self.shared:
-                self.lexical.add([memory])
+                self.copy.add([memory])
             else:
-                self.lexical.add([memory], {memory.id: dense.encode(vectors[0])})
+                self.copy.add([memory], {memory.id: dense.encode(vectors[0])})
         return replaced
 
     def _catch_up_soon(self, namespaces: Collection[str]) -> None:
@@ -385,7 +383,7 @@ class HybridStore:
         self, namespace: str, vector: Vectors, k: int, *, segmented: bool
     ) -> tuple[builtins.list[Hit], dict[str, bytes]] | None:
         """The dense ranking from the copy's vectors, None if they cannot answer."""
-        local = self.lexical.nearest(namespace, vector, k, segmented=segmented)
+        local = self.copy.nearest(namespace, vector, k, segmented=segmented)
         if local is None:
             return None
         return [Hit(m, cos, cos) for m, cos in local[0]], local[1]
@@ -402,9 +400,9 @@ class HybridStore:
         ranked = self.store.nearest(namespace, vector, k, where)
         ids = [mid for mid, _ in ranked]
         if segmented:
-            found, segments = self.lexical.memories_and_segments(namespace, ids)
+            found, segments = self.copy.memories_and_segments(namespace, ids)
         else:
-            found, segments = self.lexical.memories(namespace, ids), {}
+            found, segments = self.copy.memories(namespace, ids), {}
         missing = [mid for mid in ids if mid not in found]
         if missing:
             fetched = self.store.get_many(namespace, missing)
@@ -419,14 +417,14 @@ class HybridStore:
     def segment_vectors(self, namespace: str, memory_ids: Sequence[str]) -> dict[str, bytes]:
         """The copy's encoded segment vectors (``memory.segments``) of those of
         ``memory_ids`` that have them."""
-        return self.lexical.segment_vectors(namespace, memory_ids)
+        return self.copy.segment_vectors(namespace, memory_ids)
 
     def subject_vectors(
         self, namespace: str, memory_ids: Sequence[str]
     ) -> tuple[dict[str, Vectors], dict[str, bytes]]:
         """The vectors of ``memory_ids`` (the copy's, else the store's) and the copy's encoded
         segment vectors of those that have them (``memory.current``)."""
-        kept, segments = self.lexical.vectors_and_segments(namespace, memory_ids)
+        kept, segments = self.copy.vectors_and_segments(namespace, memory_ids)
         found = {mid: dense.decode(blob) for mid, blob in kept.items()}
         missing = [mid for mid in memory_ids if mid not in found]
         if missing:
@@ -436,7 +434,7 @@ class HybridStore:
     def keep_segments(self, namespace: str, items: Sequence[tuple[str, str, bytes]]) -> None:
         """Keep segment vectors in the copy, beside their memories (dropped with them):
         (memory id, the content they were computed from, encoded vectors)."""
-        self.lexical.keep_segments(namespace, items)
+        self.copy.keep_segments(namespace, items)
 
     def search_text(
         self, namespace: str, text: str, k: int, where: Filter | None = None
@@ -446,7 +444,7 @@ class HybridStore:
         if k <= 0 or not text.strip() or not self.lexical_recall:
             return []
         self.catch_up(namespace)
-        matched = self.lexical.search(namespace, text, k * 4 if where else k)
+        matched = self.copy.search(namespace, text, k * 4 if where else k)
         if where:
             matched = [(m, s) for m, s in matched if matches(m, where)][:k]
         if not self.shared:
@@ -469,13 +467,13 @@ class HybridStore:
         before: tuple[int, str] | None = None
         if after is not None:
             stamp = id_micros(after)
-            before = (stamp, after) if stamp is not None else self.lexical.cursor(namespace, after)
+            before = (stamp, after) if stamp is not None else self.copy.cursor(namespace, after)
             if before is None:
                 raise CursorNotFound(after)
         out: builtins.list[Memory] = []
         while len(out) <= limit:
             want = limit + 1 - len(out)
-            rows = self.lexical.page(namespace, before, max(want, 100) if where else want)
+            rows = self.copy.page(namespace, before, max(want, 100) if where else want)
             if not rows:
                 break
             before = sort_key(rows[-1])
@@ -515,7 +513,7 @@ class HybridStore:
         without a memory the store still holds (it is checked again, and repaired), never
         the other way round."""
         with self._lock(namespace):
-            self.lexical.delete(namespace, [memory_id])
+            self.copy.delete(namespace, [memory_id])
             try:
                 return self.store.delete(namespace, memory_id)
             except BaseException:
@@ -535,7 +533,7 @@ class HybridStore:
     def delete_many(self, namespace: str, memory_ids: Collection[str]) -> int:
         """As ``delete``: out of the copy first, then out of the store."""
         with self._lock(namespace):
-            self.lexical.delete(namespace, builtins.list(memory_ids))
+            self.copy.delete(namespace, builtins.list(memory_ids))
             try:
                 return self.store.delete_many(namespace, memory_ids)
             except BaseException:
@@ -546,7 +544,7 @@ class HybridStore:
         """The copy is thrown away first, then the store's namespace erased; the copy is read
         again from the store at the namespace's next use (all of it, if the erasure failed)."""
         with self._lock(namespace):
-            self.lexical.drop(namespace)
+            self.copy.drop(namespace)
             try:
                 return self.store.delete_namespace(namespace)
             finally:
@@ -577,7 +575,7 @@ class HybridStore:
         try:
             self.store.close()
         finally:
-            self.lexical.close()
+            self.copy.close()
 
 
 def _apply(index: NamespaceCopy, changes: Changes, started: float, *, replace: bool) -> None:

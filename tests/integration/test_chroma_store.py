@@ -339,23 +339,23 @@ def test_hybrid_search_and_lexical_resync(
     one.add(memories, minilm.embed(texts))
     query = "XK-4471"
 
-    def fused(store: HybridStore) -> list[Hit]:  # as MemoryService.recall fuses the two
+    def recalled(store: HybridStore) -> list[Hit]:  # as MemoryService.recall fuses the two
         vector = minilm.embed([query])[0]
         return fused(
             store.search("h", vector, 3), store.search_text("h", query, 3), k=3, fusion_k=5.0
         )
 
-    hits = fused(one)
+    hits = recalled(one)
     assert hits[0].memory.content == texts[5]
     assert hits[0].lexical is True
     assert hits[0].similarity is not None
     assert all(h.score <= hits[0].score for h in hits)
     # the second gateway never indexed these: its lexical index is rebuilt from Chroma
-    hits = fused(two)
+    hits = recalled(two)
     assert hits[0].memory.content == texts[5]
     assert hits[0].lexical is True
     one.delete("h", memories[5].id)
-    hits = fused(two)
+    hits = recalled(two)
     assert all(h.memory.id != memories[5].id for h in hits)
 
 

@@ -120,7 +120,7 @@ def test_memories_deleted_through_another_gateway_are_never_returned(tmp_path: P
     assert [m.id for m, _ in mine.search_text("a", "Porto", 5)] == ["m2"]
     assert other.delete("a", "m2") is True
     assert mine.search_text("a", "Porto", 5) == []
-    assert "m2" not in mine.lexical.ids("a")  # and the copy forgot it
+    assert "m2" not in mine.copy.ids("a")  # and the copy forgot it
     other.delete("a", "m1")
     page, more = mine.list("a", limit=10)
     assert [m.id for m in page] == ["m3", "m0"]
@@ -137,11 +137,11 @@ def test_an_erasure_through_another_gateway_discards_the_copy(tmp_path: Path) ->
     assert mine.search_text("a", "Porto", 5)
     assert other.delete_namespace("a") == 4
     assert mine.search_text("a", "Porto", 5) == []
-    assert mine.lexical.count("a") == 0
+    assert mine.copy.count("a") == 0
     fresh = Memory(id="new", namespace="a", content="Porto again", created_at=50.0)
     other.add([fresh], embedder.embed([fresh.content]))  # a new generation of "a"
     assert [m.id for m, _ in mine.search_text("a", "Porto", 5)] == ["new"]
-    assert mine.lexical.ids("a") == {"new"}
+    assert mine.copy.ids("a") == {"new"}
     mine.close()
     other.close()
 
@@ -154,9 +154,9 @@ def test_a_copy_that_missed_a_deletion_is_repaired(tmp_path: Path) -> None:
     mine.search_text("a", "Porto", 5)
     wait_until(lambda: not mine._background)  # the first check after start is over
     other.delete("a", "m0")  # no read of mine ever proposes m0 again
-    assert "m0" in mine.lexical.ids("a")
+    assert "m0" in mine.copy.ids("a")
     mine.search_text("a", "tea", 5)  # counts disagree, twice: repaired, in the background
-    wait_until(lambda: "m0" not in mine.lexical.ids("a"))
+    wait_until(lambda: "m0" not in mine.copy.ids("a"))
     mine.close()
     other.close()
 
@@ -241,8 +241,8 @@ def test_dense_hits_come_from_the_store_until_the_copy_has_the_vectors(tmp_path:
     from_store = store.search("a", vector, 2)  # the copy is read from the store: no vectors
     assert from_store[0].memory.id == "m3"
     assert inner.calls.count("search") == 1
-    assert store.lexical.memories("a", ["m3", "nope"]) == {"m3": memories()[3]}
-    wait_until(lambda: not store.lexical.unvectored("a"))  # read from the store meanwhile
+    assert store.copy.memories("a", ["m3", "nope"]) == {"m3": memories()[3]}
+    wait_until(lambda: not store.copy.unvectored("a"))  # read from the store meanwhile
     assert "vectors" in inner.calls
     assert _ranked(store.search("a", vector, 2)) == _ranked(from_store)
     assert inner.calls.count("search") == 1  # answered by the copy
@@ -363,7 +363,7 @@ def test_alone_on_its_store_a_gateway_checks_counts_once_and_repairs_a_gap(
     inner.calls.clear()
     again = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     again.search_text("a", "walrus", 5)  # the first look counts, and repairs in the background
-    wait_until(lambda: "gap" in again.lexical.ids("a"))
+    wait_until(lambda: "gap" in again.copy.ids("a"))
     assert "changes" not in inner.calls  # alone on the store: counting is enough
     calls = len(inner.calls)
     again.search_text("a", "walrus", 5)
@@ -439,12 +439,12 @@ def test_alone_on_its_store_the_copy_never_holds_what_the_store_does_not(tmp_pat
         store.delete("a", "m2")
     assert "m2" in inner.ids("a")
     assert store.search_text("a", "Porto", 5) == []  # the copy let it go first
-    wait_until(lambda: "m2" in store.lexical.ids("a"))  # checked again and repaired
+    wait_until(lambda: "m2" in store.copy.ids("a"))  # checked again and repaired
     assert [m.id for m, _ in store.search_text("a", "Porto", 5)] == ["m2"]
     inner.fail_delete = False
     assert store.delete("a", "m2") is True
     assert store.search_text("a", "Porto", 5) == []
-    assert store.lexical.ids("a") <= inner.ids("a")
+    assert store.copy.ids("a") <= inner.ids("a")
 
     inner.fail_erase = True
     with pytest.raises(StoreUnavailable):
@@ -468,7 +468,7 @@ def test_alone_on_its_store_the_copy_never_holds_what_the_store_does_not(tmp_pat
     eraser.join(10)
     assert not inner.ids("a")
     assert store.search_text("a", "walrus", 5) == []
-    assert not store.lexical.ids("a")
+    assert not store.copy.ids("a")
     store.close()
 
 
@@ -485,8 +485,8 @@ def test_a_namespace_written_first_is_caught_up_before_its_first_recall(tmp_path
     store = HybridStore(inner, LocalCopy(tmp_path / "index", pair_gap=0))
     store.add(memories(), embedder.embed(TEXTS))
     wait_until(lambda: inner.calls.count("changes") == 1)
-    wait_until(lambda: "old" in store.lexical.ids("a"))
-    wait_until(lambda: not store.lexical.unvectored("a"))  # and its vectors
+    wait_until(lambda: "old" in store.copy.ids("a"))
+    wait_until(lambda: not store.copy.unvectored("a"))  # and its vectors
     assert [m.id for m, _ in store.search_text("a", "walruses", 5)] == ["old"]
     assert store.search("a", embedder.embed(["walruses"])[0], 1)[0].memory.id == "old"
     # the recall read nothing from the store

@@ -150,7 +150,7 @@ def test_memories_without_segment_vectors_are_filled_in_after_a_recall(tmp_path:
     near = Memory(id="near", namespace="a", content=NEAR, created_at=2.0)
     inner.add([fact, near], embedder.embed([FACT, NEAR]))
     store = _store(tmp_path, inner)
-    store.lexical.add([fact, near])
+    store.copy.add([fact, near])
 
     async def run() -> tuple[list[str], list[str]]:
         service = _service(tmp_path, store)
