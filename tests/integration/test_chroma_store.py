@@ -19,6 +19,7 @@ from memory.embedder import Embedder
 from memory.hybrid import HybridStore
 from memory.local_copy import LocalCopy
 from memory.process_store import ProcessStore
+from memory.recall import fused
 from memory.records import Hit, Memory
 from memory.store import Changes, MemoryStore
 from tests.fakes import MemStore
