@@ -1,4 +1,5 @@
-"""The durable write queue: an SQLite outbox in WAL mode on local disk, and its writer.
+"""The durable write queue: an SQLite outbox in WAL mode on local disk (its writer, which
+drains it into the store, is ``memory.service.Writer``).
 
 A chat exchange is committed here before the client's response completes; the ``Writer``
 embeds queued memories in batches, upserts them into the store (ids are fixed at enqueue time,
@@ -14,14 +15,13 @@ transaction) -> ``Outbox._queued_lock`` (the in-memory copy of what is queued, b
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -266,104 +266,3 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-WriteBatch = Callable[[list[Queued]], Awaitable[None]]
-
-
-class Writer:
-    """Background task draining the outbox into the store through ``write`` (embed + add)."""
-
-    def __init__(
-        self,
-        outbox: Outbox,
-        write: WriteBatch,
-        *,
-        batch_size: int = 64,
-        coalesce: float = 0.0,
-        idle_poll: float = 1.0,
-        max_backoff: float = 10.0,
-    ) -> None:
-        self.outbox = outbox
-        self._write = write
-        self.batch_size = batch_size
-        self.coalesce = coalesce
-        self.idle_poll = idle_poll
-        self.max_backoff = max_backoff
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
-        # Held while a batch is taken, written and acknowledged; deletions hold it too, so an
-        # erased namespace cannot be written back by a batch already in flight.
-        self.lock = asyncio.Lock()
-        self.last_error: str | None = None
-        self.written = 0
-
-    def notify(self) -> None:
-        """Something was queued: wake the writer."""
-        self._wake.set()
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="memgate-writer")
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def flush_once(self) -> int:
-        """Write one batch; returns how many memories were written (0: queue empty)."""
-        async with self.lock:
-            items = await asyncio.to_thread(self.outbox.take, self.batch_size)
-            if not items:
-                return 0
-            await self._write(items)
-            await asyncio.to_thread(self.outbox.ack, [item.seq for item in items])
-        self.written += len(items)
-        return len(items)
-
-    async def _run(self) -> None:
-        backoff = 0.2
-        while True:
-            try:
-                n = await self.flush_once()
-                self.last_error = None
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.last_error is None:
-                    log.warning("memory writer: store write failed, will retry: %s", exc)
-                self.last_error = str(exc) or type(exc).__name__
-                if self._stopping:
-                    return
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff)
-                continue
-            if n == 0:
-                if self._stopping:
-                    return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.idle_poll)
-            if n < self.batch_size and self.coalesce > 0 and not self._stopping:
-                # A shallow queue: let a few more exchanges arrive and store them in one batch
-                # (one model call, one store write). They are durable and recallable meanwhile.
-                await asyncio.sleep(self.coalesce)
-
-    async def stop(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-        """Flush what is queued (up to ``timeout`` seconds), then stop. What could not be
-        written stays in the outbox for the next start."""
-        self._stopping = True
-        self._wake.set()
-        if self._task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        except TimeoutError:
-            self._task.cancel()
-            log.warning("memory writer: %d items left queued at shutdown", self.outbox.depth())
-        except asyncio.CancelledError:
-            self._task.cancel()
-            raise
-        self._task = None
