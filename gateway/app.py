@@ -195,6 +195,111 @@ class Gateway(Litestar):
         await super().__call__(scope, receive, send)
 
 
+@asynccontextmanager
+async def open_gateway(
+    settings: Settings,
+    metrics: Metrics,
+    *,
+    store: MemoryStore | None = None,
+    embedder: Embedder | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    outbox_path: str | Path | None = None,
+) -> AsyncIterator[GatewayState]:
+    """The gateway's parts, opened in order (the data dir's lock, the store, the model, the
+    write queue and its writer, the upstreams, the usage ledger) and closed in the reverse
+    order when the context ends, or when one of them fails to open (a store process is never
+    left behind). ``store`` and ``embedder``, when given, are the caller's to close."""
+    async with contextlib.AsyncExitStack() as parts:
+        parts.callback(log.info, "memgate stopped")
+        data_dir = DataDir(settings.data_dir)
+        parts.callback(data_dir.release)
+        if outbox_path is None:
+            await asyncio.to_thread(data_dir.claim)  # DataDirInUse: a clear stop
+        opened_store = store if store is not None else await asyncio.to_thread(open_store, settings)
+        if store is None:  # ours: closed here
+            parts.push_async_callback(asyncio.to_thread, opened_store.close)
+        loaded = (
+            embedder if embedder is not None else await asyncio.to_thread(open_embedder, settings)
+        )
+        outbox = await asyncio.to_thread(
+            Outbox, outbox_path or settings.data_dir / "outbox.sqlite3"
+        )
+        parts.push_async_callback(asyncio.to_thread, outbox.close)
+        adopted = await asyncio.to_thread(adopt_orphans, settings, outbox)
+        service = MemoryService(
+            opened_store,
+            loaded,
+            outbox,
+            recall=settings.recall,
+            writer_batch=settings.queue.batch_size,
+            writer_coalesce=settings.queue.coalesce_ms / 1000.0,
+            embed_batch=settings.embedder.max_batch,
+            embed_concurrency=settings.embedder.concurrency,
+            shared=bool(settings.store.chroma_url),
+        )
+        parts.push_async_callback(service.close, settings.server.shutdown_flush_seconds)
+        router = Router(
+            [
+                Upstream(u, transport=transport, name=u.name, on_error=metrics.upstream_errors.inc)
+                for u in settings.all_upstreams()
+            ],
+            on_retry=metrics.upstream_retries.inc,
+            on_fallback=metrics.upstream_fallbacks.inc,
+        )
+        parts.push_async_callback(router.aclose)
+        usage = await asyncio.to_thread(
+            UsageLedger,
+            settings.data_dir,
+            template=settings.store.data_dir,
+            on_tokens=lambda key, model, kind, n: metrics.tokens.inc(key, model, kind, amount=n),
+        )
+        parts.push_async_callback(usage.close)
+        gw = GatewayState(
+            settings=settings,
+            service=service,
+            router=router,
+            auth=Authenticator(settings),
+            metrics=metrics,
+            namespaces=NamespaceResolver(
+                settings.server.namespace_sources,
+                settings.server.default_namespace,
+                keys=bool(settings.keys),
+            ),
+            usage=usage,
+            ready=True,
+        )
+        metrics.gauge("memgate_queue_depth", "Memories waiting in the write queue", outbox.depth)
+        metrics.counter_function(
+            "memgate_memories_written",
+            "Memories the writer stored since start",
+            lambda: float(service.written),
+        )
+        metrics.gauge(
+            "memgate_ready",
+            "1 when /readyz answers 200 (its checks are run at each scrape)",
+            lambda: float(gw.ready_seen),
+        )
+        usage.start()
+        queued = await asyncio.to_thread(outbox.depth)
+        service.start()
+        if HOSTNAME in settings.store.data_dir:
+            adopting = asyncio.create_task(keep_adopting(settings, service), name="memgate-adopt")
+            parts.callback(adopting.cancel)
+        log.info(
+            "memgate ready on http://%s:%d (store: %s, upstream: %s, queued writes replayed: %d%s)",
+            settings.server.host,
+            settings.server.port,
+            settings.store.chroma_url or settings.data_dir / "chroma",
+            settings.upstream.url,
+            queued,
+            f", of them adopted from replaced gateways: {adopted}" if adopted else "",
+        )
+        try:
+            yield gw
+        finally:
+            gw.ready = False
+
+
 def create_app(
     settings: Settings,
     *,
@@ -215,114 +320,18 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        data_dir = DataDir(settings.data_dir)
-        if outbox_path is None:
-            await asyncio.to_thread(data_dir.claim)  # DataDirInUse: a clear stop
-        try:
-            opened_store = (
-                store if store is not None else await asyncio.to_thread(open_store, settings)
-            )
-        except BaseException:
-            data_dir.release()
-            raise
-        try:
-            loaded = (
-                embedder
-                if embedder is not None
-                else await asyncio.to_thread(open_embedder, settings)
-            )
-            outbox = await asyncio.to_thread(
-                Outbox, outbox_path or settings.data_dir / "outbox.sqlite3"
-            )
-            adopted = await asyncio.to_thread(adopt_orphans, settings, outbox)
-        except BaseException:
-            if store is None:  # ours: do not leave a store process behind
-                await asyncio.to_thread(opened_store.close)
-            data_dir.release()
-            raise
-        service = MemoryService(
-            opened_store,
-            loaded,
-            outbox,
-            recall=settings.recall,
-            writer_batch=settings.queue.batch_size,
-            writer_coalesce=settings.queue.coalesce_ms / 1000.0,
-            embed_batch=settings.embedder.max_batch,
-            embed_concurrency=settings.embedder.concurrency,
-            shared=bool(settings.store.chroma_url),
+        opened = open_gateway(
+            settings,
+            metrics,
+            store=store,
+            embedder=embedder,
+            transport=transport,
+            outbox_path=outbox_path,
         )
-        router = Router(
-            [
-                Upstream(u, transport=transport, name=u.name, on_error=metrics.upstream_errors.inc)
-                for u in settings.all_upstreams()
-            ],
-            on_retry=metrics.upstream_retries.inc,
-            on_fallback=metrics.upstream_fallbacks.inc,
-        )
-        metrics.gauge("memgate_queue_depth", "Memories waiting in the write queue", outbox.depth)
-        metrics.counter_function(
-            "memgate_memories_written",
-            "Memories the writer stored since start",
-            lambda: float(service.written),
-        )
-        metrics.gauge(
-            "memgate_ready",
-            "1 when /readyz answers 200 (its checks are run at each scrape)",
-            lambda: float(gw.ready_seen),
-        )
-        usage = await asyncio.to_thread(
-            UsageLedger,
-            settings.data_dir,
-            template=settings.store.data_dir,
-            on_tokens=lambda key, model, kind, n: metrics.tokens.inc(key, model, kind, amount=n),
-        )
-        gw = GatewayState(
-            settings=settings,
-            service=service,
-            router=router,
-            auth=Authenticator(settings),
-            metrics=metrics,
-            namespaces=NamespaceResolver(
-                settings.server.namespace_sources,
-                settings.server.default_namespace,
-                keys=bool(settings.keys),
-            ),
-            usage=usage,
-            ready=True,
-        )
-        app.state["gateway"] = gw
-        usage.start()
-        queued = await asyncio.to_thread(outbox.depth)
-        service.start()
-        adopting = (
-            asyncio.create_task(keep_adopting(settings, service), name="memgate-adopt")
-            if HOSTNAME in settings.store.data_dir
-            else None
-        )
-        log.info(
-            "memgate ready on http://%s:%d (store: %s, upstream: %s, queued writes replayed: %d%s)",
-            settings.server.host,
-            settings.server.port,
-            settings.store.chroma_url or settings.data_dir / "chroma",
-            settings.upstream.url,
-            queued,
-            f", of them adopted from replaced gateways: {adopted}" if adopted else "",
-        )
-        try:
+        async with opened as gw:
+            app.state["gateway"] = gw
             async with mcp.running() if mcp is not None else contextlib.nullcontext():
                 yield
-        finally:
-            gw.ready = False
-            if adopting is not None:
-                adopting.cancel()
-            await service.close(settings.server.shutdown_flush_seconds)
-            await router.aclose()
-            await gw.usage.close()
-            await asyncio.to_thread(outbox.close)
-            if store is None:
-                await asyncio.to_thread(opened_store.close)
-            data_dir.release()
-            log.info("memgate stopped")
 
     app = Gateway(
         route_handlers=[

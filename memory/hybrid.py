@@ -68,6 +68,11 @@ log = logging.getLogger("memgate.store")
 _STRIPES = 64
 _TRACKED = 10_000  # namespaces whose catch-up times are remembered (LRU)
 _GET = 1000  # memories fetched from the store a call when repairing
+# Tuning constants of the background checks (see the module's docstring; the catch-up's
+# interval and margin are settings: store.sync_interval_seconds, store.sync_margin_seconds).
+VERIFY_INTERVAL = 10.0  # seconds between two count comparisons of a shared namespace
+REPAIR_INTERVAL = 30.0  # seconds between two id-by-id repairs of a namespace
+RECOUNT_DELAY = 0.5  # seconds before counting again when the counts disagreed
 
 
 @dataclass
@@ -90,9 +95,9 @@ class HybridStore:
         shared: bool = False,
         sync_interval: float = 1.0,
         sync_margin: float = 5.0,
-        verify_interval: float = 10.0,
-        repair_interval: float = 30.0,
-        recount_delay: float = 0.5,
+        verify_interval: float = VERIFY_INTERVAL,
+        repair_interval: float = REPAIR_INTERVAL,
+        recount_delay: float = RECOUNT_DELAY,
     ) -> None:
         """``shared``: other processes may write to ``store`` (a Chroma server);
         ``lexical_recall``: ``search_text`` answers (else the copy serves listings only)."""

@@ -74,8 +74,16 @@ from memory.store import MemoryStore, NamespaceCount, Version
 log = logging.getLogger("memgate.service")
 
 
+# Tuning constants, each measured where its use is described (docs/performance.md): the
+# settings (gateway.config) cover the rest.
 # What is current comes first among a recall's first CURRENT_WINDOW * k candidates.
 CURRENT_WINDOW = 3
+# Vectors (and segment vectors) cached by text: a recall's query and the writer's texts.
+VECTOR_CACHE = 4096
+# A write batch of at most this many memories waits for the gap after a search.
+GAP_BATCH = 16
+# Seconds a recall waits for its query's vector before it fails (the chat goes on).
+EMBED_TIMEOUT = 30.0
 
 
 class SearchTracker:
@@ -228,10 +236,10 @@ class MemoryService:
         writer_coalesce: float = 0.1,
         embed_batch: int = 64,
         embed_concurrency: int = 1,
-        vector_cache: int = 4096,
-        gap_batch: int = 16,
+        vector_cache: int = VECTOR_CACHE,
+        gap_batch: int = GAP_BATCH,
         shared: bool = False,
-        embed_timeout: float = 30.0,
+        embed_timeout: float = EMBED_TIMEOUT,
     ) -> None:
         """``shared``: other gateways write to ``store`` too (a Chroma server), and may erase
         namespaces this one holds queued writes of."""
