@@ -28,8 +28,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-from fleet import chat, preload, scratch, start_gateway, start_upstream, wait_drained
-from loadbench.children import log
+from fleet import chat, preload, start_gateway, start_upstream, wait_drained
+from loadbench.processes import log, scratch
 from loadbench.texts import memory_texts, question_texts
 from stats import percentile
 
@@ -42,7 +42,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.memories, args.rounds = 300, 2
     try:
         with scratch("memgate-ab-") as (root, children):
             upstream, upstream_url = start_upstream(root)

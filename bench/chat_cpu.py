@@ -28,8 +28,8 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from fleet import chat, preload, scratch, start_gateway, start_upstream, wait_drained
-from loadbench.children import child_pids
+from fleet import chat, preload, start_gateway, start_upstream, wait_drained
+from loadbench.processes import child_pids, scratch
 from loadbench.texts import memory_texts, question_texts
 from stats import percentile
 
@@ -71,7 +71,10 @@ def main() -> int:
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--py-spy", default=None)
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.chats, args.memories = 20, 300
     try:
         with scratch("memgate-cpu-") as (root, children):
             upstream, upstream_url = start_upstream(root)

@@ -71,8 +71,8 @@ from history_check import (
     TRIVIAL_USER,
     fill,
 )
+from loadbench.processes import free_port
 from locomo import ApiError, add_recall_settings, check, erase, local_gateway, log, recall_env
-from procs import free_port
 
 # -- the people in a persona's life ----------------------------------------------------------
 
@@ -551,7 +551,10 @@ def figures(personas: Sequence[Persona], results: list[list[Outcome]]) -> dict[s
 
 
 def report(result: dict[str, Any]) -> str:
-    pct = lambda v: f"{v * 100:.1f}%"  # noqa: E731
+
+    def pct(value: float) -> str:
+        return f"{value * 100:.1f}%"
+
     return "\n".join(
         [
             f"## Conversation check ({result['chats']} chats)",

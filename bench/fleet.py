@@ -23,32 +23,30 @@ Two parts, everything on 127.0.0.1, bounded, cleaned up at the end (also on Ctrl
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 from loadbench import MODEL
-from loadbench.children import (
+from loadbench.processes import (
     Child,
     child_pids,
+    free_port,
     gateway_env,
     log,
+    scratch,
     start_child,
     stop_child,
     wait_http,
 )
 from loadbench.texts import memory_texts, question_texts
-from procs import free_port
 from stats import percentile
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,20 +90,6 @@ def summary(times: Sequence[float]) -> dict[str, float]:
         "p50_ms": percentile(times, 50) * 1000,
         "p99_ms": percentile(times, 99) * 1000,
     }
-
-
-@contextlib.contextmanager
-def scratch(prefix: str) -> Iterator[tuple[Path, list[Child]]]:
-    """A temporary folder and the list of child processes a bench starts: at the end, the
-    children are stopped (the last started first) and the folder removed."""
-    root = Path(tempfile.mkdtemp(prefix=prefix))
-    children: list[Child] = []
-    try:
-        yield root, children
-    finally:
-        for child in reversed(children):
-            stop_child(child)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def start_upstream(root: Path) -> tuple[Child, str]:

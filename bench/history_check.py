@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from loadbench.processes import wait_ready
 from locomo import (
     READY_TIMEOUT,
     ApiError,
@@ -56,7 +57,6 @@ from locomo import (
     recall_at,
     recall_env,
     search,
-    wait_ready,
 )
 from stats import percentile
 
@@ -592,8 +592,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write-export", type=Path, default=None, metavar="DIR")
     parser.add_argument("--json", type=Path, default=None, metavar="OUT")
     parser.add_argument("--misses", action="store_true", help="print the misses")
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     add_recall_settings(parser)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.personas, args.conversations = 2, 30
     env = recall_env(args.set)
     histories = generate(args.seed, args.personas, args.conversations)
     if args.write_export is not None:

@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 import httpx
+from loadbench.processes import free_port, stop_process, wait_ready
 from loadbench.texts import memory_texts
-from procs import free_port, stop_process, wait_ready
 
 WORDS = [
     "the",
@@ -124,7 +124,10 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--in-flight", type=int, default=20)
     parser.add_argument("--long", action="store_true", help="ChatGPT-like turns of 20-90 words")
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args()
+    if args.quick:
+        args.total = 300
     rng = random.Random(1)
     texts = long_texts(args.total, rng) if args.long else memory_texts(args.total, rng)
     root = Path(tempfile.mkdtemp(prefix="memgate-import-rate-"))

@@ -54,14 +54,22 @@ from typing import Any
 
 import httpx
 from loadbench import READY_TIMEOUT, REPO
-from loadbench.children import Child, CpuMeter, gateway_env, log, start_child, stop_child, wait_http
 from loadbench.config import Config
 from loadbench.inprocess import embedder_phase, recall_phase
 from loadbench.phases import http_phases
+from loadbench.processes import (
+    Child,
+    CpuMeter,
+    free_port,
+    gateway_env,
+    log,
+    start_child,
+    stop_child,
+    wait_http,
+)
 from loadbench.proxy import LITELLM, proxy_report, proxy_run
 from loadbench.report import git_state, machine, no_nan, report, targets_table
 from loadbench.upstream import serve_upstream, upstream_command
-from procs import free_port
 
 
 def run(

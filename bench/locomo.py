@@ -42,6 +42,7 @@ copy it into the repository.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import math
@@ -63,7 +64,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from procs import free_port, stop_process, tail, wait_ready
+from loadbench.processes import free_port, stop_process, tail, wait_ready
 from stats import percentile
 
 CATEGORIES: dict[int, str] = {
@@ -201,6 +202,11 @@ def load_conversations(path: Path) -> list[Conversation]:
         ]
         conversations.append(Conversation(sample_id, turns, questions, bad_dates))
     return conversations
+
+
+def quick(conversation: Conversation, questions: int) -> Conversation:
+    """``conversation`` with its first ``questions`` questions only (``--quick``)."""
+    return dataclasses.replace(conversation, questions=conversation.questions[:questions])
 
 
 def namespaces_for(run_id: str, conversations: Sequence[Conversation]) -> list[str]:
@@ -912,6 +918,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="print the plain configuration's misses of a category (multi-hop, 1, ...)",
     )
     parser.add_argument("--misses-k", type=int, default=10, help="a miss is outside this top k")
+    parser.add_argument(
+        "--quick", action="store_true", help="one conversation, 40 questions: a smoke run"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.batch_size <= MAX_BATCH:
         parser.error(f"--batch-size must be 1..{MAX_BATCH}")
@@ -927,6 +936,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     conversations = load_conversations(args.data)
+    if args.quick:
+        conversations = [quick(conversations[0], 40)]
     ks: list[int] = args.k
     k_max = max(ks)
     log(

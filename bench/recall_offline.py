@@ -1,7 +1,8 @@
 """Recall quality in seconds: the product's recall, in-process, on both checks.
 
 Runs what ``MemoryService.recall`` runs for a stored namespace (the real model and its
-segment vectors, the real lexical index, ``rescore``, ``hybrid`` and ``rank``), with a
+segment vectors, the real lexical index, ``rescore``, ``fused``, ``rank_with`` and
+``current_first``: the product's functions, not copies of them), with a
 brute-force cosine in place of Chroma's HNSW index, on the LoCoMo development subset and on
 the generated chat histories of ``history_check.py``. Vectors are cached under ``--cache``,
 so a second run with other settings takes seconds: use it to try a setting before measuring
@@ -28,9 +29,10 @@ import locomo
 import msgspec
 import numpy as np
 
+from memory.current import WINDOW, current_first, subject_vectors
 from memory.embedder import OnnxEmbedder
 from memory.local_copy import NamespaceCopy
-from memory.recall import RecallSettings, fused, rank
+from memory.recall import RecallSettings, fused, rank_with
 from memory.records import Hit, Memory, Vectors
 from memory.segments import encoded_parts, rescore
 
@@ -56,9 +58,12 @@ class Namespace:
     index: NamespaceCopy | None = None
 
 
-def locomo_namespaces(path: Path) -> list[Namespace]:
+def locomo_namespaces(path: Path, *, quick: bool = False) -> list[Namespace]:
     out = []
-    for conv in locomo.load_conversations(path):
+    conversations = locomo.load_conversations(path)
+    if quick:  # a smoke run: the first conversation, 40 questions
+        conversations = [locomo.quick(conversations[0], 40)]
+    for conv in conversations:
         memories = [
             Memory(
                 id=t.dia_id,
@@ -81,9 +86,9 @@ def locomo_namespaces(path: Path) -> list[Namespace]:
     return out
 
 
-def history_namespaces(seed: int) -> list[Namespace]:
+def history_namespaces(seed: int, *, quick: bool = False) -> list[Namespace]:
     out = []
-    for h in history_check.generate(seed, 6, 90):
+    for h in history_check.generate(seed, *((2, 30) if quick else (6, 90))):
         memories = [
             Memory(
                 id=m.mid,
@@ -115,13 +120,13 @@ class Vectorizer:
         return self._model
 
     def rows(self, kind: str, texts: list[str]) -> Vectors:
-        model = str(self.model().model_file.resolve())
-        digest = hashlib.sha256("\x00".join([kind, model, *texts]).encode()).hexdigest()[:32]
+        name = str(self.model().model_file.resolve())
+        digest = hashlib.sha256("\x00".join([kind, name, *texts]).encode()).hexdigest()[:32]
         file = self.cache / f"{kind}-{digest}.npy"
         if file.exists():
             return np.asarray(np.load(file), dtype=np.float32)
         model = self.model()
-        rows = model.embed_segmented(texts) if kind == "segmented" else model.embed(texts)
+        rows: Vectors = model.embed_segmented(texts) if kind == "segmented" else model.embed(texts)
         np.save(file, rows)
         return rows
 
@@ -161,11 +166,14 @@ def recall(ns: Namespace, number: int, settings: RecallSettings, candidates: int
     ns.index.pair_weight = settings.pair_weight
     lexical = ns.index.search(question.text, settings.candidates) if settings.lexical else []
     hits = fused(dense, lexical, k=settings.candidates, fusion_k=settings.fusion_k)
-    ranked = rank(
-        hits,
-        floor=settings.similarity_floor,
-        content_free_weight=settings.content_free_weight,
-    )
+    ranked = rank_with(settings, hits)
+    if settings.same_subject <= 1.0 and len(ranked) > 1:  # as MemoryService.recall (k = 10)
+        window = ranked[: WINDOW * 10]
+        whole = {m.id: ns.vectors[i] for i, m in enumerate(ns.memories)}
+        chosen = subject_vectors(window, whole, ns.segments, query)
+        ranked = current_first(
+            window, chosen, same_subject=settings.same_subject, margin=settings.subject_margin
+        )
     return [h.memory.id for h in ranked]
 
 
@@ -223,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="the ONNX model that embedded the memories (default: --model)",
     )
+    parser.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     args = parser.parse_args(argv)
     values: dict[str, str] = dict(item.partition("=")[::2] for item in args.set)
     settings = msgspec.convert(values, RecallSettings, strict=False)
@@ -231,8 +240,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     vectorizer = Vectorizer(args.cache, args.memory_model) if args.memory_model else queries
     with tempfile.TemporaryDirectory() as folder:
         checks = [
-            ("LoCoMo", locomo_namespaces(args.data)),
-            (f"History check (seed {args.seed})", history_namespaces(args.seed)),
+            ("LoCoMo", locomo_namespaces(args.data, quick=args.quick)),
+            (f"History check (seed {args.seed})", history_namespaces(args.seed, quick=args.quick)),
         ]
         for title, namespaces in checks:
             prepare(namespaces, vectorizer, Path(folder), settings, queries)

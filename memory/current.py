@@ -29,6 +29,10 @@ from memory.recall import content_free, only_questions
 from memory.records import Hit, Vectors
 from memory.segments import decode
 
+# What is current comes first among a recall's first WINDOW * k candidates: those that could
+# come within its cut of k (the work follows k, not the number of candidates).
+WINDOW = 3
+
 
 def subject_vectors(
     hits: Sequence[Hit],

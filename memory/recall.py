@@ -243,6 +243,29 @@ def rank(
     return ranked[:limit] if limit is not None else ranked
 
 
+def rank_with(
+    settings: RecallSettings,
+    hits: Iterable[Hit],
+    *,
+    carried: Iterable[str] = (),
+    limit: int | None = None,
+    now: float | None = None,
+) -> list[Hit]:
+    """``rank`` with the knobs of ``settings``: what ``MemoryService.recall`` does with its
+    fused candidates (and ``bench/recall_offline.py`` with its own)."""
+    return rank(
+        hits,
+        floor=settings.similarity_floor,
+        carried=carried,
+        limit=limit,
+        recency_weight=settings.recency_weight,
+        recency_half_life=settings.recency_half_life,
+        now=now,
+        content_free_weight=settings.content_free_weight,
+        question_weight=settings.question_weight,
+    )
+
+
 def budget(hits: Sequence[Hit], max_tokens: int, *, max_items: int | None = None) -> list[Hit]:
     """The best hits, in order, whose texts fit ``max_tokens`` together; a hit that does not
     fit is skipped and smaller ones after it may still fit."""

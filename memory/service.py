@@ -50,12 +50,12 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from memory.current import current_first, subject_vectors
+from memory.current import WINDOW, current_first, subject_vectors
 from memory.embedder import BatchingEmbedder, Embedder, Then
 from memory.errors import EmbeddingTimeout, StillQueued
 from memory.hybrid import HybridStore
 from memory.outbox import Outbox, Queued
-from memory.recall import RecallSettings, fused, rank
+from memory.recall import RecallSettings, fused, rank_with
 from memory.records import (
     Exchange,
     Filter,
@@ -76,8 +76,6 @@ log = logging.getLogger("memgate.service")
 
 # Tuning constants, each measured where its use is described (docs/performance.md): the
 # settings (gateway.config) cover the rest.
-# What is current comes first among a recall's first CURRENT_WINDOW * k candidates.
-CURRENT_WINDOW = 3
 # Vectors (and segment vectors) cached by text: a recall's query and the writer's texts.
 VECTOR_CACHE = 4096
 # A write batch of at most this many memories waits for the gap after a search.
@@ -625,22 +623,14 @@ class MemoryService:
                 hits.extend(_pending_hits(hits, pending, cosines, candidates))
         finally:
             _discard(lexical, embedding, nearby, queued, erasure)
-        ranked = rank(
-            hits,
-            floor=self.settings.similarity_floor,
-            carried=carried,
-            limit=None if self.settings.same_subject <= 1.0 else k,
-            recency_weight=self.settings.recency_weight,
-            recency_half_life=self.settings.recency_half_life,
-            now=_now(),
-            content_free_weight=self.settings.content_free_weight,
-            question_weight=self.settings.question_weight,
+        current = self.settings.same_subject <= 1.0
+        ranked = rank_with(
+            self.settings, hits, carried=carried, limit=None if current else k, now=_now()
         )
-        if self.settings.same_subject <= 1.0 and len(ranked) > 1:
+        if current and len(ranked) > 1:
             # a newer statement is looked for among the first candidates only: those that
             # could come within the cut (the work follows k, not the candidates)
-            window = CURRENT_WINDOW * k
-            ranked = await self._current_first(namespace, ranked[:window], query_vec)
+            ranked = await self._current_first(namespace, ranked[: WINDOW * k], query_vec)
         return ranked[:k]
 
     async def _current_first(

@@ -15,8 +15,8 @@ from typing import Any
 from stats import percentile
 
 from loadbench import ADD_BATCH, TEXTS_PER_EXCHANGE
-from loadbench.children import CpuMeter, gateway_env, log
 from loadbench.config import Config
+from loadbench.processes import CpuMeter, gateway_env, log
 from loadbench.texts import memory_texts, question_texts
 
 

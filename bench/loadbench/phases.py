@@ -16,8 +16,8 @@ import httpx
 from stats import percentile
 
 from loadbench import ADD_BATCH, NAMESPACE
-from loadbench.children import Child, CpuMeter, log
 from loadbench.config import Config
+from loadbench.processes import Child, CpuMeter, log
 from loadbench.runner import Phase, Target, queue_depth, run_load, slope, wait_drained
 from loadbench.texts import chat_bodies, memory_texts, question_texts
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from procs import free_port
 from stats import percentile
 
 from loadbench import MODEL, READY_TIMEOUT, REPO
-from loadbench.children import (
+from loadbench.processes import (
     Child,
     cpu_seconds,
+    free_port,
     gateway_env,
     log,
     start_child,

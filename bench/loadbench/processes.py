@@ -1,20 +1,26 @@
-"""Child processes of a run (the gateway, the fake upstream, a peer proxy): start, stop, wait
-until they answer, the environment a gateway gets; and the CPU meters that read ``/proc``."""
+"""The one helper of the benchmarks for processes, ports and temporary folders: child
+processes of a run (the gateway, the fake upstream, a peer proxy) started, stopped and waited
+for until they answer, with what went wrong said from their logs; a free port; the
+environment a gateway gets; a scratch folder whose children are stopped at the end; and the
+CPU meters that read ``/proc``."""
 
 from __future__ import annotations
 
 import contextlib
 import math
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from procs import stop_process, tail, wait_ready
+import httpx
 
 from loadbench import REPO, STOP_TIMEOUT
 
@@ -148,3 +154,83 @@ class CpuMeter:
         out["other"] = max(0.0, machine - sum(out.values()))
         out["machine"] = machine
         return out
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(
+    url: str,
+    timeout: float,
+    *,
+    alive: Callable[[], None] | None = None,
+    logfile: Path | None = None,
+    what: str = "ready",
+    trust_env: bool = False,
+) -> float:
+    """Poll ``url`` until it answers 200; seconds waited. ``alive`` raises if the process
+    that should answer has died (then there is no point waiting)."""
+    start = time.perf_counter()
+    last = "no answer"
+    with httpx.Client(timeout=10.0, trust_env=trust_env) as client:
+        while True:
+            if alive is not None:
+                alive()
+            try:
+                response = client.get(url)
+                if response.status_code == 200:
+                    return time.perf_counter() - start
+                last = f"HTTP {response.status_code}: {response.text[:300]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            if time.perf_counter() - start > timeout:
+                extra = f"; log:\n{tail(logfile)}" if logfile else ""
+                raise RuntimeError(f"{url} not {what} after {timeout:.0f} s ({last}){extra}")
+            time.sleep(0.25)
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_process(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    logfile: Path,
+    *,
+    timeout: float,
+    log: Callable[[str], None],
+    lines: int = 30,
+) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` s; an exit other than by SIGTERM is logged with
+    the tail of the process's log."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log(f"{name} did not stop within {timeout:.0f} s of SIGTERM: killing it")
+            proc.kill()
+            proc.wait()
+    if proc.returncode not in (0, -signal.SIGTERM):
+        log(f"{name} exited with code {proc.returncode}; its log:\n{tail(logfile, lines)}")
+
+
+@contextlib.contextmanager
+def scratch(prefix: str) -> Iterator[tuple[Path, list[Child]]]:
+    """A temporary folder and the list of child processes a bench starts: at the end, the
+    children are stopped (the last started first) and the folder removed."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    children: list[Child] = []
+    try:
+        yield root, children
+    finally:
+        for child in reversed(children):
+            stop_child(child)
+        shutil.rmtree(root, ignore_errors=True)
