@@ -2,20 +2,20 @@
 the older statements of it; pure functions, no I/O.
 
 A fact that changed ("Mina lives in Graz" ... months later "Mina moved to Gdansk") leaves
-two statements, both relevant to a question about it, the older often ranked first. Recall
-groups its ranked candidates by subject, each group led by its best-ranked member: a later
-candidate joins the first group whose leader is about the same subject, that is, said by the
-same role, neither a bare question nor content-free, and whose sentence that matches the
-query best is close to the leader's (cosine at least ``same_subject``; the sentence vectors
-are the memory's segment vectors, ``memory.segments``, or its whole vector). Comparing the
-sentences that make two memories relevant, not their whole texts, matters: a fact is usually
-said in passing inside an unrelated request, and two statements about one person's city are
-closer than one about her city and one about her hobby only sentence by sentence.
+two statements, both relevant to a question about it, the older often ranked first. Going
+down a recall's ranked candidates, each statement (said by a role, neither a bare question
+nor content-free) gets the newest later statement of its subject found below it moved up to
+just above it, where the cut keeps it. Two statements are about one subject when they are
+said by the same role and their sentences that match the query best are close: cosine at
+least ``same_subject``, and at least ``margin`` above the median of the first one's cosines
+with the other candidates (where every memory looks alike, as turns that all begin
+"Caroline said", nothing stands out, and nothing moves). The sentence vectors are the
+memory's segment vectors (``memory.segments``) or its whole vector. Comparing the sentences
+that make two memories relevant, not their whole texts, matters: a fact is usually said in
+passing inside an unrelated request, and two statements about one person's city are closer
+than one about her city and one about her hobby only sentence by sentence.
 
-Within a group the members keep the group's places in the ranking, and take them newest
-first: the latest statement of a fact takes the best place of its group, which brings it
-within the cut when it was below it, and every older statement of the same fact comes after
-it. Scores stay those of the places, so the ranking stays in order.
+A statement moves once; the scores stay with the places, so the ranking stays in order.
 """
 
 from __future__ import annotations
@@ -88,12 +88,8 @@ def current_first(
     margin: float = 0.3,
 ) -> list[Hit]:
     """``hits`` (ranked, best first) where each statement is preceded by the newest later
-    statement of its subject found below it, moved up to just above it (see the module's
-    docstring); hits without a vector in ``vectors`` stay where they are. Two statements are
-    about one subject when their sentences' cosine is at least ``same_subject`` and stands out
-    among the first one's cosines with the other candidates (at least ``margin`` above their
-    median: where every memory looks alike, as turns that all begin "Caroline said", nothing
-    is)."""
+    statement of its subject found below it (see the module's docstring); hits without a
+    vector in ``vectors`` stay where they are."""
     chosen = [i for i, h in enumerate(hits) if h.memory.id in vectors and statement(h)]
     if len(chosen) < 2 or same_subject > 1.0:
         return list(hits)
@@ -103,7 +99,7 @@ def current_first(
     # (with two candidates, the one cosine is its own median: only ``same_subject`` counts)
     floor = np.nanmedian(sims, axis=1) + margin if len(chosen) > 2 else np.full(2, -1.0)
     close = sims >= np.maximum(same_subject, floor)[:, None]
-    order = [hits[i] for i in range(len(hits))]
+    order = list(hits)
     moved: set[str] = set()
     for a in range(len(chosen)):
         first = hits[chosen[a]]

@@ -177,7 +177,8 @@ def forwarded_path(raw_path: bytes, path: str) -> str:
     reach past that prefix: an encoded slash or backslash anywhere in the request's raw path
     (``raw_path``), a dot segment (``.``, ``..``, also once more encoded), a backslash or a
     control character. Nothing is resolved: a client of the OpenAI API never sends these."""
-    if b"%2f" in raw_path.lower() or b"%5c" in raw_path.lower():
+    lowered = raw_path.lower()
+    if b"%2f" in lowered or b"%5c" in lowered:
         raise BadRequest(
             "encoded slashes are not allowed in a path", param="path", code="invalid_path"
         )
