@@ -77,14 +77,17 @@ _PHATIC_TEXT = """
 PHATIC = frozenset(_PHATIC_TEXT.split())
 
 
+def words_of(text: str) -> list[str]:
+    """The words of ``text``, case-folded, with typographic apostrophes made plain."""
+    return _WORD.findall(text.casefold().replace("\u2019", "'"))
+
+
 @functools.lru_cache(maxsize=4096)  # the same memories come up recall after recall
 def content_free(text: str) -> bool:
     """Whether ``text`` holds no word beyond stopwords and acknowledgements (``PHATIC``): a
     turn such as "thanks!", "ok" or "You're welcome! Let me know if you need anything else."
     is stored like any other, but ``rank`` can weigh it down."""
-    return all(
-        w in STOPWORDS or w in PHATIC for w in _WORD.findall(text.casefold().replace("\u2019", "'"))
-    )
+    return all(w in STOPWORDS or w in PHATIC for w in words_of(text))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -149,7 +152,7 @@ POINTING = frozenset(_POINTING_TEXT.split())
 def leans_on_context(text: str) -> bool:
     """Whether ``text`` (a user message) reads as a follow-up that needs the turns before it:
     it points back (``POINTING``) or is three words or fewer."""
-    words = _WORD.findall(text.casefold().replace("\u2019", "'"))
+    words = words_of(text)
     return len(words) <= 3 or any(w in POINTING for w in words)
 
 
