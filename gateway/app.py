@@ -87,7 +87,7 @@ def open_store(settings: Settings) -> MemoryStore:
         # data, rebuilt a namespace at a time from the store.
         for old in ("lexical.sqlite3", "lexical.sqlite3-wal", "lexical.sqlite3-shm"):
             (settings.data_dir / old).unlink(missing_ok=True)
-        lexical = LocalCopy(
+        copy = LocalCopy(
             settings.data_dir / "index",
             pair_gap=recall.pair_gap_seconds,
             pair_weight=recall.pair_weight,
@@ -100,7 +100,7 @@ def open_store(settings: Settings) -> MemoryStore:
         raise
     return HybridStore(
         store,
-        lexical,
+        copy,
         lexical_recall=recall.lexical,
         shared=server,
         sync_interval=settings.store.sync_interval_seconds,
